@@ -1,0 +1,1 @@
+"""Runnable experiments from the research backlog, importable as plain modules."""

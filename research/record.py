@@ -1,0 +1,86 @@
+"""Record metrics and artifacts from inside a notebook run.
+
+Dependency-free on purpose: a notebook imports it whether or not it runs under
+`research run`. Inside a run the runner sets ``RESEARCH_RUN_DIR``; each call
+appends one JSON line to ``$RESEARCH_RUN_DIR/metrics.jsonl``. Outside a run the
+value is only displayed, so notebooks still work when opened by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+RUN_DIR_ENV = "RESEARCH_RUN_DIR"
+METRICS_FILE = "metrics.jsonl"
+ARTIFACTS_DIR = "artifacts"
+
+
+def _run_dir() -> Path | None:
+    value = os.environ.get(RUN_DIR_ENV)
+    return Path(value) if value else None
+
+
+def _jsonable(value):
+    """Turn numpy/torch scalars into plain Python numbers; NaN/inf become strings."""
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            value = value.item()
+        except (ValueError, RuntimeError):
+            pass
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        return value
+    if isinstance(value, str | type(None)):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def _append(entry: dict) -> None:
+    run_dir = _run_dir()
+    if run_dir is None:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(entry, ensure_ascii=False)
+    # One write per line, opened in append mode, so concurrent writers never interleave a line.
+    with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+
+
+def record(name: str, value, step: int | None = None) -> None:
+    """Record a metric ``name`` = ``value`` (optionally at ``step``) and display it."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("metric name must be a non-empty string")
+    entry = {"kind": "metric", "name": name, "value": _jsonable(value), "step": step, "time": time.time()}
+    _append(entry)
+    suffix = f" (step {step})" if step is not None else ""
+    print(f"[record] {name} = {entry['value']}{suffix}")
+
+
+def record_artifact(path: str | os.PathLike, name: str | None = None) -> str:
+    """Copy a file into the run's artifacts folder (inside a run) and note it. Returns its path."""
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"artifact not found: {source}")
+    run_dir = _run_dir()
+    target = source
+    if run_dir is not None:
+        target_dir = run_dir / ARTIFACTS_DIR
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / (name or source.name)
+        if source.resolve() != target.resolve():
+            shutil.copyfile(source, target)
+        _append({"kind": "artifact", "name": name or source.name, "path": str(target), "time": time.time()})
+    print(f"[record] artifact {target}")
+    return str(target)
