@@ -1,0 +1,605 @@
+"""Backlog operations: the plain library behind the CLI's item commands.
+
+Every change goes through a ``ChangeLog``, which writes row-level events (before
+and after values) sharing one batch per command. ``undo`` reverts the latest
+batch generically from those rows, so any command, including an import or a
+recursive delete, is undone as a whole.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, SQLModel, select
+
+from research import clock
+from research.errors import ResearchError
+from research.models import OPEN_STATUSES, OUTCOME_KINDS, Event, Item, Meta, Note, Outcome
+from research.vocab import (
+    PRIORITY_RANK,
+    composite_score,
+    normalize_priority,
+    normalize_status,
+    parse_estimate,
+    slugify,
+)
+
+# Tables whose rows events may refer to; runner tables register themselves here.
+TABLES: dict[str, type[SQLModel]] = {"item": Item, "note": Note, "outcome": Outcome}
+# Rows that belong to an item and go (and come back) with it: (model, foreign key column).
+DEPENDENTS: list[tuple[type[SQLModel], str]] = [(Note, "item_id"), (Outcome, "item_id")]
+
+
+def row_dict(obj: SQLModel) -> dict[str, Any]:
+    return obj.model_dump()
+
+
+class ChangeLog:
+    """Records the events of one command under one batch number."""
+
+    def __init__(self, session: Session):
+        self.session = session
+        self._batch: int | None = None
+        self.count = 0
+
+    @property
+    def batch(self) -> int:
+        if self._batch is None:
+            last = self.session.exec(select(func.max(Event.batch))).one()
+            self._batch = (last or 0) + 1
+        return self._batch
+
+    def _add(self, action: str, table: str, row_id: int, item_id: int | None, before, after) -> None:
+        self.session.add(
+            Event(
+                batch=self.batch,
+                ts=clock.now_iso(),
+                action=action,
+                item_id=item_id,
+                table_name=table,
+                row_id=row_id,
+                before=before,
+                after=after,
+            )
+        )
+        self.count += 1
+
+    def created(self, obj: SQLModel, action: str = "created") -> None:
+        self.session.flush()
+        self._add(action, obj.__tablename__, obj.id, _item_id_of(obj), None, row_dict(obj))
+
+    def updated(self, obj: SQLModel, changes: dict[str, Any], action: str = "edited") -> bool:
+        """Apply ``changes`` to ``obj`` and record what changed; False when nothing did."""
+        before, after = {}, {}
+        for name, value in changes.items():
+            old = getattr(obj, name)
+            if old != value:
+                before[name], after[name] = old, value
+                setattr(obj, name, value)
+        if not after:
+            return False
+        if isinstance(obj, Item) and "updated_at" not in after:
+            before["updated_at"], after["updated_at"] = obj.updated_at, clock.now_iso()
+            obj.updated_at = after["updated_at"]
+        self.session.add(obj)
+        self.session.flush()
+        self._add(action, obj.__tablename__, obj.id, _item_id_of(obj), before, after)
+        return True
+
+    def deleted(self, obj: SQLModel, action: str = "delete") -> None:
+        self._add(action, obj.__tablename__, obj.id, _item_id_of(obj), row_dict(obj), None)
+        self.session.delete(obj)
+        self.session.flush()
+
+
+def _item_id_of(obj: SQLModel) -> int | None:
+    if isinstance(obj, Item):
+        return obj.id
+    return getattr(obj, "item_id", None)
+
+
+# ---------------------------------------------------------------------------
+# Looking items up
+
+
+def resolve_item(session: Session, ref: str | int) -> Item:
+    """An item by numeric id or slug."""
+    text = str(ref).strip()
+    item = None
+    if text.isdigit():
+        item = session.get(Item, int(text))
+    if item is None:
+        item = session.exec(select(Item).where(Item.slug == text)).first()
+    if item is None:
+        raise ResearchError(f"no item with id or slug {text!r}")
+    return item
+
+
+def unique_slug(session: Session, title: str, exclude_id: int | None = None, taken: set[str] | None = None) -> str:
+    base = slugify(title)
+    candidate, n = base, 1
+    while True:
+        clash = session.exec(select(Item.id).where(Item.slug == candidate)).first()
+        if (clash is None or clash == exclude_id) and not (taken and candidate in taken):
+            return candidate
+        n += 1
+        candidate = f"{base}-{n}"
+
+
+def children_of(session: Session, parent_id: int | None) -> list[Item]:
+    query = select(Item).where(Item.parent_id == parent_id) if parent_id else select(Item).where(Item.parent_id.is_(None))
+    return list(session.exec(query.order_by(Item.position, Item.id)))
+
+
+def subtree(session: Session, item: Item) -> list[Item]:
+    """The item and all its descendants, parents before children."""
+    out, frontier = [item], [item.id]
+    while frontier:
+        kids = list(session.exec(select(Item).where(Item.parent_id.in_(frontier)).order_by(Item.position, Item.id)))
+        out.extend(kids)
+        frontier = [k.id for k in kids]
+    return out
+
+
+def _next_position(session: Session, parent_id: int | None) -> int:
+    cond = Item.parent_id == parent_id if parent_id else Item.parent_id.is_(None)
+    last = session.exec(select(func.max(Item.position)).where(cond)).one()
+    return 0 if last is None else last + 1
+
+
+# ---------------------------------------------------------------------------
+# Creating and changing items
+
+
+@dataclass
+class ItemFields:
+    """Optional field values from `add` and `edit`; None means 'leave as is'."""
+
+    title: str | None = None
+    body: str | None = None
+    status: str | None = None
+    priority: str | None = None
+    estimate: str | None = None
+    tags: list[str] | None = None
+    innovation: int | None = None
+    practicality: int | None = None
+    feasibility: int | None = None
+    slug: str | None = None
+    kind: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def changes(self, item: Item | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.title is not None:
+            if not self.title.strip():
+                raise ResearchError("title must not be empty")
+            out["title"] = self.title.strip()
+        if self.body is not None:
+            out["body"] = self.body
+            if item is not None and item.style.get("tasks_at") is not None:
+                out["style"] = {k: v for k, v in item.style.items() if k != "tasks_at"}
+        if self.status is not None:
+            out["status"] = normalize_status(self.status)
+        if self.priority is not None:
+            out["priority"] = normalize_priority(self.priority)
+        if self.estimate is not None:
+            out["estimate"] = self.estimate.strip() or None
+            out["estimate_min_days"], out["estimate_max_days"] = parse_estimate(self.estimate)
+        if self.tags is not None:
+            out["tags"] = _clean_tags(self.tags)
+        for name in ("innovation", "practicality", "feasibility"):
+            value = getattr(self, name)
+            if value is not None:
+                if not 1 <= value <= 5:
+                    raise ResearchError(f"{name} must be between 1 and 5, got {value}")
+                out[name] = value
+        if any(name in out for name in ("innovation", "practicality", "feasibility")):
+            merged = {n: out.get(n, getattr(item, n) if item else None) for n in ("innovation", "practicality", "feasibility")}
+            out["score"] = composite_score(**merged)
+        if self.kind is not None:
+            if self.kind not in ("item", "task"):
+                raise ResearchError(f"unknown kind {self.kind!r}; use item or task")
+            out["kind"] = self.kind
+        out.update(self.extra)
+        return out
+
+
+def _clean_tags(tags: list[str]) -> list[str]:
+    seen: list[str] = []
+    for tag in tags:
+        for part in str(tag).split(","):
+            part = part.strip().lstrip("#")
+            if part and part not in seen:
+                seen.append(part)
+    return seen
+
+
+def _status_timestamps(item: Item | None, new_status: str) -> dict[str, Any]:
+    """started_at is set on first start; done_at follows the done state."""
+    now = clock.now_iso()
+    out: dict[str, Any] = {}
+    if new_status in ("active", "done", "writing-up") and (item is None or not item.started_at):
+        out["started_at"] = now
+    if new_status == "done":
+        if item is None or item.status != "done" or not item.done_at:
+            out["done_at"] = now
+    elif item is not None and item.done_at:
+        out["done_at"] = None
+    return out
+
+
+def add_item(
+    session: Session,
+    log: ChangeLog,
+    fields: ItemFields,
+    parent: Item | None = None,
+    position: int | None = None,
+    created_at: str | None = None,
+) -> Item:
+    if not fields.title or not fields.title.strip():
+        raise ResearchError("title must not be empty")
+    values = fields.changes()
+    now = clock.now_iso()
+    slug = fields.slug and slugify(fields.slug)
+    if slug and session.exec(select(Item.id).where(Item.slug == slug)).first() is not None:
+        raise ResearchError(f"slug {slug!r} is already taken")
+    values.setdefault("status", "planned")
+    values.update(_status_timestamps(None, values["status"]))
+    item = Item(
+        slug=slug or unique_slug(session, values["title"]),
+        parent_id=parent.id if parent else None,
+        position=_next_position(session, parent.id if parent else None) if position is None else position,
+        created_at=created_at or now,
+        updated_at=now,
+        **values,
+    )
+    session.add(item)
+    log.created(item)
+    return item
+
+
+def edit_item(session: Session, log: ChangeLog, item: Item, fields: ItemFields) -> bool:
+    changes = fields.changes(item)
+    if fields.slug is not None:
+        slug = slugify(fields.slug)
+        clash = session.exec(select(Item.id).where(Item.slug == slug)).first()
+        if clash is not None and clash != item.id:
+            raise ResearchError(f"slug {slug!r} is already taken")
+        changes["slug"] = slug
+    status_changed = "status" in changes and changes["status"] != item.status
+    if status_changed:
+        changes.update(_status_timestamps(item, changes["status"]))
+    return log.updated(item, changes, action="status" if status_changed and len(changes) <= 4 else "edited")
+
+
+def set_status(session: Session, log: ChangeLog, item: Item, status: str, action: str = "status") -> bool:
+    status = normalize_status(status)
+    changes = {"status": status, **_status_timestamps(item, status)}
+    if status == item.status:
+        return False
+    return log.updated(item, changes, action=action)
+
+
+def check_item(session: Session, log: ChangeLog, item: Item, checked: bool) -> bool:
+    return set_status(session, log, item, "done" if checked else "planned", action="check" if checked else "uncheck")
+
+
+def move_item(session: Session, log: ChangeLog, item: Item, new_parent: Item | None) -> bool:
+    if new_parent is not None:
+        if new_parent.id == item.id or new_parent.id in {i.id for i in subtree(session, item)}:
+            raise ResearchError("cannot move an item under itself or one of its descendants")
+    new_parent_id = new_parent.id if new_parent else None
+    if new_parent_id == item.parent_id:
+        return False
+    return log.updated(
+        item,
+        {"parent_id": new_parent_id, "position": _next_position(session, new_parent_id)},
+        action="move",
+    )
+
+
+def delete_item(session: Session, log: ChangeLog, item: Item) -> int:
+    """Delete the item, its descendants and everything attached; returns items removed."""
+    items = subtree(session, item)
+    ids = [i.id for i in items]
+    # Dependents first, then items deepest first, so undo (which replays in
+    # reverse) re-creates parents before children and items before their notes.
+    for model, column in DEPENDENTS:
+        for row in session.exec(select(model).where(getattr(model, column).in_(ids))):
+            log.deleted(row)
+    for doomed in reversed(items):
+        log.deleted(doomed)
+    return len(items)
+
+
+def add_note(session: Session, log: ChangeLog, item: Item | None, text: str, date: str | None = None, title: str | None = None) -> Note:
+    if not text.strip() and not title:
+        raise ResearchError("note text must not be empty")
+    note = Note(
+        item_id=item.id if item else None,
+        date=date or clock.now().astimezone().date().isoformat(),
+        title=title,
+        text=text.strip("\n"),
+        created_at=clock.now_iso(),
+    )
+    session.add(note)
+    log.created(note, action="note")
+    if item is not None:
+        log.updated(item, {"updated_at": clock.now_iso()}, action="touched")
+    return note
+
+
+def add_outcome(session: Session, log: ChangeLog, item: Item, kind: str, ref: str = "", text: str = "") -> Outcome:
+    kind = normalize_outcome_kind(kind)
+    outcome = Outcome(item_id=item.id, kind=kind, ref=ref, text=text, created_at=clock.now_iso())
+    session.add(outcome)
+    log.created(outcome, action="outcome")
+    return outcome
+
+
+_OUTCOME_ALIASES = {
+    "document": ["document", "doc", "report", "paper", "文档", "产出文档", "📄"],
+    "code": ["code", "repo", "implementation", "代码", "代码实现", "💻"],
+    "application": ["application", "app", "use", "实践应用", "应用", "🎯"],
+    "related": ["related", "link", "关联", "关联记录", "🔗"],
+}
+OUTCOME_LOOKUP = {a: k for k, aliases in _OUTCOME_ALIASES.items() for a in aliases}
+
+
+def normalize_outcome_kind(kind: str) -> str:
+    key = kind.strip().lower()
+    if key in OUTCOME_LOOKUP:
+        return OUTCOME_LOOKUP[key]
+    raise ResearchError(f"unknown outcome kind {kind!r}; use one of: {', '.join(OUTCOME_KINDS)}")
+
+
+def parse_outcome_spec(spec: str) -> tuple[str, str]:
+    """'code:experiments/x.py' -> ('code', 'experiments/x.py')."""
+    kind, sep, ref = spec.partition(":")
+    if not sep:
+        raise ResearchError(f"outcome {spec!r} must look like KIND:REF (kinds: {', '.join(OUTCOME_KINDS)})")
+    return normalize_outcome_kind(kind), ref.strip()
+
+
+# ---------------------------------------------------------------------------
+# Undo
+
+
+def undo_last(session: Session) -> tuple[int, list[Event]]:
+    """Revert the most recent batch that is not undone; returns (batch, its events)."""
+    batch = session.exec(select(func.max(Event.batch)).where(Event.undone == False)).one()  # noqa: E712
+    if batch is None:
+        raise ResearchError("nothing to undo")
+    events = list(session.exec(select(Event).where(Event.batch == batch).order_by(Event.id.desc())))
+    for event in events:
+        model = TABLES.get(event.table_name)
+        if model is None:
+            raise ResearchError(f"cannot undo a change to table {event.table_name!r}")
+        if event.after is None:  # deleted: put it back
+            session.add(model(**event.before))
+        elif event.before is None:  # created: remove it
+            row = session.get(model, event.row_id)
+            if row is not None:
+                session.delete(row)
+        else:  # updated: restore old values
+            row = session.get(model, event.row_id)
+            if row is None:
+                raise ResearchError(f"cannot undo: {event.table_name} {event.row_id} no longer exists")
+            for name, value in event.before.items():
+                setattr(row, name, value)
+            session.add(row)
+        session.flush()
+        event.undone = True
+        session.add(event)
+    session.flush()
+    return batch, events
+
+
+# ---------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class ItemRow:
+    """An item plus what list/tree views derive from the whole backlog."""
+
+    item: Item
+    depth: int = 0
+    done_tasks: int = 0
+    total_tasks: int = 0
+    path: str = ""
+
+    @property
+    def progress(self) -> str:
+        return f"{self.done_tasks}/{self.total_tasks}" if self.total_tasks else ""
+
+
+class Backlog:
+    """All items loaded once; tree, progress and filters computed in memory."""
+
+    def __init__(self, items: list[Item]):
+        self.items = items
+        self.by_id = {i.id: i for i in items}
+        self.children: dict[int | None, list[Item]] = defaultdict(list)
+        for item in items:
+            parent = item.parent_id if item.parent_id in self.by_id else None
+            self.children[parent].append(item)
+        for kids in self.children.values():
+            kids.sort(key=lambda i: (i.position, i.id))
+        self._progress: dict[int, tuple[int, int]] = {}
+
+    @classmethod
+    def load(cls, session: Session) -> Backlog:
+        return cls(list(session.exec(select(Item))))
+
+    def progress(self, item_id: int) -> tuple[int, int]:
+        """(done, total) over descendant checklist tasks (dropped tasks don't count)."""
+        if item_id in self._progress:
+            return self._progress[item_id]
+        done = total = 0
+        for child in self.children.get(item_id, []):
+            if child.kind == "task" and child.status != "dropped":
+                total += 1
+                done += child.status == "done"
+            d, t = self.progress(child.id)
+            done, total = done + d, total + t
+        self._progress[item_id] = (done, total)
+        return done, total
+
+    def depth(self, item: Item) -> int:
+        depth, parent = 0, item.parent_id
+        while parent in self.by_id:
+            depth, parent = depth + 1, self.by_id[parent].parent_id
+        return depth
+
+    def path(self, item: Item) -> list[str]:
+        titles, current = [], item
+        while current is not None:
+            titles.append(current.title)
+            current = self.by_id.get(current.parent_id)
+        return titles[::-1]
+
+    def descendants(self, item_id: int) -> set[int]:
+        out, frontier = set(), [item_id]
+        while frontier:
+            kids = [k.id for f in frontier for k in self.children.get(f, [])]
+            out.update(kids)
+            frontier = kids
+        return out
+
+    def walk(self, parent_id: int | None = None, depth: int = 0):
+        for item in self.children.get(parent_id, []):
+            yield item, depth
+            yield from self.walk(item.id, depth + 1)
+
+    def row(self, item: Item, depth: int | None = None) -> ItemRow:
+        done, total = self.progress(item.id)
+        return ItemRow(item, self.depth(item) if depth is None else depth, done, total)
+
+
+SORTS = ("score", "priority", "updated", "created")
+
+
+def sort_key(name: str):
+    if name == "score":
+        return lambda i: (-(i.score or 0), PRIORITY_RANK[i.priority], i.id)
+    if name == "priority":
+        return lambda i: (PRIORITY_RANK[i.priority], -(i.score or 0), i.id)
+    if name == "updated":
+        return lambda i: (_neg_text(i.updated_at), i.id)
+    if name == "created":
+        return lambda i: (_neg_text(i.created_at), i.id)
+    raise ResearchError(f"unknown sort {name!r}; use one of: {', '.join(SORTS)}")
+
+
+def _neg_text(text: str) -> tuple:
+    # Newest first on ISO strings, without parsing them.
+    return tuple(-ord(c) for c in text)
+
+
+@dataclass
+class ListFilter:
+    statuses: list[str] = field(default_factory=list)
+    priority: str | None = None
+    tag: str | None = None
+    under: Item | None = None
+    search: str | None = None
+    include_closed: bool = False
+
+
+def filter_items(backlog: Backlog, spec: ListFilter) -> list[Item]:
+    statuses = {normalize_status(s) for s in spec.statuses}
+    priority = normalize_priority(spec.priority) if spec.priority else None
+    under = backlog.descendants(spec.under.id) if spec.under else None
+    needle = spec.search.lower() if spec.search else None
+    out = []
+    for item in backlog.items:
+        if statuses:
+            if item.status not in statuses:
+                continue
+        elif not spec.include_closed and item.status not in OPEN_STATUSES:
+            continue
+        if priority and item.priority != priority:
+            continue
+        if spec.tag and spec.tag.lstrip("#") not in item.tags:
+            continue
+        if under is not None and item.id not in under:
+            continue
+        if needle and needle not in item.title.lower() and needle not in item.body.lower() and needle != item.slug:
+            continue
+        out.append(item)
+    return out
+
+
+def item_summary(item: Item, backlog: Backlog | None = None) -> dict[str, Any]:
+    """The stable JSON shape of an item in list output."""
+    data = {
+        "id": item.id,
+        "slug": item.slug,
+        "parent_id": item.parent_id,
+        "kind": item.kind,
+        "title": item.title,
+        "status": item.status,
+        "priority": item.priority,
+        "estimate": item.estimate,
+        "estimate_min_days": item.estimate_min_days,
+        "estimate_max_days": item.estimate_max_days,
+        "tags": list(item.tags),
+        "innovation": item.innovation,
+        "practicality": item.practicality,
+        "feasibility": item.feasibility,
+        "score": item.score,
+        "position": item.position,
+        "created_at": item.created_at,
+        "updated_at": item.updated_at,
+        "started_at": item.started_at,
+        "done_at": item.done_at,
+    }
+    if backlog is not None:
+        done, total = backlog.progress(item.id)
+        data["progress"] = {"done": done, "total": total}
+    return data
+
+
+def item_detail(session: Session, item: Item) -> dict[str, Any]:
+    """Everything about one item, for `show`."""
+    backlog = Backlog.load(session)
+    data = item_summary(item, backlog)
+    data["body"] = item.body
+    data["tasks_at"] = item.style.get("tasks_at")
+    data["path"] = backlog.path(item)
+    data["children"] = [
+        {**item_summary(child), "progress": dict(zip(("done", "total"), backlog.progress(child.id), strict=True))}
+        for child in backlog.children.get(item.id, [])
+    ]
+    data["notes"] = [
+        {"id": n.id, "date": n.date, "title": n.title, "text": n.text, "created_at": n.created_at}
+        for n in session.exec(select(Note).where(Note.item_id == item.id).order_by(Note.date, Note.id))
+    ]
+    data["outcomes"] = [
+        {"id": o.id, "kind": o.kind, "ref": o.ref, "text": o.text, "created_at": o.created_at}
+        for o in session.exec(select(Outcome).where(Outcome.item_id == item.id).order_by(Outcome.id))
+    ]
+    data["history"] = [
+        {"ts": e.ts, "action": e.action, "table": e.table_name, "before": e.before, "after": e.after, "undone": e.undone}
+        for e in session.exec(select(Event).where(Event.item_id == item.id).order_by(Event.id))
+        if e.action != "touched"
+    ]
+    return data
+
+
+def get_meta(session: Session, key: str, default: str | None = None) -> str | None:
+    row = session.get(Meta, key)
+    return row.value if row else default
+
+
+def set_meta(session: Session, key: str, value: str) -> None:
+    row = session.get(Meta, key)
+    if row is None:
+        session.add(Meta(key=key, value=value))
+    else:
+        row.value = value
+        session.add(row)

@@ -1,0 +1,474 @@
+"""The `research` command line: parsing and printing only; the work lives in the library.
+
+Heavy modules (sqlmodel, rich tables, papermill, torch) are imported inside the
+commands that need them so `research --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from research.errors import ResearchError
+
+DEBUG_ENV = "RESEARCH_DEBUG"
+
+
+class ResearchGroup(TyperGroup):
+    """Turns ResearchError into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ResearchError as exc:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+def _typer(help_text: str) -> typer.Typer:
+    return typer.Typer(
+        cls=ResearchGroup,
+        help=help_text,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+
+app = _typer("A research backlog with runnable experiment notebooks.")
+
+
+class State:
+    db: str | None = None
+
+
+state = State()
+
+
+@app.callback()
+def _global(
+    db: Annotated[str | None, typer.Option("--db", help="Database file (default: $RESEARCH_DB, else the nearest todo.db).")] = None,
+) -> None:
+    """A research backlog with runnable experiment notebooks."""
+    state.db = db
+
+
+def db_path() -> Path:
+    from research.db import find_database
+
+    return find_database(state.db)
+
+
+def _session(write: bool = False):
+    from research.db import session_scope
+
+    return session_scope(db_path(), write=write)
+
+
+def _changes(write_message: str | None = None):
+    """A write session plus a ChangeLog, for commands that change the backlog."""
+    from contextlib import contextmanager
+
+    from research.backlog import ChangeLog
+
+    @contextmanager
+    def scope():
+        with _session(write=True) as session:
+            yield session, ChangeLog(session)
+
+    return scope()
+
+
+# Shared option types
+IdArg = Annotated[str, typer.Argument(help="Item id or slug.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable keys).")]
+PriorityOpt = Annotated[str | None, typer.Option("--priority", "-P", help="low, medium, high (🔥) or critical (🔥🔥).")]
+EstimateOpt = Annotated[str | None, typer.Option("--estimate", "-e", help="Free text such as '2-3天' or '3-4 days'.")]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", "-t", help="Area or tag (repeatable).")]
+StatusOpt = Annotated[str | None, typer.Option("--status", "-s", help="planned, active, paused, done, writing-up or dropped.")]
+BodyOpt = Annotated[str | None, typer.Option("--body", "-b", help="Markdown body: description, questions, ideas.")]
+ScoreOpt = Annotated[int | None, typer.Option(min=1, max=5)]
+
+
+# ---------------------------------------------------------------------------
+# Setting up
+
+
+@app.command()
+def init(
+    empty: Annotated[bool, typer.Option("--empty", help="Do not add the shipped experiments to the backlog.")] = False,
+) -> None:
+    """Create ./todo.db (idempotent: an existing database is kept and upgraded)."""
+    from research.db import create_database, init_target
+
+    path = init_target(state.db)
+    created = create_database(path)
+    added: list[str] = []
+    if not empty:
+        from research.db import session_scope
+        from research.experiments_catalog import add_shipped_experiments
+
+        with session_scope(path, write=True) as session:
+            added = add_shipped_experiments(session, project_root=Path.cwd())
+    verb = "Created" if created else "Already initialised:"
+    typer.echo(f"{verb} {path}", err=True)
+    for slug in added:
+        typer.echo(f"  added experiment item {slug}", err=True)
+
+
+# ---------------------------------------------------------------------------
+# Items
+
+
+def _fields(
+    title=None, body=None, status=None, priority=None, estimate=None, tags=None, innovation=None,
+    practicality=None, feasibility=None, slug=None, kind=None,
+):
+    from research.backlog import ItemFields
+
+    return ItemFields(
+        title=title, body=body, status=status, priority=priority, estimate=estimate, tags=tags,
+        innovation=innovation, practicality=practicality, feasibility=feasibility, slug=slug, kind=kind,
+    )
+
+
+@app.command()
+def add(
+    title: Annotated[str, typer.Argument(help="Title of the new item.")],
+    parent: Annotated[str | None, typer.Option("--parent", "-p", help="Parent item id or slug.")] = None,
+    priority: PriorityOpt = None,
+    estimate: EstimateOpt = None,
+    tag: TagOpt = None,
+    status: StatusOpt = None,
+    body: BodyOpt = None,
+    task: Annotated[bool, typer.Option("--task", help="Add a checklist task rather than an item.")] = False,
+    slug: Annotated[str | None, typer.Option("--slug", help="Explicit slug (default: from the title).")] = None,
+    innovation: ScoreOpt = None,
+    practicality: ScoreOpt = None,
+    feasibility: ScoreOpt = None,
+) -> None:
+    """Add an item (or, with --task, a checklist task) to the backlog."""
+    from research.backlog import add_item, resolve_item
+
+    with _changes() as (session, log):
+        parent_item = resolve_item(session, parent) if parent else None
+        fields = _fields(title, body, status, priority, estimate, tag, innovation, practicality, feasibility, slug, "task" if task else None)
+        item = add_item(session, log, fields, parent=parent_item)
+        typer.echo(f"{item.id}\t{item.slug}")
+
+
+@app.command("list")
+def list_(
+    status: Annotated[list[str] | None, typer.Option("--status", "-s", help="Only these statuses (repeatable).")] = None,
+    priority: PriorityOpt = None,
+    tag: Annotated[str | None, typer.Option("--tag", "-t", help="Only items with this tag.")] = None,
+    under: Annotated[str | None, typer.Option("--under", "-u", help="Only descendants of this item.")] = None,
+    search: Annotated[str | None, typer.Option("--search", "-q", help="Text in the title or body.")] = None,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Include done and dropped items.")] = False,
+    tree: Annotated[bool, typer.Option("--tree", help="Show the hierarchy with checklist progress.")] = False,
+    sort: Annotated[str, typer.Option("--sort", help="score, priority, updated or created.")] = "priority",
+    json_: JsonOpt = False,
+) -> None:
+    """List open items (all with --all), as a table, a tree or JSON."""
+    from research import render
+    from research.backlog import Backlog, ListFilter, filter_items, item_summary, resolve_item, sort_key
+
+    with _session() as session:
+        backlog = Backlog.load(session)
+        spec = ListFilter(
+            statuses=status or [], priority=priority, tag=tag,
+            under=resolve_item(session, under) if under else None, search=search, include_closed=all_,
+        )
+        keep = filter_items(backlog, spec)
+        key = sort_key(sort)
+    if json_:
+        render.print_json([item_summary(i, backlog) for i in sorted(keep, key=key)])
+        return
+    if not keep:
+        render.info("No items match." if backlog.items else "The backlog is empty: `research add TITLE` or `research import FILE.md`.")
+        return
+    if tree:
+        wanted = {i.id for i in keep}
+        root = spec.under.id if spec.under else None
+        rows = [backlog.row(item, depth) for item, depth in backlog.walk(root) if item.id in wanted]
+    else:
+        rows = [backlog.row(item, 0) for item in sorted(keep, key=key)]
+    render.console().print(render.items_table(rows, tree=tree))
+
+
+@app.command()
+def show(item_id: IdArg, json_: JsonOpt = False) -> None:
+    """Everything about an item: fields, checklist, runs, notes, outcomes, history."""
+    from research import render
+    from research.backlog import item_detail, resolve_item
+
+    with _session() as session:
+        item = resolve_item(session, item_id)
+        detail = item_detail(session, item)
+        _attach_runs(session, item, detail)
+    if json_:
+        detail.pop("runs_lines", None)
+        render.print_json(detail)
+    else:
+        render.show_item(detail)
+
+
+def _attach_runs(session, item, detail) -> None:
+    """Adds the item's runs to `show` once the runner's tables exist."""
+    try:
+        from research.runs import runs_for_show
+    except ImportError:
+        return
+    runs_for_show(session, item, detail)
+
+
+@app.command()
+def edit(
+    item_id: IdArg,
+    title: Annotated[str | None, typer.Option("--title", help="New title.")] = None,
+    priority: PriorityOpt = None,
+    estimate: EstimateOpt = None,
+    tag: TagOpt = None,
+    status: StatusOpt = None,
+    body: BodyOpt = None,
+    slug: Annotated[str | None, typer.Option("--slug", help="New slug.")] = None,
+    innovation: ScoreOpt = None,
+    practicality: ScoreOpt = None,
+    feasibility: ScoreOpt = None,
+) -> None:
+    """Change an item's fields (only the options given)."""
+    from research.backlog import edit_item, resolve_item
+
+    with _changes() as (session, log):
+        item = resolve_item(session, item_id)
+        changed = edit_item(session, log, item, _fields(title, body, status, priority, estimate, tag, innovation, practicality, feasibility, slug))
+        typer.echo(f"{item.id}\t{item.slug}\t{'changed' if changed else 'unchanged'}")
+
+
+@app.command()
+def mv(
+    item_id: IdArg,
+    parent: Annotated[str | None, typer.Option("--parent", "-p", help="New parent id or slug.")] = None,
+    top: Annotated[bool, typer.Option("--top", help="Move to the top level.")] = False,
+) -> None:
+    """Move an item (with its children) under another parent."""
+    from research.backlog import move_item, resolve_item
+
+    if not parent and not top:
+        raise ResearchError("give --parent ID or --top")
+    with _changes() as (session, log):
+        item = resolve_item(session, item_id)
+        new_parent = resolve_item(session, parent) if parent else None
+        move_item(session, log, item, new_parent)
+        typer.echo(f"{item.id}\t{item.slug}\tmoved")
+
+
+@app.command()
+def rm(
+    item_id: IdArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete an item with its children, notes and outcomes (`research undo` restores them)."""
+    from research.backlog import delete_item, resolve_item, subtree
+
+    with _changes() as (session, log):
+        item = resolve_item(session, item_id)
+        count = len(subtree(session, item))
+        if not yes:
+            if not sys.stdin.isatty():
+                raise ResearchError("refusing to delete without confirmation; pass --yes")
+            extra = f" and {count - 1} descendant(s)" if count > 1 else ""
+            if not typer.confirm(f"Delete {item.id} “{item.title}”{extra}?", err=True):
+                raise typer.Exit(1)
+        removed = delete_item(session, log, item)
+    typer.echo(f"deleted {removed} item(s)", err=True)
+
+
+def _set_status(item_id: str, status: str, action: str = "status") -> None:
+    from research.backlog import resolve_item, set_status
+
+    with _changes() as (session, log):
+        item = resolve_item(session, item_id)
+        before = item.status
+        changed = set_status(session, log, item, status, action=action)
+        typer.echo(f"{item.id}\t{item.slug}\t{before} → {item.status}" if changed else f"{item.id}\t{item.slug}\talready {item.status}")
+
+
+@app.command()
+def start(item_id: IdArg) -> None:
+    """Mark an item active (🚀)."""
+    _set_status(item_id, "active")
+
+
+@app.command()
+def pause(item_id: IdArg) -> None:
+    """Mark an item paused (⏸️)."""
+    _set_status(item_id, "paused")
+
+
+@app.command()
+def done(
+    item_id: IdArg,
+    outcome: Annotated[list[str] | None, typer.Option("--outcome", "-o", help="KIND:REF, kind one of document, code, application, related (repeatable).")] = None,
+    text: Annotated[str | None, typer.Option("--text", help="A sentence on what the outcome is.")] = None,
+) -> None:
+    """Mark an item done (✅), optionally recording what it produced."""
+    from research.backlog import add_outcome, parse_outcome_spec, resolve_item, set_status
+
+    with _changes() as (session, log):
+        item = resolve_item(session, item_id)
+        specs = [parse_outcome_spec(s) for s in outcome or []]
+        set_status(session, log, item, "done")
+        for kind, ref in specs:
+            add_outcome(session, log, item, kind, ref, text or "")
+        typer.echo(f"{item.id}\t{item.slug}\tdone" + (f" (+{len(specs)} outcome(s))" if specs else ""))
+
+
+@app.command()
+def drop(item_id: IdArg) -> None:
+    """Mark an item dropped."""
+    _set_status(item_id, "dropped")
+
+
+@app.command("status")
+def status_(item_id: IdArg, status: Annotated[str, typer.Argument(help="The new status.")]) -> None:
+    """Set an item's status to any of the six states."""
+    _set_status(item_id, status)
+
+
+@app.command()
+def check(item_id: IdArg) -> None:
+    """Tick a checklist task."""
+    _set_status(item_id, "done", action="check")
+
+
+@app.command()
+def uncheck(item_id: IdArg) -> None:
+    """Untick a checklist task."""
+    _set_status(item_id, "planned", action="uncheck")
+
+
+@app.command()
+def note(
+    args: Annotated[list[str] | None, typer.Argument(help="[ID] TEXT; with no TEXT, $EDITOR opens.", show_default=False)] = None,
+    date: Annotated[str | None, typer.Option("--date", help="File the note under this date (YYYY-MM-DD).")] = None,
+) -> None:
+    """Write a dated note on an item, or on the backlog as a whole."""
+    from research.backlog import add_note, resolve_item
+
+    args = list(args or [])
+    if date:
+        _check_date(date)
+    with _changes() as (session, log):
+        item = None
+        if len(args) >= 2:
+            item = resolve_item(session, args[0])
+            text = " ".join(args[1:])
+        elif len(args) == 1:
+            try:
+                item = resolve_item(session, args[0])
+                text = None
+            except ResearchError:
+                text = args[0]
+        else:
+            text = None
+        if text is None:
+            text = _edit_text()
+        created = add_note(session, log, item, text, date=date)
+        typer.echo(f"note {created.id}" + (f" on {item.slug}" if item else ""))
+
+
+def _check_date(text: str) -> None:
+    from datetime import date
+
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        raise ResearchError(f"bad date {text!r}; use YYYY-MM-DD") from None
+
+
+def _edit_text() -> str:
+    if not sys.stdin.isatty() and not os.environ.get("EDITOR"):
+        raise ResearchError("no note text given and no $EDITOR to write one")
+    text = click.edit("\n# Write the note above. Lines starting with # are ignored.\n")
+    if text is None:
+        raise ResearchError("note cancelled: the editor closed without saving")
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("#")).strip()
+    if not text:
+        raise ResearchError("note cancelled: empty text")
+    return text
+
+
+@app.command()
+def undo() -> None:
+    """Revert the last change (any command, an import or a delete included)."""
+    from research.backlog import undo_last
+
+    with _changes() as (session, _log):
+        batch, events = undo_last(session)
+        actions = sorted({e.action for e in events if e.action != "touched"})
+    typer.echo(f"undid change {batch}: {len(events)} row change(s) ({', '.join(actions)})", err=True)
+
+
+# ---------------------------------------------------------------------------
+# Markdown in and out
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="A Markdown backlog.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would change; change nothing.")] = False,
+) -> None:
+    """Import (or re-import) a Markdown backlog; items are matched by their path of titles."""
+    from research.markdown_io import import_markdown, parse_markdown_file
+
+    document = parse_markdown_file(file)
+    with _changes() as (session, log):
+        report = import_markdown(session, log, document)
+        if dry_run:
+            session.rollback()
+    prefix = "would import" if dry_run else "imported"
+    typer.echo(f"{prefix} {file}: {report.summary()}", err=True)
+    for line in report.details():
+        typer.echo(f"  {line}", err=True)
+
+
+@app.command()
+def export(
+    format_: Annotated[str, typer.Option("--format", "-f", help="md or json.")] = "md",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Export the backlog as Markdown (the conventions it was imported with) or JSON."""
+    from research.markdown_io import export_json, export_markdown
+
+    if format_ not in ("md", "json"):
+        raise ResearchError(f"unknown format {format_!r}; use md or json")
+    with _session() as session:
+        text = export_markdown(session) if format_ == "md" else export_json(session)
+    if output:
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(output)
+        typer.echo(f"wrote {output}", err=True)
+    else:
+        sys.stdout.write(text)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""All table models in one place.
+
+The schema itself is created and changed only by the migrations in ``db.py``;
+a test checks that the migrated schema matches these models column for column.
+Timestamps are ISO 8601 UTC strings (see ``clock.py``); JSON columns hold plain
+lists and dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Column
+from sqlmodel import Field, SQLModel
+
+STATUSES = ("planned", "active", "paused", "done", "writing-up", "dropped")
+OPEN_STATUSES = ("planned", "active", "paused", "writing-up")
+PRIORITIES = ("low", "medium", "high", "critical")
+ITEM_KINDS = ("item", "task")  # a heading-level item, or a checklist task
+OUTCOME_KINDS = ("document", "code", "application", "related")
+
+
+class Item(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    slug: str = Field(unique=True)
+    parent_id: int | None = Field(default=None, foreign_key="item.id", index=True)
+    kind: str = "item"
+    title: str
+    body: str = ""
+    status: str = Field(default="planned", index=True)
+    priority: str = "medium"
+    estimate: str | None = None
+    estimate_min_days: float | None = None
+    estimate_max_days: float | None = None
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    innovation: int | None = None
+    practicality: int | None = None
+    feasibility: int | None = None
+    score: float | None = None  # composite used for sorting
+    position: int = 0  # order among siblings
+    # Presentation hints that keep a Markdown round trip faithful (bold task
+    # titles, numbered headings, where the checklist sat inside the body).
+    style: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: str
+    updated_at: str
+    started_at: str | None = None
+    done_at: str | None = None
+
+
+class Note(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: int | None = Field(default=None, foreign_key="item.id", index=True)
+    date: str | None = None  # the journal date (YYYY-MM-DD) the note is filed under
+    title: str | None = None  # an undated section keeps its heading here
+    text: str = ""
+    created_at: str
+
+
+class Outcome(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: int = Field(foreign_key="item.id", index=True)
+    kind: str  # one of OUTCOME_KINDS
+    ref: str = ""  # a path or URL
+    text: str = ""
+    created_at: str
+
+
+class Event(SQLModel, table=True):
+    """One row-level change. Events of one command share a batch; undo reverts a batch."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    batch: int = Field(index=True)
+    ts: str = Field(index=True)
+    action: str  # created, edited, status, note, check, uncheck, move, delete, outcome, ...
+    item_id: int | None = Field(default=None, index=True)  # no FK: history outlives the item
+    table_name: str
+    row_id: int
+    before: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    undone: bool = False
+
+
+class Meta(SQLModel, table=True):
+    """Backlog-level settings: the document title, its language, section headings."""
+
+    key: str = Field(primary_key=True)
+    value: str = ""
