@@ -1,0 +1,70 @@
+"""An incremental Transformer for streaming data (backlog item ``incremental-transformer``).
+
+Two halves, one small model:
+
+* streaming inference -- a decoder-only Transformer with rotary positions
+  (``model``), decoded with a preallocated KV cache vs full recompute, and a
+  bounded StreamingLLM cache of attention sinks + a sliding window whose
+  positions are assigned inside the cache (``cache``, ``streaming``);
+* streaming learning -- prequential online training on a token stream that
+  drifts between synthetic Markov regimes (``data``), comparing naive online
+  SGD, reservoir replay, A-GEM and detector-triggered online EWC, with a
+  Page-Hinkley drift detector and continual-learning metrics (``online``).
+
+``experiment`` wraps each measurement as one function; ``benchmarks/incremental.py``
+prints the acceptance figures and ``notebooks/incremental_transformer.ipynb``
+records and plots them.
+"""
+
+from experiments.incremental.cache import KVCache, SinkWindowCache, SinkWindowCacheReference
+from experiments.incremental.data import MarkovSource, make_regimes, mixture_batch, switching_stream
+from experiments.incremental.experiment import (
+    pretrain,
+    resolve_device,
+    run_decode,
+    run_drift,
+    run_stream,
+)
+from experiments.incremental.model import Transformer, TransformerConfig
+from experiments.incremental.online import (
+    METHODS,
+    OnlineConfig,
+    PageHinkley,
+    Reservoir,
+    continual_metrics,
+    detect,
+    run_online,
+    tokens_to_recover,
+)
+from experiments.incremental.streaming import cached_logits, recompute_logits, stream_eval
+from experiments.incremental.train import TrainConfig, train_offline
+
+__all__ = [
+    "KVCache",
+    "SinkWindowCache",
+    "SinkWindowCacheReference",
+    "MarkovSource",
+    "make_regimes",
+    "mixture_batch",
+    "switching_stream",
+    "pretrain",
+    "resolve_device",
+    "run_decode",
+    "run_drift",
+    "run_stream",
+    "Transformer",
+    "TransformerConfig",
+    "METHODS",
+    "OnlineConfig",
+    "PageHinkley",
+    "Reservoir",
+    "continual_metrics",
+    "detect",
+    "run_online",
+    "tokens_to_recover",
+    "cached_logits",
+    "recompute_logits",
+    "stream_eval",
+    "TrainConfig",
+    "train_offline",
+]

@@ -1,0 +1,97 @@
+"""Synthetic token streams: sparse Markov regimes and a stream that drifts between them.
+
+Each *regime* is a first-order Markov chain over a shared alphabet: every state
+has ``branching`` likely successors (weights from a Dirichlet) plus a small
+uniform floor. Different regimes share the tokens but not the transitions, so a
+model fit to regime A predicts regime B badly (the conflict that produces
+catastrophic forgetting), while a model that reads its context can tell the
+regimes apart after a few tokens (what replay can teach it). Everything is
+generated from seeds in the experiment: no downloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class MarkovSource:
+    """One regime: a row-stochastic transition matrix P (V, V)."""
+
+    P: torch.Tensor  # (V, V), rows sum to 1
+
+    @property
+    def vocab_size(self) -> int:
+        return self.P.shape[0]
+
+    def sample(self, n_seq: int, length: int, generator: torch.Generator) -> torch.Tensor:
+        """-> (n_seq, length) int64 tokens; the first token is uniform."""
+        V = self.vocab_size
+        cum = self.P.cumsum(dim=1)  # (V, V)
+        out = torch.empty(n_seq, length, dtype=torch.long)
+        out[:, 0] = torch.randint(V, (n_seq,), generator=generator)
+        u = torch.rand(length, n_seq, 1, generator=generator)  # one uniform per draw
+        for t in range(1, length):
+            rows = cum[out[:, t - 1]]  # (n_seq, V)
+            out[:, t] = torch.searchsorted(rows, u[t]).squeeze(1).clamp_(max=V - 1)
+        return out
+
+    def stationary(self, iters: int = 500) -> torch.Tensor:
+        pi = torch.full((self.vocab_size,), 1.0 / self.vocab_size, dtype=torch.float64)
+        P = self.P.double()
+        for _ in range(iters):
+            pi = pi @ P
+        return pi
+
+    def oracle_accuracy(self) -> float:
+        """Top-1 next-token accuracy of the true chain (the ceiling for any model)."""
+        return float((self.stationary() * self.P.double().max(dim=1).values).sum())
+
+    def entropy_rate(self) -> float:
+        """Cross-entropy (nats/token) of the true chain: the loss floor."""
+        P = self.P.double()
+        h = -(P * P.clamp_min(1e-30).log()).sum(dim=1)
+        return float((self.stationary() * h).sum())
+
+
+def make_regimes(
+    vocab_size: int = 32, n_regimes: int = 4, branching: int = 3, floor: float = 0.02, seed: int = 0
+) -> list[MarkovSource]:
+    """``n_regimes`` sparse random chains over ``vocab_size`` tokens."""
+    g = torch.Generator().manual_seed(seed)
+    regimes = []
+    for _ in range(n_regimes):
+        P = torch.zeros(vocab_size, vocab_size)
+        for s in range(vocab_size):
+            succ = torch.randperm(vocab_size, generator=g)[:branching]
+            w = torch._standard_gamma(torch.ones(branching))  # Dirichlet(1) via Gamma
+            P[s, succ] = w / w.sum()
+        P = (1 - floor) * P + floor / vocab_size
+        regimes.append(MarkovSource(P / P.sum(dim=1, keepdim=True)))
+    return regimes
+
+
+def mixture_batch(
+    regimes: list[MarkovSource], n_seq: int, length: int, generator: torch.Generator
+) -> torch.Tensor:
+    """(n_seq, length) sequences, each from one regime picked uniformly (offline training)."""
+    which = torch.randint(len(regimes), (n_seq,), generator=generator)
+    out = torch.empty(n_seq, length, dtype=torch.long)
+    for r, src in enumerate(regimes):
+        idx = (which == r).nonzero().squeeze(1)
+        if idx.numel():
+            out[idx] = src.sample(idx.numel(), length, generator)
+    return out
+
+
+def switching_stream(
+    regimes: list[MarkovSource], length: int, segment: int, generator: torch.Generator
+) -> torch.Tensor:
+    """One long (length,) stream that moves to the next regime every ``segment`` tokens."""
+    parts, r = [], 0
+    while sum(p.numel() for p in parts) < length:
+        parts.append(regimes[r % len(regimes)].sample(1, segment, generator)[0])
+        r += 1
+    return torch.cat(parts)[:length]

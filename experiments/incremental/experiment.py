@@ -1,0 +1,215 @@
+"""The three measurements of the experiment, each returning plain numbers and arrays.
+
+``run_decode``  -- cached vs full-recompute decoding: logit agreement, per-token
+                   cost vs context, speedup and fitted log-log slopes.
+``run_stream``  -- a briefly trained model over a long switching stream with the
+                   dense / sink+window / window-only / sliding-window-recompute
+                   policies: loss, memory and per-token latency.
+``run_drift``   -- prequential online learning across regimes for several methods
+                   and seeds: accuracy matrices, forgetting, recovery, detection.
+
+The benchmark script prints these figures; the notebook records and plots them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from experiments.incremental.data import make_regimes, switching_stream
+from experiments.incremental.model import Transformer, TransformerConfig
+from experiments.incremental.online import METHODS, OnlineConfig, detection_delays, run_online
+from experiments.incremental.streaming import (
+    cached_logits,
+    loglog_slope,
+    recompute_logits,
+    stream_eval,
+    time_cached,
+    time_recompute,
+)
+from experiments.incremental.train import TrainConfig, evaluate, train_offline
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def run_decode(
+    model_cfg: TransformerConfig,
+    cached_contexts=(128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
+    recompute_contexts=(128, 256, 512, 1024, 2048, 4096, 8192),
+    check_len: int = 2048,
+    device="cpu",
+    seed: int = 0,
+    model=None,
+) -> dict:
+    """Cached vs recompute. The per-token cost at context n is one cached step over
+    n keys vs one full forward over the n-token prefix (what recompute pays to
+    produce the next token). Slopes are fitted on all contexts and on n >= 2048
+    (where the context-dependent part of the cost has the most weight)."""
+    torch.manual_seed(seed)
+    model = (model or Transformer(model_cfg)).to(device).eval()
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(model.cfg.vocab_size, (check_len,), generator=g).to(device)
+    ref = recompute_logits(model, tokens)  # (T, V)
+    diff_steps = (cached_logits(model, tokens) - ref).abs().max().item()
+    diff_prefill = (cached_logits(model, tokens, prefill=check_len // 2) - ref).abs().max().item()
+    cc, rc = [int(n) for n in cached_contexts], [int(n) for n in recompute_contexts]
+    cached = time_cached(model, cc, device=device, seed=seed)
+    recompute = time_recompute(model, rc, device=device, seed=seed)
+    ref_n = check_len if (check_len in cc and check_len in rc) else max(set(cc) & set(rc))
+
+    def upper(ctx, ts):
+        idx = [i for i, n in enumerate(ctx) if n >= 2048]
+        return loglog_slope([ctx[i] for i in idx], ts[idx]) if len(idx) >= 2 else math.nan
+
+    return {
+        "max_abs_diff": max(diff_steps, diff_prefill),
+        "cached_contexts": cc,
+        "recompute_contexts": rc,
+        "cached_s": cached,
+        "recompute_s": recompute,
+        "speedup_context": ref_n,
+        "speedup": float(recompute[rc.index(ref_n)] / cached[cc.index(ref_n)]),
+        "slope_cached": loglog_slope(cc, cached),
+        "slope_recompute": loglog_slope(rc, recompute),
+        "slope_cached_upper": upper(cc, cached),
+        "slope_recompute_upper": upper(rc, recompute),
+    }
+
+
+def pretrain(
+    model_cfg: TransformerConfig,
+    train_cfg: TrainConfig,
+    device="cpu",
+    regime_seed: int = 0,
+    n_regimes: int = 4,
+) -> tuple[Transformer, list, dict]:
+    """Train a fresh model briefly on the regime mixture; returns (model, regimes, info)."""
+    regimes = make_regimes(model_cfg.vocab_size, n_regimes, seed=regime_seed)
+    torch.manual_seed(train_cfg.seed)
+    model = Transformer(model_cfg).to(device)
+    t0 = time.perf_counter()
+    losses = train_offline(model, regimes, train_cfg, device)
+    g = torch.Generator().manual_seed(12_345)
+    held = [src.sample(32, train_cfg.seq_len, g).to(device) for src in regimes]
+    evals = [evaluate(model, h) for h in held]
+    info = {
+        "train_s": time.perf_counter() - t0,
+        "train_loss": losses,
+        "heldout_nll": float(np.mean([e[0] for e in evals])),
+        "heldout_acc": float(np.mean([e[1] for e in evals])),
+        "oracle_nll": float(np.mean([s.entropy_rate() for s in regimes])),
+        "oracle_acc": float(np.mean([s.oracle_accuracy() for s in regimes])),
+    }
+    return model, regimes, info
+
+
+def run_stream(
+    model: Transformer,
+    regimes,
+    n_sink: int = 4,
+    window: int = 60,
+    n_windows: int = 32,
+    segment: int = 512,
+    device="cpu",
+    seed: int = 0,
+    policies=("dense", "sink", "window", "recompute"),
+) -> dict:
+    """Loss, memory and latency of each cache policy over ``n_windows`` cache-lengths
+    of a stream that changes regime every ``segment`` tokens."""
+    capacity = n_sink + window
+    g = torch.Generator().manual_seed(20_000 + seed)
+    stream = switching_stream(regimes, n_windows * capacity, segment, g)
+    model = model.to(device).eval()
+    runs = {p: stream_eval(model, stream, p, n_sink, window, device) for p in policies}
+    out = {"stream_len": stream.numel(), "capacity": capacity, "n_windows": n_windows, "runs": runs}
+    # Latency: median over the first and the last quarter of the tokens after the cache is full.
+    quarter = max(capacity, (stream.numel() - capacity) // 4)
+    first = slice(capacity, capacity + quarter)
+    last = slice(stream.numel() - quarter, stream.numel())
+    for p, r in runs.items():
+        out[f"nll_{p}"] = float(
+            r["nll"][capacity:].mean()
+        )  # predictions made after evictions begin
+        out[f"latency_{p}_first_ms"] = 1e3 * float(np.median(r["latency"][first]))
+        out[f"latency_{p}_last_ms"] = 1e3 * float(np.median(r["latency"][last]))
+        out[f"latency_{p}_growth"] = out[f"latency_{p}_last_ms"] / out[f"latency_{p}_first_ms"]
+        out[f"mem_{p}_growth"] = float(r["bytes_in_use"][-1] / r["bytes_in_use"][capacity - 1])
+        out[f"mem_{p}_final_kib"] = float(r["bytes_in_use"][-1] / 1024)
+    if "recompute" in runs:
+        for p in runs:
+            out[f"nll_ratio_{p}_vs_recompute"] = out[f"nll_{p}"] / out["nll_recompute"]
+    return out
+
+
+def _mean_std(xs) -> tuple[float, float]:
+    xs = np.asarray([x for x in xs if not math.isnan(x)], float)
+    if xs.size == 0:
+        return math.nan, math.nan
+    return float(xs.mean()), float(xs.std(ddof=1)) if xs.size > 1 else 0.0
+
+
+def run_drift(
+    model_cfg: TransformerConfig,
+    online_cfg: OnlineConfig,
+    methods=METHODS,
+    seeds=(0, 1, 2),
+    n_regimes: int = 4,
+    device="cpu",
+    progress=None,
+) -> dict:
+    """Every method on every seed (each seed has its own regimes and initialisation)."""
+    runs = {m: [] for m in methods}
+    for seed in seeds:
+        regimes = make_regimes(model_cfg.vocab_size, n_regimes, seed=seed)
+        for m in methods:
+            t0 = time.perf_counter()
+            r = run_online(m, regimes, model_cfg, online_cfg, seed=seed, device=device)
+            r["seconds"] = time.perf_counter() - t0
+            r["detection_delay_tokens"], r["false_alarms"] = detection_delays(
+                r["drift_steps"],
+                r["detected_steps"],
+                r["tokens_per_step"],
+                online_cfg.segment_steps,
+            )
+            runs[m].append(r)
+            if progress:
+                progress(
+                    f"drift {m} seed={seed}: forgetting={r['forgetting']:.3f} "
+                    f"avg_acc={r['avg_acc']:.3f} ({r['seconds']:.1f}s)"
+                )
+    summary = {}
+    for m, rs in runs.items():
+        for key in ("forgetting", "avg_acc", "bwt"):
+            summary[f"{m}_{key}"] = _mean_std([r[key] for r in rs])
+        summary[f"{m}_tokens_to_recover"] = _mean_std(
+            [t for r in rs for t in r["tokens_to_recover"]]
+        )
+        summary[f"{m}_detection_delay_tokens"] = _mean_std(
+            [t for r in rs for t in r["detection_delay_tokens"]]
+        )
+        summary[f"{m}_missed_drifts"] = sum(
+            math.isnan(t) for r in rs for t in r["detection_delay_tokens"]
+        )
+        summary[f"{m}_false_alarms"] = sum(r["false_alarms"] for r in rs)
+        summary[f"{m}_extra_compute_frac"] = float(
+            np.mean(
+                [r["extra_seq_passes"] / (len(r["preq_loss"]) * online_cfg.batch_size) for r in rs]
+            )
+        )
+    if "naive" in runs:
+        naive = [r["forgetting"] for r in runs["naive"]]
+        for m in methods:
+            if m != "naive":
+                ratios = [r["forgetting"] / n for r, n in zip(runs[m], naive, strict=True)]
+                summary[f"{m}_vs_naive_forgetting_ratio"] = float(
+                    np.mean([r["forgetting"] for r in runs[m]]) / np.mean(naive)
+                )
+                summary[f"{m}_vs_naive_forgetting_ratio_per_seed"] = (min(ratios), max(ratios))
+    return {"runs": runs, "summary": summary, "seeds": list(seeds), "methods": list(methods)}

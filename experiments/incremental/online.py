@@ -1,0 +1,294 @@
+"""Online learning on a drifting stream: prequential training, replay, A-GEM,
+a Page-Hinkley drift detector and continual-learning metrics.
+
+The stream visits regimes 0, 1, ..., K-1 (``data.py``) for ``segment_steps`` steps
+each. At every step it delivers ``batch_size`` fresh sequences; the learner is
+first *tested* on them (prequential, "test-then-train", Dawid 1984; Gama et al.
+2013) and then takes one optimizer step. Methods, all at equal compute (one
+forward+backward over ``batch_size`` sequences per step) and the same stream:
+
+* ``naive``  -- online SGD (AdamW) on the fresh sequences only.
+* ``replay`` -- experience replay (Chaudhry et al. 2019, "On Tiny Episodic
+  Memories"): half fresh sequences, half drawn from a reservoir-sampled memory
+  (Vitter 1985, Algorithm R), which holds a uniform sample of everything seen.
+* ``agem``   -- Averaged GEM (Chaudhry et al. 2019, arXiv:1812.00420): gradient
+  on half fresh sequences, projected so it does not increase the loss on half a
+  batch from the same reservoir (g <- g - (g.g_ref / g_ref.g_ref) g_ref when
+  g.g_ref < 0).
+* ``ewc``    -- online Elastic Weight Consolidation (Kirkpatrick et al. 2017;
+  Schwarz et al. 2018, "Progress & Compress"): trains on the fresh sequences like
+  ``naive`` plus a penalty (lambda/2) sum_i F_i (theta_i - theta*_i)^2. It
+  consolidates (F <- gamma F + F_new, theta* <- theta) whenever the drift detector
+  fires, with F_new the diagonal empirical Fisher on the last ``fisher_seqs``
+  sequences seen before the alarm. Its only extra compute is that Fisher pass
+  (a few batches per detected drift, reported as ``extra_seq_passes``).
+
+The ``PageHinkley`` test (Page 1954; Gama et al. 2014 survey, Sec. 3.2) watches the
+prequential loss and flags increases in its mean: the regime changes.
+
+Metrics follow Lopez-Paz & Ranzato 2017 (GEM) and Chaudhry et al. 2018 (RWalk):
+``R[i, j]`` = accuracy on held-out data of regime j after training on segment i;
+average accuracy = mean_j R[K-1, j]; backward transfer BWT = mean_{j<K-1}
+(R[K-1, j] - R[j, j]); forgetting f_j = max_{l<K-1} R[l, j] - R[K-1, j], averaged
+over j < K-1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from experiments.incremental.data import MarkovSource
+from experiments.incremental.model import Transformer, TransformerConfig
+from experiments.incremental.train import evaluate, lm_loss
+
+METHODS = ("naive", "replay", "agem", "ewc")
+
+
+class PageHinkley:
+    """Page-Hinkley test for an increase in the mean of a stream.
+
+    m_t = sum_{i<=t} (x_i - mean_i - delta); alarm when m_t - min_{i<=t} m_i > threshold.
+    ``delta`` is the change size tolerated, ``threshold`` (lambda) trades delay for
+    false alarms. The statistics restart after every alarm.
+    """
+
+    def __init__(self, delta: float = 0.05, threshold: float = 1.0, min_samples: int = 10):
+        self.delta, self.threshold, self.min_samples = delta, threshold, min_samples
+        self.reset()
+
+    def reset(self) -> None:
+        self.n, self.mean, self.m, self.m_min = 0, 0.0, 0.0, 0.0
+
+    def update(self, x: float) -> bool:
+        """Add one observation; True when a change is detected (then resets)."""
+        self.n += 1
+        self.mean += (x - self.mean) / self.n
+        self.m += x - self.mean - self.delta
+        self.m_min = min(self.m_min, self.m)
+        if self.n >= self.min_samples and self.m - self.m_min > self.threshold:
+            self.reset()
+            return True
+        return False
+
+
+def detect(values, **kwargs) -> list[int]:
+    """Indices at which a fresh PageHinkley(**kwargs) fires on ``values``."""
+    ph = PageHinkley(**kwargs)
+    return [i for i, x in enumerate(values) if ph.update(float(x))]
+
+
+class Reservoir:
+    """Reservoir sampling (Algorithm R): a uniform sample of all sequences offered."""
+
+    def __init__(self, capacity: int, generator: torch.Generator):
+        self.capacity, self.g, self.seen, self.items = capacity, generator, 0, []
+
+    def add(self, seqs: torch.Tensor) -> None:
+        for s in seqs:
+            self.seen += 1
+            if len(self.items) < self.capacity:
+                self.items.append(s.clone())
+            else:
+                j = int(torch.randint(self.seen, (1,), generator=self.g))
+                if j < self.capacity:
+                    self.items[j] = s.clone()
+
+    def sample(self, n: int) -> torch.Tensor:
+        idx = torch.randint(len(self.items), (n,), generator=self.g)
+        return torch.stack([self.items[i] for i in idx])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def continual_metrics(R) -> dict:
+    """Average accuracy, backward transfer and forgetting of an accuracy matrix R (K, K)."""
+    R = np.asarray(R, dtype=float)
+    K = R.shape[0]
+    final = R[-1]
+    bwt = float(np.mean([final[j] - R[j, j] for j in range(K - 1)])) if K > 1 else 0.0
+    forget = [R[: K - 1, j].max() - final[j] for j in range(K - 1)]
+    return {
+        "avg_acc": float(final.mean()),
+        "bwt": bwt,
+        "forgetting": float(np.mean(forget)) if forget else 0.0,
+        "forgetting_per_regime": [float(f) for f in forget],
+    }
+
+
+def tokens_to_recover(
+    acc, drift_steps, segment_steps: int, tokens_per_step: int, frac: float = 0.9, smooth: int = 5
+) -> list[float]:
+    """Tokens after each drift until the prequential accuracy is back to ``frac`` of its level.
+
+    The level is the mean accuracy over the last 20% of that segment (the plateau
+    the learner reaches on the new regime); accuracy is a trailing mean over
+    ``smooth`` steps. NaN if it never gets there within the segment.
+    """
+    acc = np.asarray(acc, float)
+    out = []
+    for d in drift_steps:
+        seg = acc[d : d + segment_steps]
+        target = frac * seg[-max(1, segment_steps // 5) :].mean()
+        rolled = np.convolve(seg, np.ones(smooth) / smooth, mode="full")[: len(seg)]
+        rolled[: smooth - 1] = [seg[: i + 1].mean() for i in range(smooth - 1)]
+        hit = np.nonzero(rolled >= target)[0]
+        out.append(float((hit[0] + 1) * tokens_per_step) if hit.size else math.nan)
+    return out
+
+
+@dataclass
+class OnlineConfig:
+    segment_steps: int = 80  # optimizer steps per regime
+    batch_size: int = 8  # fresh sequences per step = compute per step (sequences)
+    seq_len: int = 64  # tokens per sequence
+    lr: float = 2e-3  # constant AdamW learning rate
+    memory: int = 512  # reservoir capacity (sequences) for replay and A-GEM
+    eval_seqs: int = 32  # held-out sequences per regime for the accuracy matrix
+    ph_delta: float = 0.05  # Page-Hinkley tolerance (nats)
+    ph_threshold: float = 1.0  # Page-Hinkley alarm threshold (nats)
+    ewc_lambda: float = 1e5  # EWC penalty strength (chosen on regime seed 100, not the test seeds)
+    ewc_gamma: float = 1.0  # online-EWC decay of old Fisher terms
+    fisher_seqs: int = 32  # recent sequences used for the Fisher estimate at an alarm
+
+
+def _flat_grad(model) -> torch.Tensor:
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+def _set_flat_grad(model, flat: torch.Tensor) -> None:
+    i = 0
+    for p in model.parameters():
+        n = p.numel()
+        p.grad.copy_(flat[i : i + n].view_as(p))
+        i += n
+
+
+class OnlineEWC:
+    """Diagonal-Fisher anchor, refreshed at each detected drift."""
+
+    def __init__(self, model, lam: float, gamma: float):
+        self.lam, self.gamma = lam, gamma
+        self.fisher = [torch.zeros_like(p) for p in model.parameters()]
+        self.anchor = None  # theta* (None until the first consolidation)
+
+    def consolidate(self, model, seqs: torch.Tensor, batch_size: int) -> int:
+        """F <- gamma F + mean over mini-batches of grad^2; theta* <- theta. Returns seqs used."""
+        new = [torch.zeros_like(p) for p in model.parameters()]
+        chunks = seqs.split(batch_size)
+        for chunk in chunks:
+            model.zero_grad(set_to_none=True)
+            lm_loss(model, chunk)[0].backward()
+            for f, p in zip(new, model.parameters(), strict=True):
+                f += p.grad.detach() ** 2 / len(chunks)
+        model.zero_grad(set_to_none=True)
+        self.fisher = [self.gamma * f + n for f, n in zip(self.fisher, new, strict=True)]
+        self.anchor = [p.detach().clone() for p in model.parameters()]
+        return seqs.shape[0]
+
+    def penalty(self, model) -> torch.Tensor:
+        if self.anchor is None:
+            return torch.zeros(())
+        total = sum(
+            (f * (p - a) ** 2).sum()
+            for f, p, a in zip(self.fisher, model.parameters(), self.anchor, strict=True)
+        )
+        return 0.5 * self.lam * total
+
+
+def run_online(
+    method: str,
+    regimes: list[MarkovSource],
+    model_cfg: TransformerConfig,
+    cfg: OnlineConfig,
+    seed: int = 0,
+    device="cpu",
+) -> dict:
+    """Prequential run of one method over regimes 0..K-1; see the module docstring."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # stream, reservoir and replay draws
+    model = Transformer(model_cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    memory = Reservoir(cfg.memory, g)
+    eval_g = torch.Generator().manual_seed(10_000 + seed)
+    held_out = [src.sample(cfg.eval_seqs, cfg.seq_len, eval_g).to(device) for src in regimes]
+    K, B, half = len(regimes), cfg.batch_size, cfg.batch_size // 2
+    R = np.zeros((K, K))
+    preq_loss, preq_acc = [], []
+    ph = PageHinkley(cfg.ph_delta, cfg.ph_threshold)
+    detections = []
+    ewc = OnlineEWC(model, cfg.ewc_lambda, cfg.ewc_gamma) if method == "ewc" else None
+    recent: list[torch.Tensor] = []  # last fisher_seqs sequences (FIFO), for EWC
+    extra_seq_passes = 0
+    for r, src in enumerate(regimes):
+        for _ in range(cfg.segment_steps):
+            fresh = src.sample(B, cfg.seq_len, g).to(device)
+            # test ...
+            loss, acc = evaluate(model, fresh)
+            preq_loss.append(loss)
+            preq_acc.append(acc)
+            if ph.update(loss):
+                detections.append(len(preq_loss) - 1)
+                if ewc is not None and recent:  # the alarm batch itself is not used
+                    extra_seq_passes += ewc.consolidate(model, torch.stack(recent).to(device), B)
+            # ... then train
+            model.train()
+            opt.zero_grad(set_to_none=True)
+            if method == "naive" or len(memory) == 0:
+                lm_loss(model, fresh)[0].backward()
+            elif method == "ewc":
+                (lm_loss(model, fresh)[0] + ewc.penalty(model)).backward()
+            elif method == "replay":
+                batch = torch.cat([fresh[:half], memory.sample(B - half).to(device)])
+                lm_loss(model, batch)[0].backward()
+            else:  # agem
+                lm_loss(model, memory.sample(B - half).to(device))[0].backward()
+                g_ref = _flat_grad(model)
+                opt.zero_grad(set_to_none=False)
+                lm_loss(model, fresh[:half])[0].backward()
+                grad = _flat_grad(model)
+                dot = grad @ g_ref
+                if dot < 0:
+                    _set_flat_grad(model, grad - dot / (g_ref @ g_ref) * g_ref)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            memory.add(fresh.cpu())
+            recent = (recent + list(fresh.cpu()))[-cfg.fisher_seqs :]
+        R[r] = [evaluate(model, h)[1] for h in held_out]
+    tokens_per_step = B * cfg.seq_len
+    drifts = [r * cfg.segment_steps for r in range(1, K)]
+    return {
+        "method": method,
+        "seed": seed,
+        "acc_matrix": R,
+        **continual_metrics(R),
+        "preq_loss": np.array(preq_loss),
+        "preq_acc": np.array(preq_acc),
+        "drift_steps": drifts,
+        "detected_steps": detections,
+        "tokens_per_step": tokens_per_step,
+        "extra_seq_passes": extra_seq_passes,
+        "tokens_to_recover": tokens_to_recover(
+            preq_acc, drifts, cfg.segment_steps, tokens_per_step
+        ),
+    }
+
+
+def detection_delays(
+    drift_steps, detected_steps, tokens_per_step: int, horizon: int
+) -> tuple[list, int]:
+    """Delay (tokens) from each true drift to the first alarm within ``horizon`` steps
+    (NaN if missed), and the number of alarms not matched to any drift."""
+    delays, used = [], set()
+    for d in drift_steps:
+        hits = [s for s in detected_steps if d <= s < d + horizon]
+        delays.append(float((hits[0] - d + 1) * tokens_per_step) if hits else math.nan)
+        used.update(hits[:1])
+    false_alarms = sum(1 for s in detected_steps if s not in used and s > 0)
+    return delays, false_alarms

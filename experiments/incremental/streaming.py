@@ -1,0 +1,156 @@
+"""Streaming inference: cached vs recomputed decoding, and bounded-memory streams.
+
+Measurements used by the benchmark and the notebook:
+
+* ``cached_logits`` / ``recompute_logits`` -- the same next-token logits two ways
+  (KV cache vs the full sequence through the reference path).
+* ``time_cached`` / ``time_recompute`` -- per-token latency as a function of
+  context length n: one cached decode step attends over n keys (O(n)); full
+  recompute re-runs the n-token prefix (O(n d^2 + n^2 d)). ``loglog_slope`` fits
+  the growth exponent.
+* ``stream_eval`` -- next-token NLL, per-token latency and cache bytes over a long
+  stream for four policies: ``dense`` (full KVCache), ``sink`` (StreamingLLM sinks
+  + window), ``window`` (window-only ablation, same cache size) and ``recompute``
+  (sliding-window recompute: the last n_sink + window tokens re-run from scratch
+  for every token, the quality baseline of StreamingLLM's Table/Fig. 3).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from experiments.incremental.cache import KVCache, SinkWindowCache
+from experiments.incremental.model import Transformer
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def recompute_logits(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
+    """tokens: (T,) -> (T, vocab) logits from one full forward (reference)."""
+    return model(tokens[None])[0]
+
+
+@torch.no_grad()
+def cached_logits(model: Transformer, tokens: torch.Tensor, prefill: int = 0) -> torch.Tensor:
+    """tokens: (T,) -> (T, vocab): prefill ``prefill`` tokens at once, then one per step."""
+    T = tokens.numel()
+    cache = KVCache(model, batch_size=1, max_len=T)
+    out = []
+    if prefill:
+        out.append(model(tokens[None, :prefill], cache)[0])  # (prefill, vocab)
+    for t in range(prefill, T):
+        out.append(model(tokens[None, t : t + 1], cache)[0])  # (1, vocab)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def time_cached(
+    model: Transformer, contexts, device="cpu", steps: int = 24, seed: int = 0
+) -> np.ndarray:
+    """Median seconds of one cached decode step that attends over n keys, for each n.
+
+    The step's cost does not depend on the cached values, so the cache is filled
+    with random keys/values instead of prefilling n real tokens (which would cost
+    a full O(n^2) forward per point). ``cached_logits`` checks the real path.
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in contexts:
+        cache = KVCache(model, batch_size=1, max_len=n + steps)
+        cache.k.normal_()
+        cache.v.normal_()
+        cache.length = n - 1  # the next step is token n, attending over n keys
+        tokens = torch.randint(model.cfg.vocab_size, (1, steps + 1), generator=g).to(device)
+        model(tokens[:, :1], cache)  # warm-up step
+        ts = []
+        for t in range(1, steps):
+            cache.length = n - 1
+            _sync(device)
+            t0 = time.perf_counter()
+            model(tokens[:, t : t + 1], cache)
+            _sync(device)
+            ts.append(time.perf_counter() - t0)
+        out.append(float(np.median(ts)))
+    return np.array(out)
+
+
+@torch.no_grad()
+def time_recompute(
+    model: Transformer, contexts, device="cpu", reps: int = 3, seed: int = 0
+) -> np.ndarray:
+    """Median seconds of one full forward over n tokens (the cost of the next token)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in contexts:
+        tokens = torch.randint(model.cfg.vocab_size, (1, n), generator=g).to(device)
+        model(tokens[:, : min(n, 16)])  # warm-up
+        ts = []
+        for _ in range(reps):
+            _sync(device)
+            t0 = time.perf_counter()
+            model(tokens)
+            _sync(device)
+            ts.append(time.perf_counter() - t0)
+        out.append(float(np.median(ts)))
+    return np.array(out)
+
+
+def loglog_slope(x, y) -> float:
+    """Least-squares slope of log y against log x (cost ~ x^slope)."""
+    return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
+
+
+@torch.no_grad()
+def stream_eval(
+    model: Transformer,
+    stream: torch.Tensor,
+    policy: str,
+    n_sink: int = 4,
+    window: int = 60,
+    device="cpu",
+) -> dict:
+    """Run ``stream`` (N,) through one cache policy, one token at a time.
+
+    Returns per-token arrays: ``nll`` (N-1,) of predicting token t+1 from the
+    context the policy keeps, ``latency`` (N,) seconds per token, and
+    ``bytes_in_use`` (N,) of the KV state after each token.
+    """
+    stream = stream.to(device)
+    N, capacity = stream.numel(), n_sink + window
+    cache = None
+    if policy == "dense":
+        cache = KVCache(model, 1, max_len=N)
+    elif policy == "sink":
+        cache = SinkWindowCache(model, 1, n_sink=n_sink, window=window)
+    elif policy == "window":  # same memory, no sinks
+        cache = SinkWindowCache(model, 1, n_sink=0, window=capacity)
+    elif policy != "recompute":
+        raise ValueError(f"unknown policy {policy!r}")
+    logits = torch.empty(N, model.cfg.vocab_size, device=device)
+    latency, mem = np.empty(N), np.empty(N, dtype=np.int64)
+    elem = next(model.parameters()).element_size()
+    kv_bytes_per_token = 2 * model.cfg.n_layer * model.cfg.d_model * elem  # K and V, all layers
+    for t in range(N):
+        _sync(device)
+        t0 = time.perf_counter()
+        if cache is None:  # sliding-window recompute: last `capacity` tokens at positions 0..
+            ctx = stream[max(0, t + 1 - capacity) : t + 1]
+            logits[t] = model(ctx[None])[0, -1]
+        else:
+            logits[t] = model(stream[None, t : t + 1], cache)[0, -1]
+        _sync(device)
+        latency[t] = time.perf_counter() - t0
+        if cache is None:  # recompute keeps only tokens; its K/V are transient
+            mem[t] = min(t + 1, capacity) * kv_bytes_per_token
+        else:
+            mem[t] = cache.bytes_in_use
+    nll = F.cross_entropy(logits[:-1].float(), stream[1:], reduction="none")
+    return {"nll": nll.cpu().numpy(), "latency": latency, "bytes_in_use": mem}
