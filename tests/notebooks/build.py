@@ -1,0 +1,97 @@
+"""Write the tiny fixture notebooks used by tests/test_params.py and tests/test_execute.py.
+
+Run ``python tests/notebooks/build.py`` after changing a notebook here; the
+``.ipynb`` files are committed so the tests need no build step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+def params_cell(source: str):
+    cell = new_code_cell(source)
+    cell.metadata["tags"] = ["parameters"]
+    return cell
+
+
+def notebook(*cells, kernelspec: dict | None = KERNELSPEC):
+    nb = new_notebook(cells=list(cells))
+    if kernelspec is not None:
+        nb.metadata["kernelspec"] = dict(kernelspec)
+        nb.metadata["language_info"] = {"name": kernelspec["language"]}
+    return nb
+
+
+NOTEBOOKS = {
+    # Every parameter type, and metrics that echo what the kernel received.
+    "typed.ipynb": notebook(
+        new_markdown_cell("# Typed parameters"),
+        params_cell(
+            "steps = 3  # number of steps\n"
+            "lr: float = 0.5\n"
+            'name = "base"  # run name\n'
+            "flag = False\n"
+            "sizes = [1, 2]\n"
+            'cfg = {"a": 1}\n'
+            "budget_mb: int | None = None\n"
+        ),
+        new_code_cell(
+            "from research import record\n"
+            "for i in range(steps):\n"
+            "    record('loss', lr * i, step=i)\n"
+            "record('name', name)\n"
+            "record('flag', flag)\n"
+            "record('sizes', sizes)\n"
+            "record('cfg', cfg)\n"
+            "record('budget_mb', budget_mb)\n"
+            "record('types', [type(v).__name__ for v in (steps, lr, name, flag, sizes, cfg)])"
+        ),
+    ),
+    # Cell 3 raises; cell 1 records a metric before that.
+    "fail_cell3.ipynb": notebook(
+        params_cell("x = 1"),
+        new_code_cell("from research import record\nrecord('before', 1.5)"),
+        new_code_cell("y = x + 1"),
+        new_code_cell("raise ValueError(f'boom {y}')"),
+        new_code_cell("record('after', 2)"),
+    ),
+    # Records the kernel's pid, then sleeps: for timeout and interrupt.
+    "sleep.ipynb": notebook(
+        params_cell("seconds = 60.0"),
+        new_code_cell("import os\nfrom research import record\nrecord('kernel_pid', os.getpid())"),
+        new_code_cell("import time\ntime.sleep(seconds)"),
+        new_code_cell("record('woke', 1)"),
+    ),
+    # No kernelspec or language metadata at all.
+    "no_kernelspec.ipynb": notebook(
+        params_cell("a = 2"),
+        new_code_cell("from research import record\nrecord('double', a * 2)"),
+        kernelspec=None,
+    ),
+    # The kernel process exits in the middle of the notebook.
+    "kernel_death.ipynb": notebook(
+        params_cell("code = 3"),
+        new_code_cell("import os\nos._exit(code)"),
+        new_code_cell("print('unreachable')"),
+    ),
+    # No cell tagged `parameters`.
+    "no_params.ipynb": notebook(new_code_cell("x = 1")),
+}
+
+
+def main() -> None:
+    for name, nb in NOTEBOOKS.items():
+        nbformat.validate(nb)
+        nbformat.write(nb, HERE / name)
+        print(HERE / name)
+
+
+if __name__ == "__main__":
+    main()
