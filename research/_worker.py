@@ -1,0 +1,426 @@
+"""Child process that runs one notebook with papermill; started by ``research.execute``.
+
+Run as ``python -m research._worker``. Protocol with the parent:
+
+* stdin: one JSON line, the job; the parent then keeps stdin open. End of file on
+  stdin means the parent is gone, and ends the run as SIGTERM does.
+* the original stdout: JSON lines ``{"event": ...}`` -- ``start`` (cells_total),
+  ``kernel`` (pid), ``progress`` (done, total) and last ``result`` (status, reason,
+  error, cells_done, cells_total, kernel_name). Everything else that this process,
+  papermill or the kernel prints goes to stderr, which the parent keeps the tail of.
+
+SIGTERM or SIGINT: the kernel gets SIGINT (a KeyboardInterrupt in the running
+cell), no further cell starts, and the kernel is killed if it has not stopped
+within ``INTERRUPT_GRACE_S``. Either way papermill saves the output notebook and
+nbclient shuts the kernel down, and the result says ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import threading
+
+INTERRUPT_GRACE_S = 3.0
+DEFAULT_KERNEL = "python3"
+ENGINE_NAME = "research"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
+
+
+class _Terminated(BaseException):
+    """Raised inside the run to stop before the next cell once termination is asked."""
+
+
+class _State:
+    def __init__(self) -> None:
+        self.terminating = False
+        self.signal_name: str | None = None
+        self.finished = False
+        self.kernel_process = None  # subprocess.Popen of the kernel, once started
+        self.kernel_pgid: int | None = None
+        self.kill_timer: threading.Timer | None = None
+        self.cell_index: int | None = None  # index (in the executed notebook) of the running cell
+        self.cells_done = 0
+        self.cells_total = 0
+        self.nb = None  # the executed notebook object
+
+
+STATE = _State()
+_proto = None
+
+
+def _emit(event: str, **fields) -> None:
+    if _proto is None:
+        return
+    try:
+        _proto.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+        _proto.flush()
+    except (OSError, ValueError):
+        pass  # the parent is gone; the stdin watchdog ends the run
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+# --------------------------------------------------------------------------- termination
+
+
+def _signal_kernel(sig: int) -> None:
+    proc = STATE.kernel_process
+    if proc is None or proc.returncode is not None:  # not started, or already reaped
+        return
+    try:
+        os.killpg(STATE.kernel_pgid or proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _interrupt_kernel() -> None:
+    if STATE.kernel_process is None or STATE.kill_timer is not None:
+        return
+    _signal_kernel(signal.SIGINT)
+    timer = threading.Timer(INTERRUPT_GRACE_S, _signal_kernel, args=(signal.SIGKILL,))
+    timer.daemon = True
+    STATE.kill_timer = timer
+    timer.start()
+
+
+def _on_signal(signum, frame) -> None:
+    STATE.terminating = True
+    if STATE.signal_name is None:
+        STATE.signal_name = signal.Signals(signum).name
+    _interrupt_kernel()
+
+
+def _watch_parent() -> None:
+    """Block on stdin; end of file means the parent died: stop like on SIGTERM."""
+    try:
+        while os.read(0, 65536):
+            pass
+    except OSError:
+        pass
+    if not STATE.finished:
+        STATE.signal_name = STATE.signal_name or "parent exit"
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _read_job() -> dict | None:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(0, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return json.loads(data) if data.strip() else None
+
+
+# --------------------------------------------------------------------------- papermill engine
+
+
+def _make_engine(kernel_meta: dict):
+    """A papermill engine that reports progress and the kernel pid, and stops on request."""
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, NotebookExecutionManager
+    from papermill.log import logger
+    from papermill.utils import merge_kwargs, remove_args
+
+    class Manager(NotebookExecutionManager):
+        started_index: int | None = None
+
+        def notebook_start(self, **kwargs):
+            super().notebook_start(**kwargs)
+            if not self.nb.metadata.get("kernelspec"):
+                self.nb.metadata["kernelspec"] = dict(kernel_meta)
+            STATE.nb = self.nb
+            STATE.cells_total = len(self.nb.cells)
+            _emit("start", cells_total=STATE.cells_total)
+
+        def cell_start(self, cell, cell_index=None, **kwargs):
+            if STATE.terminating:
+                raise _Terminated()
+            self.started_index = cell_index
+            STATE.cell_index = cell_index
+            super().cell_start(cell, cell_index, **kwargs)
+
+        def cell_complete(self, cell, cell_index=None, **kwargs):
+            super().cell_complete(cell, cell_index, **kwargs)
+            if self.started_index == cell_index:
+                STATE.cells_done += 1
+                _emit("progress", done=STATE.cells_done, total=STATE.cells_total)
+
+    class Client(PapermillNotebookClient):
+        def start_new_kernel(self, **kwargs):
+            super().start_new_kernel(**kwargs)
+            provisioner = getattr(self.km, "provisioner", None)
+            process = getattr(provisioner, "process", None)
+            STATE.kernel_process = process
+            STATE.kernel_pgid = getattr(provisioner, "pgid", None)
+            _emit("kernel", pid=getattr(process, "pid", None))
+            if STATE.terminating:
+                _interrupt_kernel()
+
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_notebook(
+            cls,
+            nb,
+            kernel_name,
+            output_path=None,
+            progress_bar=True,
+            log_output=False,
+            autosave_cell_every=30,
+            **kwargs,
+        ):
+            # Same as papermill's Engine.execute_notebook, with our manager.
+            nb_man = Manager(
+                nb,
+                output_path=output_path,
+                progress_bar=progress_bar,
+                log_output=log_output,
+                autosave_cell_every=autosave_cell_every,
+            )
+            nb_man.notebook_start()
+            try:
+                cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
+            finally:
+                nb_man.cleanup_pbar()
+                nb_man.notebook_complete()
+            return nb_man.nb
+
+        @classmethod
+        def execute_managed_notebook(
+            cls,
+            nb_man,
+            kernel_name,
+            log_output=False,
+            stdout_file=None,
+            stderr_file=None,
+            start_timeout=60,
+            execution_timeout=None,
+            **kwargs,
+        ):
+            # Same as papermill's NBClientEngine, with our client.
+            kwargs = remove_args(["input_path"], **kwargs)
+            safe_kwargs = remove_args(["timeout", "startup_timeout"], **kwargs)
+            final_kwargs = merge_kwargs(
+                safe_kwargs,
+                timeout=execution_timeout if execution_timeout else kwargs.get("timeout"),
+                startup_timeout=start_timeout,
+                kernel_name=kernel_name,
+                log=logger,
+                log_output=log_output,
+                stdout_file=stdout_file,
+                stderr_file=stderr_file,
+            )
+            return Client(nb_man, **final_kwargs).execute()
+
+    return Engine
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _configure_output(log_output: bool) -> None:
+    import logging
+    import warnings
+
+    warnings.simplefilter("ignore")
+    root = logging.getLogger()
+    root.handlers[:] = []
+    root.setLevel(logging.CRITICAL)
+    pm_logger = logging.getLogger("papermill")
+    pm_logger.propagate = False
+    pm_logger.handlers[:] = []
+    if log_output:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        pm_logger.addHandler(handler)
+        pm_logger.setLevel(logging.INFO)
+    else:
+        pm_logger.addHandler(logging.NullHandler())
+        pm_logger.setLevel(logging.CRITICAL + 1)
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _input_cell_index(executed_index: int | None, injected: bool) -> int | None:
+    """Map an index in the executed notebook back to the input notebook's cells."""
+    if executed_index is None or STATE.nb is None or not injected:
+        return executed_index
+    cells = [
+        c
+        for c in STATE.nb.cells
+        if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])
+    ]
+    for index, cell in enumerate(cells):
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            return executed_index - 1 if index < executed_index else executed_index
+    return executed_index
+
+
+def _describe_kernel_exit() -> str:
+    proc = STATE.kernel_process
+    code = None
+    if proc is not None:
+        try:
+            code = proc.wait(timeout=2)
+        except Exception:
+            code = proc.returncode
+    if code is None:
+        return "kernel died"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = "; out of memory?" if -code == signal.SIGKILL else ""
+        return f"kernel died (killed by {name}{hint})"
+    return f"kernel died (exit code {code})"
+
+
+def _result(status: str, reason: str | None = None, error: dict | None = None, **extra) -> dict:
+    return {"status": status, "reason": reason, "error": error, **extra}
+
+
+def _run(job: dict) -> dict:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    with open(job["notebook"], encoding="utf-8") as fh:
+        input_nb = json.load(fh)
+    meta = input_nb.get("metadata") or {}
+    kernel_name = job.get("kernel_name") or (meta.get("kernelspec") or {}).get("name")
+    kernel_name = kernel_name or DEFAULT_KERNEL
+    ksm = KernelSpecManager()
+    try:
+        spec = ksm.get_kernel_spec(kernel_name)
+    except NoSuchKernel:
+        available = ", ".join(sorted(ksm.find_kernel_specs())) or "none"
+        return _result(
+            "failed",
+            f"no such kernel: {kernel_name!r} (available: {available})",
+            kernel_name=kernel_name,
+        )
+    kernel_meta = {
+        "name": kernel_name,
+        "display_name": spec.display_name,
+        "language": spec.language,
+    }
+    _emit("kernel_name", name=kernel_name)
+    if STATE.terminating:
+        raise _Terminated()
+
+    import papermill
+    from nbclient.exceptions import DeadKernelError
+    from papermill.engines import papermill_engines
+    from papermill.exceptions import PapermillExecutionError
+
+    papermill_engines.register(ENGINE_NAME, _make_engine(kernel_meta))
+    parameters = job.get("parameters") or {}
+    had_injected = any(
+        "injected-parameters" in ((c.get("metadata") or {}).get("tags") or [])
+        for c in input_nb.get("cells", [])
+    )
+    injected = bool(parameters) and not had_injected
+    try:
+        papermill.execute_notebook(
+            job["notebook"],
+            job["output"],
+            parameters=parameters,
+            engine_name=ENGINE_NAME,
+            request_save_on_cell_execute=True,
+            kernel_name=kernel_name,
+            language=spec.language,
+            progress_bar=False,
+            log_output=bool(job.get("log_output")),
+            cwd=job.get("cwd"),
+        )
+    except PapermillExecutionError as exc:
+        index = _input_cell_index(exc.cell_index, injected)
+        error = {
+            "cell_index": index,
+            "execution_count": exc.exec_count,
+            "ename": exc.ename,
+            "evalue": strip_ansi(str(exc.evalue)),
+            "traceback": [strip_ansi(line) for line in (exc.traceback or [])],
+            "source": exc.source,
+        }
+        reason = f"{exc.ename}: {_first_line(strip_ansi(str(exc.evalue)))}".rstrip(": ")
+        return _result("failed", f"{reason} (cell {index})", error, kernel_name=kernel_name)
+    except DeadKernelError:
+        reason = _describe_kernel_exit()
+        index = _input_cell_index(STATE.cell_index, injected)
+        error = {
+            "cell_index": index,
+            "execution_count": None,
+            "ename": "DeadKernelError",
+            "evalue": reason,
+            "traceback": [],
+            "source": None,
+        }
+        if index is not None:
+            reason = f"{reason} in cell {index}"
+        return _result("failed", reason, error, kernel_name=kernel_name)
+    except RuntimeError as exc:
+        text = _first_line(str(exc))
+        if "Kernel died before replying" in text:
+            return _result("failed", "kernel died while starting", kernel_name=kernel_name)
+        if "didn't respond" in text:
+            return _result("failed", f"kernel did not start: {text}", kernel_name=kernel_name)
+        raise
+    return _result("succeeded", None, kernel_name=kernel_name)
+
+
+def _stop_kernel_if_alive() -> None:
+    if STATE.kill_timer is not None:
+        STATE.kill_timer.cancel()
+    proc = STATE.kernel_process
+    if proc is not None and proc.poll() is None:
+        _signal_kernel(signal.SIGKILL)
+        try:
+            proc.wait(timeout=5)
+        except Exception:
+            pass
+
+
+def main() -> int:
+    global _proto
+    _proto = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)  # stray prints (ours, papermill's, the kernel's) go to stderr
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    job = _read_job()
+    if not job:
+        return 2
+    threading.Thread(target=_watch_parent, name="watch-parent", daemon=True).start()
+    _configure_output(bool(job.get("log_output")))
+    try:
+        if STATE.terminating:
+            raise _Terminated()
+        result = _run(job)
+    except _Terminated:
+        result = _result("interrupted")
+    except BaseException as exc:  # report, never leave without a result line
+        result = _result("failed", f"{type(exc).__name__}: {_first_line(str(exc))}".rstrip(": "))
+    finally:
+        _stop_kernel_if_alive()
+    if STATE.terminating and result["status"] != "succeeded":
+        result["status"] = "interrupted"
+        result["reason"] = (
+            f"interrupted by {STATE.signal_name}" if STATE.signal_name else "interrupted"
+        )
+        result["error"] = None
+    result.update(cells_done=STATE.cells_done, cells_total=STATE.cells_total)
+    STATE.finished = True
+    _emit("result", **result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
