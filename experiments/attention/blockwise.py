@@ -35,8 +35,8 @@ from experiments.attention.reference import allowed_mask, check_inputs, default_
 
 @dataclass(frozen=True)
 class BlockConfig:
-    block_q: int = 256  # query rows per tile
-    block_k: int = 512  # key/value rows per tile
+    block_q: int = 128  # query rows per tile
+    block_k: int = 128  # key/value rows per tile
 
 
 DEFAULT_BLOCKS = BlockConfig()
@@ -84,11 +84,11 @@ def blockwise_forward(q, k, v, *, causal, window, sinks, scale, blocks=DEFAULT_B
                     n, causal=causal, window=window, sinks=sinks, device=q.device,
                     q_range=(q0, q1), k_range=(k0, k1),
                 )
-                s.masked_fill_(~ok, neg_inf)
+                s.masked_fill_(ok.logical_not_(), neg_inf)
             m_new = torch.maximum(m, s.amax(dim=-1))
             # A row can be fully masked in every tile seen so far; keep exp() away from -inf - -inf.
             m_safe = torch.where(m_new == neg_inf, 0.0, m_new)
-            p = torch.exp(s.sub_(m_safe[..., None]))  # (B, H, bq, bk)
+            p = s.sub_(m_safe[..., None]).exp_()  # (B, H, bq, bk), in s's storage
             alpha = torch.exp(m - m_safe)  # (B, H, bq); 0 where m was -inf
             l = alpha * l + p.sum(dim=-1)
             acc = acc.mul_(alpha[..., None]).add_(p @ v[:, :, k0:k1].to(cdt))
@@ -118,13 +118,13 @@ def blockwise_backward(q, k, v, out, lse, dout, *, causal, window, sinks, scale,
             qi = q[:, :, q0:q1].to(cdt)  # (B, H, bq, D)
             doi = dout[:, :, q0:q1].to(cdt)
             s = (qi @ kj.transpose(-2, -1)).mul_(scale)  # (B, H, bq, bk)
-            p = torch.exp(s.sub_(lse[:, :, q0:q1, None]))  # probabilities, recomputed
+            p = s.sub_(lse[:, :, q0:q1, None]).exp_()  # probabilities, recomputed in place
             if status == "partial":
                 ok = allowed_mask(
                     n, causal=causal, window=window, sinks=sinks, device=q.device,
                     q_range=(q0, q1), k_range=(k0, k1),
                 )
-                p.masked_fill_(~ok, 0.0)
+                p.masked_fill_(ok.logical_not_(), 0.0)
             dv[:, :, k0:k1] += p.transpose(-2, -1) @ doi
             dp = doi @ vj.transpose(-2, -1)  # (B, H, bq, bk)
             ds = p.mul_(dp.sub_(delta[:, :, q0:q1, None]))  # dS, reusing p's storage
