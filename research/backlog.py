@@ -17,7 +17,7 @@ from sqlmodel import Session, SQLModel, select
 
 from research import clock
 from research.errors import ResearchError
-from research.models import OPEN_STATUSES, OUTCOME_KINDS, Event, Item, Meta, Note, Outcome
+from research.models import OPEN_STATUSES, OUTCOME_KINDS, Event, Item, Link, Meta, Metric, Note, Outcome, Run
 from research.vocab import (
     PRIORITY_RANK,
     composite_score,
@@ -27,10 +27,13 @@ from research.vocab import (
     slugify,
 )
 
-# Tables whose rows events may refer to; runner tables register themselves here.
-TABLES: dict[str, type[SQLModel]] = {"item": Item, "note": Note, "outcome": Outcome}
-# Rows that belong to an item and go (and come back) with it: (model, foreign key column).
-DEPENDENTS: list[tuple[type[SQLModel], str]] = [(Note, "item_id"), (Outcome, "item_id")]
+# Tables whose rows events may refer to (undo looks models up here).
+TABLES: dict[str, type[SQLModel]] = {
+    m.__tablename__: m for m in (Item, Note, Outcome, Link, Run, Metric)
+}
+# Rows that belong to an item and go (and come back) with it, in deletion order:
+# runs before the links they point to, so undo re-creates links first.
+DEPENDENTS: list[tuple[type[SQLModel], str]] = [(Run, "item_id"), (Link, "item_id"), (Note, "item_id"), (Outcome, "item_id")]
 
 
 def row_dict(obj: SQLModel) -> dict[str, Any]:
@@ -307,6 +310,10 @@ def delete_item(session: Session, log: ChangeLog, item: Item) -> int:
     ids = [i.id for i in items]
     # Dependents first, then items deepest first, so undo (which replays in
     # reverse) re-creates parents before children and items before their notes.
+    run_ids = list(session.exec(select(Run.id).where(Run.item_id.in_(ids))))
+    if run_ids:
+        for metric in session.exec(select(Metric).where(Metric.run_id.in_(run_ids))):
+            log.deleted(metric)
     for model, column in DEPENDENTS:
         for row in session.exec(select(model).where(getattr(model, column).in_(ids))):
             log.deleted(row)

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -23,16 +22,16 @@ DEBUG_ENV = "RESEARCH_DEBUG"
 class ResearchGroup(TyperGroup):
     """Turns ResearchError into one line on stderr and exit code 1."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except ResearchError as exc:
             if os.environ.get(DEBUG_ENV):
                 raise
-            click.echo(f"Error: {exc}", err=True)
+            typer.echo(f"Error: {exc}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
+            typer.echo("Interrupted.", err=True)
             ctx.exit(130)
 
 
@@ -402,9 +401,23 @@ def _check_date(text: str) -> None:
 def _edit_text() -> str:
     if not sys.stdin.isatty() and not os.environ.get("EDITOR"):
         raise ResearchError("no note text given and no $EDITOR to write one")
-    text = click.edit("\n# Write the note above. Lines starting with # are ignored.\n")
-    if text is None:
-        raise ResearchError("note cancelled: the editor closed without saving")
+    import shlex
+    import subprocess
+    import tempfile
+
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    with tempfile.NamedTemporaryFile("w+", suffix=".md", delete=False, encoding="utf-8") as fh:
+        fh.write("\n# Write the note above. Lines starting with # are ignored.\n")
+        path = fh.name
+    try:
+        code = subprocess.call([*shlex.split(editor), path])
+        if code != 0:
+            raise ResearchError(f"note cancelled: {editor} exited with status {code}")
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ResearchError(f"editor not found: {editor}") from None
+    finally:
+        Path(path).unlink(missing_ok=True)
     text = "\n".join(line for line in text.splitlines() if not line.startswith("#")).strip()
     if not text:
         raise ResearchError("note cancelled: empty text")

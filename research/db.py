@@ -138,7 +138,70 @@ def _m001_backlog(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_backlog]
+def _m002_runs(conn: sqlite3.Connection) -> None:
+    _run_script(
+        conn,
+        """
+        CREATE TABLE link (
+            id INTEGER PRIMARY KEY,
+            item_id INTEGER NOT NULL REFERENCES item(id),
+            name TEXT NOT NULL,
+            notebook TEXT NOT NULL,
+            defaults JSON NOT NULL DEFAULT '{}',
+            best TEXT,
+            created_at TEXT NOT NULL,
+            UNIQUE (item_id, name)
+        );
+        CREATE INDEX ix_link_item_id ON link(item_id);
+
+        CREATE TABLE run (
+            id INTEGER PRIMARY KEY,
+            item_id INTEGER NOT NULL REFERENCES item(id),
+            link_id INTEGER REFERENCES link(id),
+            sweep_id TEXT,
+            status TEXT NOT NULL DEFAULT 'queued',
+            notebook TEXT NOT NULL,
+            notebook_sha256 TEXT,
+            params_given JSON NOT NULL DEFAULT '{}',
+            params JSON NOT NULL DEFAULT '{}',
+            kernel TEXT,
+            cwd TEXT,
+            run_dir TEXT,
+            output_path TEXT,
+            executor TEXT NOT NULL DEFAULT 'local',
+            external_id TEXT,
+            pid INTEGER,
+            host TEXT,
+            heartbeat_at TEXT,
+            queued_at TEXT NOT NULL,
+            started_at TEXT,
+            ended_at TEXT,
+            duration_s REAL,
+            reason TEXT,
+            error JSON,
+            environment JSON NOT NULL DEFAULT '{}',
+            artifacts JSON NOT NULL DEFAULT '[]'
+        );
+        CREATE INDEX ix_run_item_id ON run(item_id);
+        CREATE INDEX ix_run_sweep_id ON run(sweep_id);
+        CREATE INDEX ix_run_status ON run(status);
+
+        CREATE TABLE metric (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES run(id),
+            name TEXT NOT NULL,
+            value REAL,
+            value_json JSON,
+            step INTEGER,
+            ts REAL
+        );
+        CREATE INDEX ix_metric_run_id ON metric(run_id);
+        CREATE INDEX ix_metric_name ON metric(name);
+        """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_backlog, _m002_runs]
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
@@ -190,14 +253,15 @@ def _apply_pragmas(conn: sqlite3.Connection) -> None:
 
 
 def ensure_schema(path: Path) -> None:
-    conn = connect_raw(path)
+    conn = None
     try:
-        try:
-            migrate(conn)
-        except sqlite3.DatabaseError as exc:
-            raise ResearchError(f"{path} is not a research database ({exc})") from None
+        conn = connect_raw(path)
+        migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        raise ResearchError(f"{path} is not a research database ({exc})") from None
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
 
 
 # ---------------------------------------------------------------------------

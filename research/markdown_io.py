@@ -340,7 +340,11 @@ def parse_markdown(text: str, source: str = "<markdown>") -> Document:
         node.style.pop("_collect_outcomes", None)
         _finish_body(node)
     for note in _all_notes(doc):
-        note.text = note.text.strip("\n")
+        # A rule closing the section separates it from the next one; it is not note text.
+        text_lines = note.text.strip("\n").splitlines()
+        while text_lines and (not text_lines[-1].strip() or RULE.match(text_lines[-1])):
+            text_lines.pop()
+        note.text = "\n".join(text_lines)
     doc.notes = [n for n in doc.notes if n.text or n.title or n.date]
     _merge_loose_note_lines(doc)
     return doc
@@ -799,15 +803,17 @@ def export_markdown(session) -> str:
         outcomes_by_item[outcome.item_id].append(outcome)
 
     out: list[str] = []
-    title = layout.get("title")
-    base = 2 if title else 1
-    if title:
-        out += [f"# {title}", ""]
+    # Always write a title: a lone top-level heading would otherwise read back as one.
+    title = layout.get("title") or ("研究待办" if lang == "zh" else "Research backlog")
+    base = 2
+    out += [f"# {title}", ""]
     if layout.get("preamble"):
         out += [layout["preamble"], ""]
 
     def emit_tasks(parent_id: int, indent: int) -> None:
         for task in backlog.children.get(parent_id, []):
+            if task.kind != "task":
+                continue  # child headings are written after the checklist
             mark = "x" if task.status == "done" else " "
             text = f"**{task.title}**{task.style.get('suffix', '')}" if task.style.get("bold") else task.title
             suffix = ""
@@ -899,7 +905,7 @@ def export_markdown(session) -> str:
                 "⭐" * (item.innovation or 0),
                 "⭐" * (item.practicality or 0),
                 "⭐" * (item.feasibility or 0),
-                "🔥" * round(item.score) if item.score is not None else "",
+                _composite_cell(item.score),
                 status_label(item.status, lang),
             ]
             out.append("| " + " | ".join(cells) + " |")
@@ -947,6 +953,13 @@ def export_markdown(session) -> str:
     text = "\n".join(out)
     text = re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
     return text
+
+
+def _composite_cell(score: float | None) -> str:
+    if score is None:
+        return ""
+    # Whole scores keep the 🔥 notation; others are written as numbers so they survive a round trip.
+    return "🔥" * int(score) if float(score).is_integer() else f"{score:g}"
 
 
 def export_json(session) -> str:

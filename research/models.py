@@ -85,3 +85,58 @@ class Meta(SQLModel, table=True):
 
     key: str = Field(primary_key=True)
     value: str = ""
+
+
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "timeout", "interrupted")
+FINISHED_RUN_STATUSES = ("succeeded", "failed", "timeout", "interrupted")
+
+
+class Link(SQLModel, table=True):
+    """A notebook linked to an item, with default parameters and how to pick the best run."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: int = Field(foreign_key="item.id", index=True)
+    name: str
+    notebook: str  # relative to the project root
+    defaults: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    best: str | None = None  # "max:metric" or "min:metric"
+    created_at: str
+
+
+class Run(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: int = Field(foreign_key="item.id", index=True)
+    link_id: int | None = Field(default=None, foreign_key="link.id")
+    sweep_id: str | None = Field(default=None, index=True)
+    status: str = Field(default="queued", index=True)
+    notebook: str
+    notebook_sha256: str | None = None
+    params_given: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    kernel: str | None = None
+    cwd: str | None = None
+    run_dir: str | None = None
+    output_path: str | None = None
+    executor: str = "local"
+    external_id: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    heartbeat_at: str | None = None
+    queued_at: str
+    started_at: str | None = None
+    ended_at: str | None = None
+    duration_s: float | None = None
+    reason: str | None = None  # one line on why it ended as it did
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    environment: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    artifacts: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+class Metric(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    name: str = Field(index=True)
+    value: float | None = None  # numbers; anything else goes to value_json
+    value_json: Any | None = Field(default=None, sa_column=Column(JSON))
+    step: int | None = None
+    ts: float | None = None

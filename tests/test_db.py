@@ -1,0 +1,141 @@
+"""Where the database lives, how it is opened, and how its schema migrates."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from research import db
+from research.errors import ResearchError
+
+
+def test_resolution_order(isolated, monkeypatch):
+    nested = isolated / "project" / "src" / "deep"
+    nested.mkdir(parents=True)
+    walked = isolated / "project" / "todo.db"
+    walked.touch()
+    from_env = isolated / "env.db"
+    from_env.touch()
+    explicit = isolated / "explicit.db"
+    explicit.touch()
+    monkeypatch.delenv("RESEARCH_DB")
+    assert db.find_database(start=nested) == walked
+    monkeypatch.setenv("RESEARCH_DB", str(from_env))
+    assert db.find_database(start=nested) == from_env
+    assert db.find_database(explicit, start=nested) == explicit
+
+
+def test_no_database_found_suggests_init(isolated, monkeypatch):
+    monkeypatch.delenv("RESEARCH_DB")
+    with pytest.raises(ResearchError, match="research init"):
+        db.find_database(start=isolated)
+
+
+def test_cli_without_database_says_so(isolated, monkeypatch):
+    from tests.conftest import Cli
+
+    monkeypatch.delenv("RESEARCH_DB")
+    result = Cli()("list", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: no todo.db found") and "research init" in result.stderr
+
+
+def test_init_is_idempotent_and_keeps_data(isolated, monkeypatch):
+    from tests.conftest import Cli
+
+    monkeypatch.delenv("RESEARCH_DB")
+    cli = Cli()
+    cli("init", "--empty")
+    assert (isolated / "todo.db").exists()
+    cli("add", "keep me")
+    again = cli("init", "--empty")
+    assert "Already initialised" in again.stderr
+    assert [i["title"] for i in cli.json("list")] == ["keep me"]
+
+
+def test_db_option_beats_environment(isolated):
+    from tests.conftest import Cli
+
+    cli = Cli()
+    other = isolated / "other.db"
+    cli("--db", other, "init", "--empty")
+    cli("--db", other, "add", "in other")
+    cli("init", "--empty")
+    assert cli.json("list") == []
+    assert [i["title"] for i in cli.json("--db", other, "list")] == ["in other"]
+
+
+def test_pragmas(isolated):
+    path = isolated / "todo.db"
+    db.create_database(path)
+    engine = db.get_engine(path)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.BUSY_TIMEOUT_MS
+
+
+def test_not_a_database(isolated):
+    bogus = isolated / "todo.db"
+    bogus.write_text("this is not sqlite " * 100)
+    from tests.conftest import Cli
+
+    result = Cli()("list", ok=False)
+    assert result.exit_code == 1 and "not a research database" in result.stderr
+
+
+def test_migrations_upgrade_without_losing_data(isolated):
+    path = isolated / "old.db"
+    conn = db.connect_raw(path)
+    assert db.migrate(conn, target=1) == 1
+    conn.execute(
+        "INSERT INTO item (id, slug, title, body, tags, style, created_at, updated_at, status, priority) "
+        "VALUES (1, 'a', 'A', 'body', '[\"t\"]', '{}', '2025-01-01T00:00:00+00:00', '2025-01-01T00:00:00+00:00', 'active', 'high')"
+    )
+    conn.execute("INSERT INTO note (item_id, date, text, created_at) VALUES (1, '2025-01-02', 'n', '2025-01-02T00:00:00+00:00')")
+    conn.execute(
+        "INSERT INTO event (batch, ts, action, item_id, table_name, row_id, before, after) "
+        "VALUES (1, '2025-01-01T00:00:00+00:00', 'created', 1, 'item', 1, NULL, '{}')"
+    )
+    before = {t: list(conn.execute(f"SELECT * FROM {t}")) for t in ("item", "note", "event")}
+    assert db.migrate(conn) == len(db.MIGRATIONS)
+    after = {t: list(conn.execute(f"SELECT * FROM {t}")) for t in ("item", "note", "event")}
+    assert after == before
+    conn.close()
+    # The upgraded database works through the library too.
+    from research.backlog import Backlog
+
+    with db.session_scope(path) as session:
+        backlog = Backlog.load(session)
+        assert [i.title for i in backlog.items] == ["A"]
+
+
+def test_migrated_schema_matches_models(isolated):
+    from sqlmodel import SQLModel
+
+    import research.models  # noqa: F401  (registers the tables)
+
+    path = isolated / "fresh.db"
+    db.create_database(path)
+    conn = sqlite3.connect(path)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == set(SQLModel.metadata.tables)
+    for name, table in SQLModel.metadata.tables.items():
+        columns = {r[1]: (r[3], r[5]) for r in conn.execute(f"PRAGMA table_info({name})")}
+        assert set(columns) == {c.name for c in table.columns}, name
+        for column in table.columns:
+            notnull, pk = columns[column.name]
+            assert bool(pk) == column.primary_key, (name, column.name)
+            if not column.primary_key:
+                assert bool(notnull) == (not column.nullable), (name, column.name)
+    conn.close()
+
+
+def test_newer_schema_is_refused(isolated):
+    path = isolated / "future.db"
+    conn = db.connect_raw(path)
+    conn.execute(f"PRAGMA user_version = {len(db.MIGRATIONS) + 5}")
+    conn.close()
+    with pytest.raises(ResearchError, match="newer"):
+        db.ensure_schema(path)
