@@ -160,8 +160,7 @@ def _make_engine(kernel_meta: dict):
             STATE.kernel_process = process
             STATE.kernel_pgid = getattr(provisioner, "pgid", None)
             _emit("kernel", pid=getattr(process, "pid", None))
-            if STATE.terminating:
-                _interrupt_kernel()
+            # If asked to stop meanwhile, the first cell_start raises _Terminated.
 
     class Engine(NBClientEngine):
         @classmethod

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from research.errors import ResearchError
 from research.record import METRICS_FILE, RUN_DIR_ENV
 
 STATUSES = ("succeeded", "failed", "timeout", "interrupted")
@@ -180,18 +181,16 @@ def _read_events(stream, events: queue.Queue) -> None:
 _NOISE = ("Kernel is running over TCP without encryption",)
 
 
-def _read_stderr(stream, tail: collections.deque, echo: Callable[[str], None] | None) -> None:
+def _read_stderr(stream, tail: collections.deque, events: queue.Queue | None) -> None:
+    """Keep the tail of the child's stderr; with ``events``, also pass each line on."""
     try:
         for raw in stream:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             if any(marker in line for marker in _NOISE):
                 continue
             tail.append(line)
-            if echo is not None:
-                try:
-                    echo(line)
-                except Exception:
-                    pass
+            if events is not None:
+                events.put({"event": "stderr", "line": line})
     except (OSError, ValueError):
         pass
 
@@ -269,7 +268,11 @@ def execute_notebook(
     ``on_start(child_pid)``, ``on_progress(cells_done, cells_total)``, and
     ``on_heartbeat()`` every ``heartbeat_interval`` seconds while the child runs.
     With ``log_output`` the notebook's output (papermill's log) goes, line by line,
-    to ``on_log`` or else to stderr. ``interrupts`` defaults to ``INTERRUPTS``.
+    to ``on_log`` (also on the calling thread) or else to stderr; without it the
+    child prints nothing. ``interrupts`` defaults to ``INTERRUPTS``; once it is
+    set, the run stops and comes back ``interrupted``. ``kill_grace`` is how long
+    a stopped child may take to save the notebook and shut its kernel down before
+    it and the kernel are killed.
     """
     interrupts = INTERRUPTS if interrupts is None else interrupts
     notebook, output, run_dir, cwd = (Path(p).resolve() for p in (notebook, output, run_dir, cwd))
@@ -287,7 +290,7 @@ def execute_notebook(
     if interrupts.is_set():
         return outcome("interrupted", _interrupt_reason(interrupts), kernel_name=kernel_name)
     if not notebook.is_file():
-        raise FileNotFoundError(f"notebook not found: {notebook}")
+        raise ResearchError(f"notebook not found: {notebook}")
     output.parent.mkdir(parents=True, exist_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -313,7 +316,9 @@ def execute_notebook(
     echo = (on_log or _default_echo) if log_output else None
     readers = [
         threading.Thread(target=_read_events, args=(proc.stdout, events), daemon=True),
-        threading.Thread(target=_read_stderr, args=(proc.stderr, tail, echo), daemon=True),
+        threading.Thread(
+            target=_read_stderr, args=(proc.stderr, tail, events if echo else None), daemon=True
+        ),
     ]
     for reader in readers:
         reader.start()
@@ -361,6 +366,8 @@ def execute_notebook(
                     resolved_kernel = message.get("name") or resolved_kernel
                 elif kind == "result":
                     result = message
+                elif kind == "stderr" and echo is not None:
+                    echo(message.get("line", ""))
                 elif kind == "log":
                     tail.append(message.get("line", ""))
                 try:
@@ -405,6 +412,13 @@ def execute_notebook(
         for stream in (proc.stdout, proc.stderr):
             with contextlib.suppress(OSError):
                 stream.close()
+    while echo is not None:  # output the child wrote last
+        try:
+            message = events.get_nowait()
+        except queue.Empty:
+            break
+        if message.get("event") == "stderr":
+            echo(message.get("line", ""))
 
     common = {
         "cells_done": cells_done,
@@ -414,6 +428,8 @@ def execute_notebook(
         "kernel_pid": kernel.pid if kernel else None,
         "stderr_tail": "\n".join(list(tail)[-40:]),
     }
+    if result is not None and result.get("status") == "succeeded":
+        return outcome("succeeded", None, **common)  # it finished as it was being stopped
     if stopped_for is not None:
         return outcome(stopped_for, stop_reason, **common)
     if result is not None and result.get("status") in STATUSES:

@@ -274,6 +274,15 @@ def test_kernel_death_fails_with_reason(tmp_path):
 
 
 @pytest.mark.slow
+def test_kernel_killed_like_the_oom_killer_does(tmp_path):
+    outcome, run_dir = run(tmp_path, "kernel_death.ipynb", {"sig": int(signal.SIGKILL)})
+    assert outcome.status == "failed"
+    # cell 2 of the executed notebook, cell 1 of ours: papermill injected the parameters
+    assert outcome.reason == "kernel died (killed by SIGKILL; out of memory?) in cell 1"
+    assert_no_orphans(outcome, run_dir)
+
+
+@pytest.mark.slow
 def test_parallel_runs_from_threads_are_independent_and_quiet(tmp_path, capfd):
     def one(i):
         run_dir = tmp_path / f"run{i}"

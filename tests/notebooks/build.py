@@ -77,8 +77,8 @@ NOTEBOOKS = {
     ),
     # The kernel process exits in the middle of the notebook.
     "kernel_death.ipynb": notebook(
-        params_cell("code = 3"),
-        new_code_cell("import os\nos._exit(code)"),
+        params_cell("code = 3\nsig = 0  # kill the kernel with this signal instead"),
+        new_code_cell("import os\nif sig:\n    os.kill(os.getpid(), sig)\nos._exit(code)"),
         new_code_cell("print('unreachable')"),
     ),
     # No cell tagged `parameters`.
@@ -88,6 +88,8 @@ NOTEBOOKS = {
 
 def main() -> None:
     for name, nb in NOTEBOOKS.items():
+        for index, cell in enumerate(nb.cells):  # stable ids: rebuilding changes nothing
+            cell.id = f"{Path(name).stem.replace('_', '-')}-{index}"
         nbformat.validate(nb)
         nbformat.write(nb, HERE / name)
         print(HERE / name)
