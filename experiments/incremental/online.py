@@ -134,8 +134,7 @@ def tokens_to_recover(
     for d in drift_steps:
         seg = acc[d : d + segment_steps]
         target = frac * seg[-max(1, segment_steps // 5) :].mean()
-        rolled = np.convolve(seg, np.ones(smooth) / smooth, mode="full")[: len(seg)]
-        rolled[: smooth - 1] = [seg[: i + 1].mean() for i in range(smooth - 1)]
+        rolled = np.array([seg[max(0, i - smooth + 1) : i + 1].mean() for i in range(len(seg))])
         hit = np.nonzero(rolled >= target)[0]
         out.append(float((hit[0] + 1) * tokens_per_step) if hit.size else math.nan)
     return out
@@ -151,7 +150,9 @@ class OnlineConfig:
     eval_seqs: int = 32  # held-out sequences per regime for the accuracy matrix
     ph_delta: float = 0.05  # Page-Hinkley tolerance (nats)
     ph_threshold: float = 1.0  # Page-Hinkley alarm threshold (nats)
-    ewc_lambda: float = 1e5  # EWC penalty strength (chosen on regime seed 100, not the test seeds)
+    ewc_lambda: float = (
+        1e7  # EWC strength: best avg accuracy over {1e3..1e8} on seed 100 (not a test seed)
+    )
     ewc_gamma: float = 1.0  # online-EWC decay of old Fisher terms
     fisher_seqs: int = 32  # recent sequences used for the Fisher estimate at an alarm
 

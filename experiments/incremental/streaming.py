@@ -55,7 +55,8 @@ def cached_logits(model: Transformer, tokens: torch.Tensor, prefill: int = 0) ->
 def time_cached(
     model: Transformer, contexts, device="cpu", steps: int = 24, seed: int = 0
 ) -> np.ndarray:
-    """Median seconds of one cached decode step that attends over n keys, for each n.
+    """Seconds of one cached decode step that attends over n keys, for each n (the
+    minimum over ``steps`` repeats: the least disturbed by other processes).
 
     The step's cost does not depend on the cached values, so the cache is filled
     with random keys/values instead of prefilling n real tokens (which would cost
@@ -78,7 +79,7 @@ def time_cached(
             model(tokens[:, t : t + 1], cache)
             _sync(device)
             ts.append(time.perf_counter() - t0)
-        out.append(float(np.median(ts)))
+        out.append(float(np.min(ts)))
     return np.array(out)
 
 
@@ -86,7 +87,7 @@ def time_cached(
 def time_recompute(
     model: Transformer, contexts, device="cpu", reps: int = 3, seed: int = 0
 ) -> np.ndarray:
-    """Median seconds of one full forward over n tokens (the cost of the next token)."""
+    """Seconds of one full forward over n tokens (the cost of the next token); min over reps."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for n in contexts:
@@ -99,7 +100,7 @@ def time_recompute(
             model(tokens)
             _sync(device)
             ts.append(time.perf_counter() - t0)
-        out.append(float(np.median(ts)))
+        out.append(float(np.min(ts)))
     return np.array(out)
 
 

@@ -1,0 +1,273 @@
+"""Tests for experiments/incremental: caches, drift detection, continual metrics, notebook.
+
+All seeded; tolerances are explicit. The notebook run is marked slow (~1 min).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.incremental import (
+    METHODS,
+    KVCache,
+    OnlineConfig,
+    PageHinkley,
+    Reservoir,
+    SinkWindowCache,
+    SinkWindowCacheReference,
+    Transformer,
+    TransformerConfig,
+    cached_logits,
+    continual_metrics,
+    detect,
+    make_regimes,
+    recompute_logits,
+    run_online,
+    stream_eval,
+    tokens_to_recover,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+ATOL = 1e-4  # fp32 logits, cached vs recomputed (the acceptance tolerance)
+
+
+def tiny_model(n_layer: int = 2, d_model: int = 64, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(TransformerConfig(n_layer=n_layer, d_model=d_model, n_head=4)).eval()
+
+
+def tokens(n: int, seed: int = 0, vocab: int = 32) -> torch.Tensor:
+    return torch.randint(vocab, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------- KV cache
+
+
+@pytest.mark.parametrize("prefill", [0, 1, 40])
+def test_kv_cache_matches_full_recompute(prefill):
+    model, x = tiny_model(), tokens(96)
+    ref = recompute_logits(model, x)
+    got = cached_logits(model, x, prefill=prefill)
+    assert got.shape == ref.shape == (96, 32)
+    assert (got - ref).abs().max().item() <= ATOL
+
+
+@torch.no_grad()
+def test_kv_cache_chunks_use_offset_causal_mask():
+    model, x = tiny_model(n_layer=3), tokens(64, seed=1)
+    cache = KVCache(model, batch_size=1, max_len=64)
+    parts = [model(x[None, a:b], cache)[0] for a, b in [(0, 10), (10, 11), (11, 37), (37, 64)]]
+    assert (torch.cat(parts) - recompute_logits(model, x)).abs().max().item() <= ATOL
+    assert cache.length == 64 and cache.bytes_in_use == cache.nbytes
+
+
+@torch.no_grad()
+def test_kv_cache_refuses_to_overflow():
+    model = tiny_model()
+    cache = KVCache(model, batch_size=1, max_len=4)
+    model(tokens(4)[None], cache)
+    with pytest.raises(ValueError, match="full"):
+        model(tokens(1)[None], cache)
+
+
+# --------------------------------------------------------------------------- sink + window
+
+
+def test_sink_window_slot_positions_at_wraparound():
+    cache = SinkWindowCache(tiny_model(n_layer=1), 1, n_sink=2, window=4)
+    # before the wrap: token t in slot t at position t
+    slot, pos = cache.slot_positions(3)
+    assert slot == 3 and pos.tolist() == [0, 1, 2, 3]
+    # token 6 overwrites token 2 (slot 2); the ring holds tokens 6, 3, 4, 5 in slots 2..5,
+    # so by age the positions are 5, 2, 3, 4 after the sinks at 0, 1.
+    slot, pos = cache.slot_positions(6)
+    assert slot == 2 and pos.tolist() == [0, 1, 5, 2, 3, 4]
+    slot, pos = cache.slot_positions(9)  # tokens 6..9 in slots 2, 3, 4, 5
+    assert slot == 5 and pos.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("n_sink", [0, 4])
+@torch.no_grad()
+def test_sink_window_ring_matches_reference_across_wraparound(n_sink):
+    model, x = tiny_model(n_layer=2), tokens(3 * 20 + 7, seed=2)
+    window = 16
+    fast = SinkWindowCache(model, 1, n_sink=n_sink, window=window)
+    ref = SinkWindowCacheReference(model, n_sink=n_sink, window=window)
+    sizes = []
+    for t in range(x.numel()):
+        a = model(x[None, t : t + 1], fast)[0, -1]
+        b = model(x[None, t : t + 1], ref)[0, -1]
+        assert (a - b).abs().max().item() <= 1e-5, f"step {t}"
+        sizes.append(fast.bytes_in_use)
+    cap = n_sink + window
+    assert max(sizes) == fast.nbytes == sizes[cap - 1] == sizes[-1]  # bounded, flat after filling
+    assert ref.k[0].shape[2] == cap
+
+
+@torch.no_grad()
+def test_sink_window_one_layer_equals_recompute_on_kept_tokens():
+    """With one layer a token's K/V depend on the token only, so the bounded cache must
+    equal a full forward over exactly the tokens it keeps (sinks + last window)."""
+    model, x = tiny_model(n_layer=1), tokens(100, seed=3)
+    S, W = 3, 12
+    cache = SinkWindowCache(model, 1, n_sink=S, window=W)
+    for t in range(x.numel()):
+        got = model(x[None, t : t + 1], cache)[0, -1]
+        kept = torch.cat([x[: min(S, t + 1)], x[max(S, t + 1 - W) : t + 1]])
+        assert kept.numel() == min(t + 1, S + W)
+        want = model(kept[None])[0, -1]
+        assert (got - want).abs().max().item() <= ATOL, f"step {t}"
+
+
+def test_stream_eval_policies_bounded_memory():
+    model, x = tiny_model(), tokens(80, seed=4)
+    out = {
+        p: stream_eval(model, x, p, n_sink=2, window=14)
+        for p in ("dense", "sink", "window", "recompute")
+    }
+    for r in out.values():
+        assert r["nll"].shape == (79,) and np.isfinite(r["nll"]).all()
+        assert r["latency"].shape == (80,)
+    assert out["sink"]["bytes_in_use"][-1] == out["sink"]["bytes_in_use"][15]
+    assert out["dense"]["bytes_in_use"][-1] == 5 * out["dense"]["bytes_in_use"][15]
+    # before any eviction every policy sees the same context
+    for p in ("sink", "window", "recompute"):
+        np.testing.assert_allclose(out[p]["nll"][:15], out["dense"]["nll"][:15], atol=1e-4)
+
+
+# --------------------------------------------------------------------------- drift detection
+
+
+def test_page_hinkley_fires_on_step_change_only_after_it():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([1.0 + 0.1 * rng.standard_normal(300), 2.0 + 0.1 * rng.standard_normal(300)])
+    alarms = detect(x, delta=0.05, threshold=1.0)
+    assert alarms, "no alarm on a +1.0 step in the mean"
+    assert 300 <= alarms[0] <= 305  # within a few samples of the change
+    assert all(a >= 300 for a in alarms)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_page_hinkley_silent_on_stationary_and_decreasing_streams(seed):
+    rng = np.random.default_rng(seed)
+    assert detect(1.0 + 0.1 * rng.standard_normal(3000), delta=0.05, threshold=1.0) == []
+    learning_curve = 3.0 * np.exp(-np.arange(500) / 50) + 1.0 + 0.1 * rng.standard_normal(500)
+    assert detect(learning_curve, delta=0.05, threshold=1.0) == []
+
+
+def test_page_hinkley_resets_after_alarm():
+    ph = PageHinkley(delta=0.0, threshold=0.5, min_samples=1)
+    fired = [ph.update(v) for v in [0.0] * 5 + [1.0] * 5]
+    assert fired.index(True) == 5 and ph.n < 5
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_continual_metrics_on_hand_made_matrix():
+    R = [
+        [0.9, 0.1, 0.1],
+        [0.5, 0.8, 0.1],
+        [0.3, 0.6, 0.7],
+    ]
+    m = continual_metrics(R)
+    assert m["avg_acc"] == pytest.approx((0.3 + 0.6 + 0.7) / 3, abs=1e-12)
+    assert m["bwt"] == pytest.approx(((0.3 - 0.9) + (0.6 - 0.8)) / 2, abs=1e-12)
+    assert m["forgetting"] == pytest.approx(((0.9 - 0.3) + (0.8 - 0.6)) / 2, abs=1e-12)
+    # K=2: only regime 0 counts; improving on it afterwards is negative forgetting
+    m = continual_metrics([[0.6, 0.0], [0.8, 0.9]])
+    assert m["forgetting"] == pytest.approx(-0.2) and m["bwt"] == pytest.approx(0.2)
+    # forgetting uses the best earlier accuracy, not the diagonal: regime 0 peaks after segment 1
+    m = continual_metrics([[0.6, 0.1, 0.0], [0.8, 0.9, 0.0], [0.5, 0.9, 0.7]])
+    assert m["forgetting_per_regime"] == pytest.approx([0.3, 0.0])
+    assert m["bwt"] == pytest.approx(((0.5 - 0.6) + (0.9 - 0.9)) / 2)
+
+
+def test_tokens_to_recover():
+    seg = 20
+    acc = np.concatenate([np.full(seg, 0.8), np.linspace(0.0, 0.8, 10), np.full(seg - 10, 0.8)])
+    # plateau 0.8 -> target 0.72; the 5-step trailing mean first reaches it at index 13 of the segment
+    (t,) = tokens_to_recover(acc, [seg], seg, tokens_per_step=100, frac=0.9, smooth=5)
+    rolled = [acc[seg + max(0, i - 4) : seg + i + 1].mean() for i in range(seg)]
+    assert t == 100 * (next(i for i, r in enumerate(rolled) if r >= 0.72) + 1)
+    assert (
+        math.isnan(tokens_to_recover(np.r_[np.ones(seg), np.zeros(seg)], [seg], seg, 1)[0]) is False
+    )
+
+
+def test_reservoir_is_uniform_and_bounded():
+    g = torch.Generator().manual_seed(0)
+    res = Reservoir(200, g)
+    for start in range(0, 20_000, 50):
+        res.add(torch.arange(start, start + 50)[:, None])
+    kept = torch.stack(res.items).float().squeeze(1)
+    assert len(res) == 200 and res.seen == 20_000
+    assert abs(kept.mean().item() - 10_000) < 1_000  # uniform over 0..19999: sd of the mean ~ 408
+    assert res.sample(7).shape == (7, 1)
+
+
+# --------------------------------------------------------------------------- online learning
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_run_online_smoke(method):
+    cfg = TransformerConfig(n_layer=1, d_model=32, n_head=2)
+    regimes = make_regimes(32, n_regimes=3, seed=0)
+    ocfg = OnlineConfig(segment_steps=3, batch_size=4, seq_len=16, memory=16, eval_seqs=4)
+    out = run_online(method, regimes, cfg, ocfg, seed=0)
+    assert out["acc_matrix"].shape == (3, 3)
+    assert len(out["preq_loss"]) == 9 and np.isfinite(out["preq_loss"]).all()
+    assert out["drift_steps"] == [3, 6] and len(out["tokens_to_recover"]) == 2
+
+
+def test_regimes_conflict_and_are_learnable():
+    regimes = make_regimes(32, n_regimes=4, seed=0)
+    for r in regimes:
+        assert 0.4 < r.oracle_accuracy() < 0.8
+    # the most likely successor differs between regimes for most states
+    top = torch.stack([r.P.argmax(1) for r in regimes])  # (K, V)
+    assert (top[0] != top[1]).float().mean() > 0.8
+
+
+# --------------------------------------------------------------------------- notebook
+
+
+@pytest.mark.slow
+def test_notebook_quick_end_to_end(tmp_path, monkeypatch):
+    papermill = pytest.importorskip("papermill")
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("RESEARCH_RUN_DIR", str(run_dir))
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / "incremental_transformer.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        parameters={"quick": True},
+        kernel_name="python3",
+        cwd=str(REPO),
+        progress_bar=False,
+    )
+    lines = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = {e["name"]: e["value"] for e in lines if e["kind"] == "metric"}
+    for name in (
+        "cache_max_abs_diff",
+        "cache_speedup_2048",
+        "cache_slope_cached",
+        "cache_slope_recompute",
+        "stream_nll_ratio_sink_vs_recompute",
+        "stream_nll_ratio_window_vs_recompute",
+        "stream_mem_growth_sink",
+        "drift_forgetting_naive",
+        "drift_forgetting_replay",
+        "drift_replay_vs_naive_forgetting_ratio",
+        "drift_tokens_to_recover_replay",
+    ):
+        assert name in metrics, name
+    assert metrics["cache_max_abs_diff"] <= ATOL
+    assert metrics["stream_mem_growth_sink"] == 1.0
+    artifacts = [e for e in lines if e["kind"] == "artifact"]
+    assert {Path(a["path"]).suffix for a in artifacts} == {".png"} and len(artifacts) >= 3
