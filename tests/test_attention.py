@@ -136,7 +136,9 @@ def test_low_precision_error_at_most_twice_naive(dtype, causal):
     blockwise = errors_vs_float64("blockwise", **kw)
     assert blockwise["fwd"] <= 2 * naive["fwd"]
     assert blockwise["grad"] <= 2 * naive["grad"]
-    assert blockwise["fwd"] < (2e-2 if dtype == torch.bfloat16 else 3e-3)  # and small in absolute terms
+    assert blockwise["fwd"] < (
+        2e-2 if dtype == torch.bfloat16 else 3e-3
+    )  # and small in absolute terms
 
 
 def test_blockwise_keeps_dtype_and_no_nan_in_fully_masked_tiles():
@@ -152,7 +154,10 @@ def test_blockwise_default_blocks_larger_input():
     q, k, v = make_inputs(1, 2, 300, 64, dtype=torch.float64, seed=4)
     for opts in (dict(causal=True), dict(causal=True, window=100, sinks=4)):
         torch.testing.assert_close(
-            A.blockwise_attention(q, k, v, **opts), A.naive_attention(q, k, v, **opts), rtol=0, atol=1e-10
+            A.blockwise_attention(q, k, v, **opts),
+            A.naive_attention(q, k, v, **opts),
+            rtol=0,
+            atol=1e-10,
         )
 
 
@@ -189,7 +194,9 @@ def test_dispatcher_picks_triton_on_cuda(monkeypatch):
 def test_dispatcher_routes_calls(monkeypatch):
     calls = []
     for impl in ("naive", "blockwise", "sdpa", "triton"):
-        monkeypatch.setattr(A, f"{impl}_attention", lambda *a, _impl=impl, **kw: calls.append((_impl, kw)))
+        monkeypatch.setattr(
+            A, f"{impl}_attention", lambda *a, _impl=impl, **kw: calls.append((_impl, kw))
+        )
     q, k, v = make_inputs(1, 1, 4, 4)
     A.attention(q, k, v, causal=True, window=3, sinks=1)
     A.attention(q, k, v, impl="sdpa")
@@ -202,7 +209,8 @@ def test_dispatcher_auto_on_cpu_matches_naive():
     torch.testing.assert_close(
         A.attention(q, k, v, causal=True, window=8, sinks=2),
         A.naive_attention(q, k, v, causal=True, window=8, sinks=2),
-        rtol=0, atol=1e-10,
+        rtol=0,
+        atol=1e-10,
     )
 
 
@@ -211,8 +219,9 @@ def test_package_import_does_not_import_triton():
     import sys
 
     code = "import sys, experiments.attention; print('triton' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=REPO_ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -222,8 +231,12 @@ def test_package_import_does_not_import_triton():
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for RSS")
 def test_measured_memory_blockwise_far_below_naive_and_cap_enforced():
     common = dict(b=1, h=4, d=64, causal=True)
-    cases = [dict(common, impl="naive", n=1024), dict(common, impl="naive", n=2048, cap_mib=32),
-             dict(common, impl="blockwise", n=1024), dict(common, impl="blockwise", n=2048, cap_mib=32)]
+    cases = [
+        dict(common, impl="naive", n=1024),
+        dict(common, impl="naive", n=2048, cap_mib=32),
+        dict(common, impl="blockwise", n=1024),
+        dict(common, impl="blockwise", n=2048, cap_mib=32),
+    ]
     naive, naive_capped, blockwise, blockwise_capped = measure_peak_memory(cases)
     # naive materialises at least one (B, H, N, N) float32 matrix: 16 MiB at N=1024
     assert naive["ok"] and naive["peak_extra_mib"] >= 16
@@ -261,8 +274,14 @@ def test_notebook_quick_run_records_figures(tmp_path, monkeypatch):
     )
     entries = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     metrics = {e["name"]: e["value"] for e in entries if e["kind"] == "metric"}
-    for name in ("memory_ratio_naive_over_blockwise", "memory_slope_naive", "memory_slope_blockwise",
-                 "fwd_err_blockwise", "grad_err_blockwise", "time_ratio_blockwise_over_sdpa"):
+    for name in (
+        "memory_ratio_naive_over_blockwise",
+        "memory_slope_naive",
+        "memory_slope_blockwise",
+        "fwd_err_blockwise",
+        "grad_err_blockwise",
+        "time_ratio_blockwise_over_sdpa",
+    ):
         assert name in metrics, name
     assert metrics["memory_ratio_naive_over_blockwise"] > 3
     assert metrics["fwd_err_blockwise"] <= 1e-5

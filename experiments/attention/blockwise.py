@@ -71,7 +71,7 @@ def blockwise_forward(q, k, v, *, causal, window, sinks, scale, blocks=DEFAULT_B
         q1 = min(n, q0 + blocks.block_q)
         qi = q[:, :, q0:q1].to(cdt) * scale  # (B, H, bq, D)
         m = torch.full((b, h, q1 - q0), neg_inf, dtype=cdt, device=q.device)  # running max
-        l = torch.zeros((b, h, q1 - q0), dtype=cdt, device=q.device)  # running sum
+        l_sum = torch.zeros((b, h, q1 - q0), dtype=cdt, device=q.device)  # running sum
         acc = torch.zeros((b, h, q1 - q0, d), dtype=cdt, device=q.device)  # unnormalised O
         for k0 in range(0, n, blocks.block_k):
             k1 = min(n, k0 + blocks.block_k)
@@ -81,8 +81,13 @@ def blockwise_forward(q, k, v, *, causal, window, sinks, scale, blocks=DEFAULT_B
             s = qi @ k[:, :, k0:k1].to(cdt).transpose(-2, -1)  # (B, H, bq, bk)
             if status == "partial":
                 ok = allowed_mask(
-                    n, causal=causal, window=window, sinks=sinks, device=q.device,
-                    q_range=(q0, q1), k_range=(k0, k1),
+                    n,
+                    causal=causal,
+                    window=window,
+                    sinks=sinks,
+                    device=q.device,
+                    q_range=(q0, q1),
+                    k_range=(k0, k1),
                 )
                 s.masked_fill_(ok.logical_not_(), neg_inf)
             m_new = torch.maximum(m, s.amax(dim=-1))
@@ -90,15 +95,17 @@ def blockwise_forward(q, k, v, *, causal, window, sinks, scale, blocks=DEFAULT_B
             m_safe = torch.where(m_new == neg_inf, 0.0, m_new)
             p = s.sub_(m_safe[..., None]).exp_()  # (B, H, bq, bk), in s's storage
             alpha = torch.exp(m - m_safe)  # (B, H, bq); 0 where m was -inf
-            l = alpha * l + p.sum(dim=-1)
+            l_sum = alpha * l_sum + p.sum(dim=-1)
             acc = acc.mul_(alpha[..., None]).add_(p @ v[:, :, k0:k1].to(cdt))
             m = m_new
-        out[:, :, q0:q1] = (acc / l[..., None]).to(q.dtype)
-        lse[:, :, q0:q1] = m + torch.log(l)
+        out[:, :, q0:q1] = (acc / l_sum[..., None]).to(q.dtype)
+        lse[:, :, q0:q1] = m + torch.log(l_sum)
     return out, lse
 
 
-def blockwise_backward(q, k, v, out, lse, dout, *, causal, window, sinks, scale, blocks=DEFAULT_BLOCKS):
+def blockwise_backward(
+    q, k, v, out, lse, dout, *, causal, window, sinks, scale, blocks=DEFAULT_BLOCKS
+):
     """Recomputing backward. Returns dQ, dK, dV in the input dtype."""
     b, h, n, d = q.shape
     cdt = _compute_dtype(q.dtype)
@@ -121,8 +128,13 @@ def blockwise_backward(q, k, v, out, lse, dout, *, causal, window, sinks, scale,
             p = s.sub_(lse[:, :, q0:q1, None]).exp_()  # probabilities, recomputed in place
             if status == "partial":
                 ok = allowed_mask(
-                    n, causal=causal, window=window, sinks=sinks, device=q.device,
-                    q_range=(q0, q1), k_range=(k0, k1),
+                    n,
+                    causal=causal,
+                    window=window,
+                    sinks=sinks,
+                    device=q.device,
+                    q_range=(q0, q1),
+                    k_range=(k0, k1),
                 )
                 p.masked_fill_(ok.logical_not_(), 0.0)
             dv[:, :, k0:k1] += p.transpose(-2, -1) @ doi
@@ -173,9 +185,13 @@ def blockwise_attention(
     return BlockwiseAttention.apply(q, k, v, causal, int(window), int(sinks), scale, blocks)
 
 
-def blockwise_forward_with_lse(q, k, v, *, causal=False, window=0, sinks=0, scale=None, blocks=DEFAULT_BLOCKS):
+def blockwise_forward_with_lse(
+    q, k, v, *, causal=False, window=0, sinks=0, scale=None, blocks=DEFAULT_BLOCKS
+):
     """Forward only, returning (O, L); used by tests to check the saved log-sum-exp."""
     check_inputs(q, k, v, window, sinks)
     scale = default_scale(q.shape[-1], scale)
     with torch.no_grad():
-        return blockwise_forward(q, k, v, causal=causal, window=window, sinks=sinks, scale=scale, blocks=blocks)
+        return blockwise_forward(
+            q, k, v, causal=causal, window=window, sinks=sinks, scale=scale, blocks=blocks
+        )

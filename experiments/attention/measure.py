@@ -62,7 +62,9 @@ def peak_tflops(device_name: str, dtype: torch.dtype) -> float | None:
     return None
 
 
-def attention_flops(b: int, h: int, n: int, d: int, *, causal: bool, backward: bool = False) -> float:
+def attention_flops(
+    b: int, h: int, n: int, d: int, *, causal: bool, backward: bool = False
+) -> float:
     """4*B*H*N^2*D for the forward (two matmuls), halved for causal; backward is 2.5x forward."""
     flops = 4.0 * b * h * n * n * d
     if causal:
@@ -79,9 +81,16 @@ def resolve_device(device: str = "auto") -> torch.device:
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float64": torch.float64, "fp64": torch.float64}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float64": torch.float64,
+        "fp64": torch.float64,
+    }
     if name not in table:
         raise ValueError(f"unknown dtype {name!r}; use one of {sorted(table)}")
     return table[name]
@@ -97,8 +106,12 @@ def make_inputs(b, h, n, d, *, dtype=torch.float32, device="cpu", seed=0, requir
 def impl_fn(impl: str) -> Callable:
     from experiments import attention as A
 
-    fns = {"naive": A.naive_attention, "blockwise": A.blockwise_attention,
-           "sdpa": A.sdpa_attention, "triton": A.triton_attention}
+    fns = {
+        "naive": A.naive_attention,
+        "blockwise": A.blockwise_attention,
+        "sdpa": A.sdpa_attention,
+        "triton": A.triton_attention,
+    }
     return fns[impl]
 
 
@@ -107,8 +120,21 @@ def impl_fn(impl: str) -> Callable:
 # ---------------------------------------------------------------------------------------
 
 
-def errors_vs_float64(impl, *, b=1, h=4, n=512, d=64, dtype=torch.float32, device="cpu",
-                      causal=True, window=0, sinks=0, seed=0, backward=True) -> dict:
+def errors_vs_float64(
+    impl,
+    *,
+    b=1,
+    h=4,
+    n=512,
+    d=64,
+    dtype=torch.float32,
+    device="cpu",
+    causal=True,
+    window=0,
+    sinks=0,
+    seed=0,
+    backward=True,
+) -> dict:
     """Max abs error of forward output and of dQ, dK, dV against naive attention in float64.
 
     Inputs are drawn once, cast to ``dtype``, and the reference gets exactly those
@@ -127,7 +153,8 @@ def errors_vs_float64(impl, *, b=1, h=4, n=512, d=64, dtype=torch.float32, devic
         ref_grads = torch.autograd.grad(ref, ref_in, grad)
         grads = torch.autograd.grad(out, (q, k, v), grad.to(dtype))
         result["grad"] = max(
-            (g.to(torch.float64) - r).abs().max().item() for g, r in zip(grads, ref_grads, strict=True)
+            (g.to(torch.float64) - r).abs().max().item()
+            for g, r in zip(grads, ref_grads, strict=True)
         )
     return result
 
@@ -154,13 +181,30 @@ def time_fn(fn: Callable[[], object], *, repeats: int = 3, warmup: int = 1, devi
     return statistics.median(times)
 
 
-def time_forward(impl, *, b, h, n, d, dtype=torch.float32, device="cpu", causal=True,
-                 window=0, sinks=0, repeats=3, warmup=1) -> float:
+def time_forward(
+    impl,
+    *,
+    b,
+    h,
+    n,
+    d,
+    dtype=torch.float32,
+    device="cpu",
+    causal=True,
+    window=0,
+    sinks=0,
+    repeats=3,
+    warmup=1,
+) -> float:
     fn = impl_fn(impl)
     q, k, v = make_inputs(b, h, n, d, dtype=dtype, device=device)
     with torch.no_grad():
-        return time_fn(lambda: fn(q, k, v, causal=causal, window=window, sinks=sinks),
-                       repeats=repeats, warmup=warmup, device=device)
+        return time_fn(
+            lambda: fn(q, k, v, causal=causal, window=window, sinks=sinks),
+            repeats=repeats,
+            warmup=warmup,
+            device=device,
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -218,10 +262,13 @@ def _run_case(case: dict, resettable: bool) -> dict:
     impl, n, backward = case["impl"], case["n"], case.get("backward", False)
     device = torch.device(case.get("device", "cpu"))
     dtype = parse_dtype(case.get("dtype", "float32"))
-    opts = dict(causal=case.get("causal", True), window=case.get("window", 0), sinks=case.get("sinks", 0))
+    opts = dict(
+        causal=case.get("causal", True), window=case.get("window", 0), sinks=case.get("sinks", 0)
+    )
     fn = impl_fn(impl)
-    q, k, v = make_inputs(case["b"], case["h"], n, case["d"], dtype=dtype, device=device,
-                          requires_grad=backward)
+    q, k, v = make_inputs(
+        case["b"], case["h"], n, case["d"], dtype=dtype, device=device, requires_grad=backward
+    )
     grad = torch.ones_like(q) if backward else None
 
     def call():
@@ -242,7 +289,9 @@ def _run_case(case: dict, resettable: bool) -> dict:
         try:
             call()
             torch.cuda.synchronize()
-            result.update(ok=True, peak_extra_mib=(torch.cuda.max_memory_allocated() - before) / MIB)
+            result.update(
+                ok=True, peak_extra_mib=(torch.cuda.max_memory_allocated() - before) / MIB
+            )
         except torch.cuda.OutOfMemoryError:
             result.update(ok=False, peak_extra_mib=None)
         return result
@@ -270,7 +319,9 @@ def _run_case(case: dict, resettable: bool) -> dict:
             resource.setrlimit(resource.RLIMIT_AS, limits)
     seconds = time.perf_counter() - start
     peak = _peak_bytes(resettable)
-    result.update(ok=ok, seconds=seconds, peak_extra_mib=max(0, peak - before) / MIB if ok else None)
+    result.update(
+        ok=ok, seconds=seconds, peak_extra_mib=max(0, peak - before) / MIB if ok else None
+    )
     return result
 
 
@@ -310,8 +361,15 @@ def measure_peak_memory(cases: list[dict], *, timeout: float = 600) -> list[dict
         batches = [[case] for case in cases]
     results = []
     for batch in batches:
-        proc = subprocess.run(cmd, input=json.dumps(batch), capture_output=True, text=True,
-                              env=env, timeout=timeout, check=False)
+        proc = subprocess.run(
+            cmd,
+            input=json.dumps(batch),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            check=False,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"memory worker failed:\n{proc.stderr[-4000:]}")
         results.extend(json.loads(proc.stdout.strip().splitlines()[-1]))

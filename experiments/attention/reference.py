@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 
 
-def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sinks: int) -> None:
+def check_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sinks: int
+) -> None:
     """Raise ValueError unless q, k, v are (B, H, N, D) self-attention inputs with valid masks."""
     if q.dim() != 4:
         raise ValueError(f"expected q of shape (B, H, N, D), got {tuple(q.shape)}")

@@ -43,8 +43,10 @@ def interpreting() -> bool:
 
 
 # ---------------------------------------------------------------------------------------
-# Kernels
+# Kernels (kept out of the formatter: one argument per line would bury the code)
 # ---------------------------------------------------------------------------------------
+
+# fmt: off
 
 
 @triton.jit
@@ -112,7 +114,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, offs_m, start, stop,
 
 
 @triton.jit
-def _attn_fwd(Q, K, V, O, LSE, sm_scale,
+def _attn_fwd(Q, K, V, Out, LSE, sm_scale,
               stride_qb, stride_qh, stride_qn, stride_qd,
               stride_kb, stride_kh, stride_kn, stride_kd,
               stride_vb, stride_vh, stride_vn, stride_vd,
@@ -147,9 +149,9 @@ def _attn_fwd(Q, K, V, O, LSE, sm_scale,
                                     PRECISION)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # only padding rows (offs_m >= N) can have l = 0
     out = acc / l_safe[:, None]
-    o_base = O + off_b * stride_ob + off_h * stride_oh
+    o_base = Out + off_b * stride_ob + off_h * stride_oh
     tl.store(o_base + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
-             out.to(O.dtype.element_ty), mask=row_mask)
+             out.to(Out.dtype.element_ty), mask=row_mask)
     lse = m_i + tl.log(l_safe)
     tl.store(LSE + off_bh * N + offs_m, lse, mask=offs_m < N)  # LSE is contiguous (B*H, N)
 
@@ -258,6 +260,8 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, sm_scale,
     tl.store(DQ + q_off, dq.to(DQ.dtype.element_ty), mask=row_mask)
 
 
+# fmt: on
+
 # ---------------------------------------------------------------------------------------
 # Launch configuration and autograd wrapper
 # ---------------------------------------------------------------------------------------
@@ -296,7 +300,9 @@ def _precision(dtype: torch.dtype) -> str:
 
 def _check_device(q: torch.Tensor) -> None:
     if not q.is_cuda and not interpreting():
-        raise ValueError("triton attention needs CUDA tensors (or TRITON_INTERPRET=1 with CPU tensors)")
+        raise ValueError(
+            "triton attention needs CUDA tensors (or TRITON_INTERPRET=1 with CPU tensors)"
+        )
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"triton attention supports float16, bfloat16 and float32, not {q.dtype}")
     if q.shape[-1] > 256:
@@ -312,12 +318,29 @@ def triton_forward(q, k, v, *, causal, window, sinks, scale):
     lse = torch.empty(b, h, n, dtype=torch.float32, device=q.device)
     grid = (triton.cdiv(n, cfg.block_m), b * h)
     _attn_fwd[grid](
-        q, k, v, out, lse, scale,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        h, n, d, window, sinks,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
-        CAUSAL=causal, HAS_WINDOW=window > 0, PRECISION=_precision(q.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        scale,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *out.stride(),
+        h,
+        n,
+        d,
+        window,
+        sinks,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_D=block_d,
+        CAUSAL=causal,
+        HAS_WINDOW=window > 0,
+        PRECISION=_precision(q.dtype),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return out, lse
 
@@ -332,9 +355,14 @@ def triton_backward(q, k, v, out, lse, dout, *, causal, window, sinks, scale):
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     common = dict(
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
-        CAUSAL=causal, HAS_WINDOW=window > 0, PRECISION=_precision(q.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_D=block_d,
+        CAUSAL=causal,
+        HAS_WINDOW=window > 0,
+        PRECISION=_precision(q.dtype),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     _attn_bwd_dkdv[(triton.cdiv(n, cfg.block_n), b * h)](
         q, k, v, dout, lse, delta, dk, dv, scale, *q.stride(), h, n, d, window, sinks, **common
@@ -384,4 +412,6 @@ def triton_forward_with_lse(q, k, v, *, causal=False, window=0, sinks=0, scale=N
     _check_device(q)
     scale = default_scale(q.shape[-1], scale)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return triton_forward(q, k, v, causal=bool(causal), window=int(window), sinks=int(sinks), scale=scale)
+    return triton_forward(
+        q, k, v, causal=bool(causal), window=int(window), sinks=int(sinks), scale=scale
+    )
