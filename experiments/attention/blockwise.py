@@ -56,6 +56,20 @@ def tile_status(
     return "full" if full else "partial"
 
 
+def _hidden(n, q0, q1, k0, k1, causal, window, sinks, device) -> torch.Tensor:
+    """(bq, bk) mask of the pairs the attention mask hides in one tile."""
+    ok = allowed_mask(
+        n,
+        causal=causal,
+        window=window,
+        sinks=sinks,
+        device=device,
+        q_range=(q0, q1),
+        k_range=(k0, k1),
+    )
+    return ok.logical_not_()
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
@@ -80,16 +94,8 @@ def blockwise_forward(q, k, v, *, causal, window, sinks, scale, blocks=DEFAULT_B
                 continue
             s = qi @ k[:, :, k0:k1].to(cdt).transpose(-2, -1)  # (B, H, bq, bk)
             if status == "partial":
-                ok = allowed_mask(
-                    n,
-                    causal=causal,
-                    window=window,
-                    sinks=sinks,
-                    device=q.device,
-                    q_range=(q0, q1),
-                    k_range=(k0, k1),
-                )
-                s.masked_fill_(ok.logical_not_(), neg_inf)
+                hidden = _hidden(n, q0, q1, k0, k1, causal, window, sinks, q.device)
+                s.masked_fill_(hidden, neg_inf)
             m_new = torch.maximum(m, s.amax(dim=-1))
             # A row can be fully masked in every tile seen so far; keep exp() away from -inf - -inf.
             m_safe = torch.where(m_new == neg_inf, 0.0, m_new)
@@ -127,16 +133,8 @@ def blockwise_backward(
             s = (qi @ kj.transpose(-2, -1)).mul_(scale)  # (B, H, bq, bk)
             p = s.sub_(lse[:, :, q0:q1, None]).exp_()  # probabilities, recomputed in place
             if status == "partial":
-                ok = allowed_mask(
-                    n,
-                    causal=causal,
-                    window=window,
-                    sinks=sinks,
-                    device=q.device,
-                    q_range=(q0, q1),
-                    k_range=(k0, k1),
-                )
-                p.masked_fill_(ok.logical_not_(), 0.0)
+                hidden = _hidden(n, q0, q1, k0, k1, causal, window, sinks, q.device)
+                p.masked_fill_(hidden, 0.0)
             dv[:, :, k0:k1] += p.transpose(-2, -1) @ doi
             dp = doi @ vj.transpose(-2, -1)  # (B, H, bq, bk)
             ds = p.mul_(dp.sub_(delta[:, :, q0:q1, None]))  # dS, reusing p's storage
