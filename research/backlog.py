@@ -440,7 +440,13 @@ class Backlog:
 
     @classmethod
     def load(cls, session: Session) -> Backlog:
+        """Loads ORM objects, for code that changes items."""
         return cls(list(session.exec(select(Item))))
+
+    @classmethod
+    def load_rows(cls, session: Session) -> Backlog:
+        """Loads read-only rows: several times faster than ORM objects on large backlogs."""
+        return cls(list(session.connection().execute(select(Item.__table__))))
 
     def progress(self, item_id: int) -> tuple[int, int]:
         """(done, total) over descendant checklist tasks (dropped tasks don't count)."""
@@ -573,7 +579,7 @@ def item_summary(item: Item, backlog: Backlog | None = None) -> dict[str, Any]:
 
 def item_detail(session: Session, item: Item) -> dict[str, Any]:
     """Everything about one item, for `show`."""
-    backlog = Backlog.load(session)
+    backlog = Backlog.load_rows(session)
     data = item_summary(item, backlog)
     data["body"] = item.body
     data["tasks_at"] = item.style.get("tasks_at")

@@ -185,7 +185,7 @@ def list_(
     from research.backlog import Backlog, ListFilter, filter_items, item_summary, resolve_item, sort_key
 
     with _session() as session:
-        backlog = Backlog.load(session)
+        backlog = Backlog.load_rows(session)
         spec = ListFilter(
             statuses=status or [], priority=priority, tag=tag,
             under=resolve_item(session, under) if under else None, search=search, include_closed=all_,
@@ -204,7 +204,7 @@ def list_(
         rows = [backlog.row(item, depth) for item, depth in backlog.walk(root) if item.id in wanted]
     else:
         rows = [backlog.row(item, 0) for item in sorted(keep, key=key)]
-    render.console().print(render.items_table(rows, tree=tree))
+    render.write_items_table(rows, tree=tree)
 
 
 @app.command()

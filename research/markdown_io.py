@@ -791,7 +791,7 @@ def export_markdown(session) -> str:
     from research.backlog import Backlog, get_meta
     from research.models import Note, Outcome
 
-    backlog = Backlog.load(session)
+    backlog = Backlog.load_rows(session)
     layout = json.loads(get_meta(session, "layout", "{}") or "{}")
     lang = layout.get("lang") or ("zh" if any(CJK.search(i.title) for i in backlog.items[:50]) else "en")
     keys = KEY_WORDS[lang]
@@ -968,7 +968,7 @@ def export_json(session) -> str:
     from research.backlog import Backlog, get_meta, item_summary
     from research.models import Note, Outcome
 
-    backlog = Backlog.load(session)
+    backlog = Backlog.load_rows(session)
     items = []
     for item, _depth in backlog.walk():
         data = item_summary(item)

@@ -1,0 +1,122 @@
+"""Whole-process latency of the backlog commands over a 10,000-item backlog.
+
+Prints the median wall time of `research --help`, `list`, `list --all`, `add` and
+`show`, and, when Taskwarrior (`task`) is installed, of `task list` over the same
+10,000 tasks measured in the same run, with the ratio against it.
+
+    python benchmarks/cli_latency.py [--items 10000] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def build_backlog(db_path: Path, n_items: int) -> None:
+    """10,000 items: directions with topics with checklist tasks, as a real backlog nests them."""
+    from research import clock
+    from research.db import create_database, session_scope
+    from research.models import Item
+
+    create_database(db_path)
+    now = clock.now_iso()
+    priorities = ["low", "medium", "high", "critical"]
+    statuses = ["planned", "active", "paused", "planned", "done"]
+    with session_scope(db_path, write=True) as session:
+        next_id = 1
+        while next_id <= n_items:
+            direction_id = next_id
+            session.add(Item(id=next_id, slug=f"direction-{next_id}", title=f"流式处理方向 {next_id}: streaming direction",
+                             priority=priorities[next_id % 4], status=statuses[next_id % 5], estimate="2-3天",
+                             estimate_min_days=2, estimate_max_days=3, tags=["systems", "流式"],
+                             created_at=now, updated_at=now, position=next_id))
+            next_id += 1
+            for t in range(9):
+                if next_id > n_items:
+                    break
+                session.add(Item(id=next_id, slug=f"task-{next_id}", parent_id=direction_id, kind="task",
+                                 title=f"检查点机制 checkpoint topic {next_id}", status=statuses[(next_id + t) % 5],
+                                 created_at=now, updated_at=now, position=t))
+                next_id += 1
+
+
+def build_taskwarrior(folder: Path, n_items: int) -> dict[str, str]:
+    data = folder / "taskdata"
+    data.mkdir()
+    rc = folder / "taskrc"
+    rc.write_text(f"data.location={data}\nconfirmation=off\nverbose=nothing\nnews.version=2.6.0\n")
+    env = {**os.environ, "TASKRC": str(rc), "TASKDATA": str(data)}
+    tasks = [
+        {"description": f"检查点机制 checkpoint topic {i}", "status": "pending", "project": "streaming",
+         "priority": "HML"[i % 3], "tags": ["systems"], "entry": "20251108T000000Z", "uuid": _uuid(i)}
+        for i in range(n_items)
+    ]
+    payload = folder / "tasks.json"
+    payload.write_text(json.dumps(tasks))
+    subprocess.run(["task", "import", str(payload)], env=env, check=True, capture_output=True)
+    return env
+
+
+def _uuid(i: int) -> str:
+    return f"00000000-0000-4000-8000-{i:012d}"
+
+
+def median_time(cmd: list[str], env: dict[str, str], cwd: Path, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(cmd, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+
+    research = shutil.which("research") or str(Path(sys.executable).with_name("research"))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        db_path = folder / "todo.db"
+        build_backlog(db_path, args.items)
+        env = {**os.environ, "RESEARCH_DB": str(db_path)}
+        env.pop("RESEARCH_NOW", None)
+        print(f"backlog: {args.items} items; median of {args.repeats} whole-process runs each")
+        results = {}
+        cases = {
+            "research --help": [research, "--help"],
+            "research list": [research, "list"],
+            "research list --all": [research, "list", "--all"],
+            "research list --json": [research, "list", "--json"],
+            "research add": [research, "add", "benchmark item"],
+            "research show": [research, "show", "1"],
+        }
+        for name, cmd in cases.items():
+            results[name] = median_time(cmd, env, folder, args.repeats)
+            print(f"  {name:<24} {results[name] * 1000:8.1f} ms")
+        if shutil.which("task"):
+            tw_env = build_taskwarrior(folder, args.items)
+            results["task list"] = median_time(["task", "list"], tw_env, folder, args.repeats)
+            print(f"  {'task list (Taskwarrior)':<24} {results['task list'] * 1000:8.1f} ms")
+            ratio = results["research list"] / results["task list"]
+            verdict = "meets" if ratio <= 3 else "misses"
+            print(f"research list / task list = {ratio:.2f}x ({verdict} the 3x target)")
+        else:
+            print("Taskwarrior not installed (apt-get install taskwarrior): comparison not run")
+        verdict = "meets" if results["research --help"] < 0.2 else "misses"
+        print(f"research --help = {results['research --help'] * 1000:.0f} ms ({verdict} the 200 ms target)")
+
+
+if __name__ == "__main__":
+    main()
