@@ -8,7 +8,6 @@ recursive delete, is undone as a whole.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +16,19 @@ from sqlmodel import Session, SQLModel, select
 
 from research import clock
 from research.errors import ResearchError
-from research.models import OPEN_STATUSES, OUTCOME_KINDS, Event, Item, Link, Meta, Metric, Note, Outcome, Run
+from research.models import (
+    OUTCOME_KINDS,
+    Event,
+    Item,
+    Link,
+    Meta,
+    Metric,
+    Note,
+    Outcome,
+    Run,
+)
+from research.views import Backlog, ItemRow, ListFilter, filter_items, item_summary, sort_key  # noqa: F401
 from research.vocab import (
-    PRIORITY_RANK,
     composite_score,
     normalize_priority,
     normalize_status,
@@ -407,174 +416,6 @@ def undo_last(session: Session) -> tuple[int, list[Event]]:
 
 # ---------------------------------------------------------------------------
 # Reading
-
-
-@dataclass
-class ItemRow:
-    """An item plus what list/tree views derive from the whole backlog."""
-
-    item: Item
-    depth: int = 0
-    done_tasks: int = 0
-    total_tasks: int = 0
-    path: str = ""
-
-    @property
-    def progress(self) -> str:
-        return f"{self.done_tasks}/{self.total_tasks}" if self.total_tasks else ""
-
-
-class Backlog:
-    """All items loaded once; tree, progress and filters computed in memory."""
-
-    def __init__(self, items: list[Item]):
-        self.items = items
-        self.by_id = {i.id: i for i in items}
-        self.children: dict[int | None, list[Item]] = defaultdict(list)
-        for item in items:
-            parent = item.parent_id if item.parent_id in self.by_id else None
-            self.children[parent].append(item)
-        for kids in self.children.values():
-            kids.sort(key=lambda i: (i.position, i.id))
-        self._progress: dict[int, tuple[int, int]] = {}
-
-    @classmethod
-    def load(cls, session: Session) -> Backlog:
-        """Loads ORM objects, for code that changes items."""
-        return cls(list(session.exec(select(Item))))
-
-    @classmethod
-    def load_rows(cls, session: Session) -> Backlog:
-        """Loads read-only rows: several times faster than ORM objects on large backlogs."""
-        return cls(list(session.connection().execute(select(Item.__table__))))
-
-    def progress(self, item_id: int) -> tuple[int, int]:
-        """(done, total) over descendant checklist tasks (dropped tasks don't count)."""
-        if item_id in self._progress:
-            return self._progress[item_id]
-        done = total = 0
-        for child in self.children.get(item_id, []):
-            if child.kind == "task" and child.status != "dropped":
-                total += 1
-                done += child.status == "done"
-            d, t = self.progress(child.id)
-            done, total = done + d, total + t
-        self._progress[item_id] = (done, total)
-        return done, total
-
-    def depth(self, item: Item) -> int:
-        depth, parent = 0, item.parent_id
-        while parent in self.by_id:
-            depth, parent = depth + 1, self.by_id[parent].parent_id
-        return depth
-
-    def path(self, item: Item) -> list[str]:
-        titles, current = [], item
-        while current is not None:
-            titles.append(current.title)
-            current = self.by_id.get(current.parent_id)
-        return titles[::-1]
-
-    def descendants(self, item_id: int) -> set[int]:
-        out, frontier = set(), [item_id]
-        while frontier:
-            kids = [k.id for f in frontier for k in self.children.get(f, [])]
-            out.update(kids)
-            frontier = kids
-        return out
-
-    def walk(self, parent_id: int | None = None, depth: int = 0):
-        for item in self.children.get(parent_id, []):
-            yield item, depth
-            yield from self.walk(item.id, depth + 1)
-
-    def row(self, item: Item, depth: int | None = None) -> ItemRow:
-        done, total = self.progress(item.id)
-        return ItemRow(item, self.depth(item) if depth is None else depth, done, total)
-
-
-SORTS = ("score", "priority", "updated", "created")
-
-
-def sort_key(name: str):
-    if name == "score":
-        return lambda i: (-(i.score or 0), PRIORITY_RANK[i.priority], i.id)
-    if name == "priority":
-        return lambda i: (PRIORITY_RANK[i.priority], -(i.score or 0), i.id)
-    if name == "updated":
-        return lambda i: (_neg_text(i.updated_at), i.id)
-    if name == "created":
-        return lambda i: (_neg_text(i.created_at), i.id)
-    raise ResearchError(f"unknown sort {name!r}; use one of: {', '.join(SORTS)}")
-
-
-def _neg_text(text: str) -> tuple:
-    # Newest first on ISO strings, without parsing them.
-    return tuple(-ord(c) for c in text)
-
-
-@dataclass
-class ListFilter:
-    statuses: list[str] = field(default_factory=list)
-    priority: str | None = None
-    tag: str | None = None
-    under: Item | None = None
-    search: str | None = None
-    include_closed: bool = False
-
-
-def filter_items(backlog: Backlog, spec: ListFilter) -> list[Item]:
-    statuses = {normalize_status(s) for s in spec.statuses}
-    priority = normalize_priority(spec.priority) if spec.priority else None
-    under = backlog.descendants(spec.under.id) if spec.under else None
-    needle = spec.search.lower() if spec.search else None
-    out = []
-    for item in backlog.items:
-        if statuses:
-            if item.status not in statuses:
-                continue
-        elif not spec.include_closed and item.status not in OPEN_STATUSES:
-            continue
-        if priority and item.priority != priority:
-            continue
-        if spec.tag and spec.tag.lstrip("#") not in item.tags:
-            continue
-        if under is not None and item.id not in under:
-            continue
-        if needle and needle not in item.title.lower() and needle not in item.body.lower() and needle != item.slug:
-            continue
-        out.append(item)
-    return out
-
-
-def item_summary(item: Item, backlog: Backlog | None = None) -> dict[str, Any]:
-    """The stable JSON shape of an item in list output."""
-    data = {
-        "id": item.id,
-        "slug": item.slug,
-        "parent_id": item.parent_id,
-        "kind": item.kind,
-        "title": item.title,
-        "status": item.status,
-        "priority": item.priority,
-        "estimate": item.estimate,
-        "estimate_min_days": item.estimate_min_days,
-        "estimate_max_days": item.estimate_max_days,
-        "tags": list(item.tags),
-        "innovation": item.innovation,
-        "practicality": item.practicality,
-        "feasibility": item.feasibility,
-        "score": item.score,
-        "position": item.position,
-        "created_at": item.created_at,
-        "updated_at": item.updated_at,
-        "started_at": item.started_at,
-        "done_at": item.done_at,
-    }
-    if backlog is not None:
-        done, total = backlog.progress(item.id)
-        data["progress"] = {"done": done, "total": total}
-    return data
 
 
 def item_detail(session: Session, item: Item) -> dict[str, Any]:

@@ -182,16 +182,15 @@ def list_(
 ) -> None:
     """List open items (all with --all), as a table, a tree or JSON."""
     from research import render
-    from research.backlog import Backlog, ListFilter, filter_items, item_summary, resolve_item, sort_key
+    from research.views import Backlog, ListFilter, filter_items, item_summary, sort_key
 
-    with _session() as session:
-        backlog = Backlog.load_rows(session)
-        spec = ListFilter(
-            statuses=status or [], priority=priority, tag=tag,
-            under=resolve_item(session, under) if under else None, search=search, include_closed=all_,
-        )
-        keep = filter_items(backlog, spec)
-        key = sort_key(sort)
+    backlog = Backlog.load_file(db_path())
+    spec = ListFilter(
+        statuses=status or [], priority=priority, tag=tag,
+        under=backlog.find(under) if under else None, search=search, include_closed=all_,
+    )
+    keep = filter_items(backlog, spec)
+    key = sort_key(sort)
     if json_:
         render.print_json([item_summary(i, backlog) for i in sorted(keep, key=key)])
         return

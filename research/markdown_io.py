@@ -178,7 +178,6 @@ def parse_markdown(text: str, source: str = "<markdown>") -> Document:
     doc = Document()
     h1 = [i for i, line in enumerate(lines) if HEADING.match(line) and HEADING.match(line).group(1) == "#" and not _in_fence(lines, i)]
     doc_title_line = h1[0] if len(h1) == 1 else None
-    base_level = 2 if doc_title_line is not None else 1
 
     # Stack of (level, target) where target is a Node, "notes", "matrix" or a NoteNode.
     stack: list[tuple[int, Any]] = []

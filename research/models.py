@@ -13,11 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
-STATUSES = ("planned", "active", "paused", "done", "writing-up", "dropped")
-OPEN_STATUSES = ("planned", "active", "paused", "writing-up")
-PRIORITIES = ("low", "medium", "high", "critical")
-ITEM_KINDS = ("item", "task")  # a heading-level item, or a checklist task
-OUTCOME_KINDS = ("document", "code", "application", "related")
+from research.vocab import ITEM_KINDS, OPEN_STATUSES, OUTCOME_KINDS, PRIORITIES, STATUSES  # noqa: F401
 
 
 class Item(SQLModel, table=True):

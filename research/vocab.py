@@ -10,7 +10,12 @@ import re
 import unicodedata
 
 from research.errors import ResearchError
-from research.models import PRIORITIES, STATUSES
+
+STATUSES = ("planned", "active", "paused", "done", "writing-up", "dropped")
+OPEN_STATUSES = ("planned", "active", "paused", "writing-up")
+PRIORITIES = ("low", "medium", "high", "critical")
+ITEM_KINDS = ("item", "task")  # a heading-level item, or a checklist task
+OUTCOME_KINDS = ("document", "code", "application", "related")
 
 STATUS_EMOJI = {
     "planned": "📋",

@@ -1,0 +1,257 @@
+"""Read-side views of the backlog: the tree, checklist progress, filters and sorting.
+
+Kept free of the ORM so `research list` can load 10,000 items from SQLite and
+print them without importing SQLAlchemy (see ``Backlog.load_file``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from research.errors import ResearchError
+from research.vocab import OPEN_STATUSES, PRIORITY_RANK, normalize_priority, normalize_status
+
+ITEM_COLUMNS = (
+    "id", "slug", "parent_id", "kind", "title", "body", "status", "priority", "estimate",
+    "estimate_min_days", "estimate_max_days", "tags", "innovation", "practicality", "feasibility",
+    "score", "position", "style", "created_at", "updated_at", "started_at", "done_at",
+)
+
+
+class ItemRecord(NamedTuple):
+    """A read-only item row, attribute-compatible with the ORM's Item."""
+
+    id: int
+    slug: str
+    parent_id: int | None
+    kind: str
+    title: str
+    body: str
+    status: str
+    priority: str
+    estimate: str | None
+    estimate_min_days: float | None
+    estimate_max_days: float | None
+    tags: list
+    innovation: int | None
+    practicality: int | None
+    feasibility: int | None
+    score: float | None
+    position: int
+    style: dict
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    done_at: str | None
+
+    @classmethod
+    def from_row(cls, row: tuple) -> ItemRecord:
+        values = list(row)
+        values[11] = json.loads(values[11]) if values[11] else []
+        values[17] = json.loads(values[17]) if values[17] else {}
+        return cls(*values)
+
+
+@dataclass
+class ItemRow:
+    """An item plus what list/tree views derive from the whole backlog."""
+
+    item: Any  # an ORM Item or an ItemRecord
+    depth: int = 0
+    done_tasks: int = 0
+    total_tasks: int = 0
+    path: str = ""
+
+    @property
+    def progress(self) -> str:
+        return f"{self.done_tasks}/{self.total_tasks}" if self.total_tasks else ""
+
+
+class Backlog:
+    """All items loaded once; tree, progress and filters computed in memory."""
+
+    def __init__(self, items: list[Any]):
+        self.items = items
+        self.by_id = {i.id: i for i in items}
+        self.children: dict[int | None, list[Any]] = defaultdict(list)
+        for item in items:
+            parent = item.parent_id if item.parent_id in self.by_id else None
+            self.children[parent].append(item)
+        for kids in self.children.values():
+            kids.sort(key=lambda i: (i.position, i.id))
+        self._progress: dict[int, tuple[int, int]] = {}
+
+    @classmethod
+    def load(cls, session) -> Backlog:
+        """Loads ORM objects, for code that changes items."""
+        from sqlmodel import select
+
+        from research.models import Item
+
+        return cls(list(session.exec(select(Item))))
+
+    @classmethod
+    def load_rows(cls, session) -> Backlog:
+        """Loads read-only rows inside a session: much faster than ORM objects."""
+        from sqlmodel import select
+
+        from research.models import Item
+
+        return cls(list(session.connection().execute(select(Item.__table__))))
+
+    @classmethod
+    def load_file(cls, path: Path) -> Backlog:
+        """Loads read-only rows straight from the file, without importing the ORM at all."""
+        from research.db import connect_raw, ensure_schema
+
+        ensure_schema(path)
+        conn = connect_raw(path)
+        try:
+            cursor = conn.execute(f"SELECT {', '.join(ITEM_COLUMNS)} FROM item")
+            return cls([ItemRecord.from_row(row) for row in cursor])
+        finally:
+            conn.close()
+
+    def find(self, ref: str | int):
+        """An item by numeric id or slug."""
+        text = str(ref).strip()
+        if text.isdigit() and int(text) in self.by_id:
+            return self.by_id[int(text)]
+        for item in self.items:
+            if item.slug == text:
+                return item
+        raise ResearchError(f"no item with id or slug {text!r}")
+
+    def progress(self, item_id: int) -> tuple[int, int]:
+        """(done, total) over descendant checklist tasks (dropped tasks don't count)."""
+        if item_id in self._progress:
+            return self._progress[item_id]
+        done = total = 0
+        for child in self.children.get(item_id, []):
+            if child.kind == "task" and child.status != "dropped":
+                total += 1
+                done += child.status == "done"
+            d, t = self.progress(child.id)
+            done, total = done + d, total + t
+        self._progress[item_id] = (done, total)
+        return done, total
+
+    def depth(self, item: Any) -> int:
+        depth, parent = 0, item.parent_id
+        while parent in self.by_id:
+            depth, parent = depth + 1, self.by_id[parent].parent_id
+        return depth
+
+    def path(self, item: Any) -> list[str]:
+        titles, current = [], item
+        while current is not None:
+            titles.append(current.title)
+            current = self.by_id.get(current.parent_id)
+        return titles[::-1]
+
+    def descendants(self, item_id: int) -> set[int]:
+        out, frontier = set(), [item_id]
+        while frontier:
+            kids = [k.id for f in frontier for k in self.children.get(f, [])]
+            out.update(kids)
+            frontier = kids
+        return out
+
+    def walk(self, parent_id: int | None = None, depth: int = 0):
+        for item in self.children.get(parent_id, []):
+            yield item, depth
+            yield from self.walk(item.id, depth + 1)
+
+    def row(self, item: Any, depth: int | None = None) -> ItemRow:
+        done, total = self.progress(item.id)
+        return ItemRow(item, self.depth(item) if depth is None else depth, done, total)
+
+
+SORTS = ("score", "priority", "updated", "created")
+
+
+def sort_key(name: str):
+    if name == "score":
+        return lambda i: (-(i.score or 0), PRIORITY_RANK[i.priority], i.id)
+    if name == "priority":
+        return lambda i: (PRIORITY_RANK[i.priority], -(i.score or 0), i.id)
+    if name == "updated":
+        return lambda i: (_neg_text(i.updated_at), i.id)
+    if name == "created":
+        return lambda i: (_neg_text(i.created_at), i.id)
+    raise ResearchError(f"unknown sort {name!r}; use one of: {', '.join(SORTS)}")
+
+
+def _neg_text(text: str) -> tuple:
+    # Newest first on ISO strings, without parsing them.
+    return tuple(-ord(c) for c in text)
+
+
+@dataclass
+class ListFilter:
+    statuses: list[str] = field(default_factory=list)
+    priority: str | None = None
+    tag: str | None = None
+    under: Any | None = None
+    search: str | None = None
+    include_closed: bool = False
+
+
+def filter_items(backlog: Backlog, spec: ListFilter) -> list:
+    statuses = {normalize_status(s) for s in spec.statuses}
+    priority = normalize_priority(spec.priority) if spec.priority else None
+    under = backlog.descendants(spec.under.id) if spec.under else None
+    needle = spec.search.lower() if spec.search else None
+    out = []
+    for item in backlog.items:
+        if statuses:
+            if item.status not in statuses:
+                continue
+        elif not spec.include_closed and item.status not in OPEN_STATUSES:
+            continue
+        if priority and item.priority != priority:
+            continue
+        if spec.tag and spec.tag.lstrip("#") not in item.tags:
+            continue
+        if under is not None and item.id not in under:
+            continue
+        if needle and needle not in item.title.lower() and needle not in item.body.lower() and needle != item.slug:
+            continue
+        out.append(item)
+    return out
+
+
+def item_summary(item, backlog: Backlog | None = None) -> dict[str, Any]:
+    """The stable JSON shape of an item in list output."""
+    data = {
+        "id": item.id,
+        "slug": item.slug,
+        "parent_id": item.parent_id,
+        "kind": item.kind,
+        "title": item.title,
+        "status": item.status,
+        "priority": item.priority,
+        "estimate": item.estimate,
+        "estimate_min_days": item.estimate_min_days,
+        "estimate_max_days": item.estimate_max_days,
+        "tags": list(item.tags),
+        "innovation": item.innovation,
+        "practicality": item.practicality,
+        "feasibility": item.feasibility,
+        "score": item.score,
+        "position": item.position,
+        "created_at": item.created_at,
+        "updated_at": item.updated_at,
+        "started_at": item.started_at,
+        "done_at": item.done_at,
+    }
+    if backlog is not None:
+        done, total = backlog.progress(item.id)
+        data["progress"] = {"done": done, "total": total}
+    return data
+
+
