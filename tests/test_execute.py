@@ -356,6 +356,26 @@ def test_capture_environment(tmp_path):
     assert capture_environment(tmp_path)["git_dirty"] is True
 
 
+def test_detect_device_reads_nvidia_smi(tmp_path, monkeypatch):
+    from research import environment
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3'\necho 'NVIDIA A100-SXM4-40GB'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    environment._gpu_names.cache_clear()
+    try:
+        assert environment.detect_device("2.4.0+cu121") == "NVIDIA H100 80GB HBM3"
+        assert environment.detect_device("2.4.0+cpu") == "cpu"  # a CPU-only torch build
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+        assert environment.detect_device("2.4.0") == "NVIDIA A100-SXM4-40GB"
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        assert environment.detect_device("2.4.0") == "cpu"
+    finally:
+        environment._gpu_names.cache_clear()
+
+
 def test_sha256_file(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"abc")
