@@ -181,6 +181,39 @@ def time_fn(fn: Callable[[], object], *, repeats: int = 3, warmup: int = 1, devi
     return statistics.median(times)
 
 
+def compare_forward_times(
+    impls,
+    *,
+    b,
+    h,
+    n,
+    d,
+    dtype=torch.float32,
+    device="cpu",
+    causal=True,
+    window=0,
+    sinks=0,
+    repeats=3,
+) -> dict[str, float]:
+    """Best-of-``repeats`` forward time per implementation, in seconds, measured side by side.
+
+    Rounds are interleaved (impl A, B, C, then A, B, C again ...) after one warm-up
+    call each, so a burst of load from other processes hits every implementation
+    alike; the minimum is the least disturbed run.
+    """
+    q, k, v = make_inputs(b, h, n, d, dtype=dtype, device=device)
+    opts = dict(causal=causal, window=window, sinks=sinks)
+    calls = {impl: (lambda fn=impl_fn(impl): fn(q, k, v, **opts)) for impl in impls}
+    best = {impl: math.inf for impl in impls}
+    with torch.no_grad():
+        for call in calls.values():
+            call()
+        for _ in range(repeats):
+            for impl, call in calls.items():
+                best[impl] = min(best[impl], time_fn(call, repeats=1, warmup=0, device=device))
+    return best
+
+
 def time_forward(
     impl,
     *,
