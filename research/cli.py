@@ -120,7 +120,7 @@ def init(
         from research.experiments_catalog import add_shipped_experiments
 
         with session_scope(path, write=True) as session:
-            added = add_shipped_experiments(session, project_root=Path.cwd())
+            added = add_shipped_experiments(session, project_root=path.resolve().parent)
     verb = "Created" if created else "Already initialised:"
     typer.echo(f"{verb} {path}", err=True)
     for slug in added:
@@ -212,12 +212,14 @@ def show(item_id: IdArg, json_: JsonOpt = False) -> None:
     from research import render
     from research.backlog import item_detail, resolve_item
 
+    _recover()
     with _session() as session:
         item = resolve_item(session, item_id)
         detail = item_detail(session, item)
         _attach_runs(session, item, detail)
     if json_:
         detail.pop("runs_lines", None)
+        detail.pop("links_lines", None)
         render.print_json(detail)
     else:
         render.show_item(detail)
@@ -476,6 +478,260 @@ def export(
         typer.echo(f"wrote {output}", err=True)
     else:
         sys.stdout.write(text)
+
+
+# ---------------------------------------------------------------------------
+# Notebooks and runs
+
+ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value, checked against the notebook's parameters (repeatable).")]
+
+
+def _project_root() -> Path:
+    from research.runs import project_root_of
+
+    return project_root_of(db_path())
+
+
+def _recover() -> None:
+    from research.runs import recover_stale_runs
+
+    count = recover_stale_runs(db_path())
+    if count:
+        typer.echo(f"marked {count} run(s) whose runner died as interrupted", err=True)
+
+
+@app.command()
+def link(
+    item_id: IdArg,
+    notebook: Annotated[str, typer.Argument(help="Notebook path, relative to the project root.")],
+    name: Annotated[str | None, typer.Option("--name", help="Name of the link (default: the notebook's stem).")] = None,
+    param: ParamOpt = None,
+    best: Annotated[str | None, typer.Option("--best", help="How to pick the best run, e.g. max:throughput.")] = None,
+) -> None:
+    """Link a notebook (with a cell tagged `parameters`) to an item, with default parameters."""
+    from research.backlog import resolve_item
+    from research.params import parse_assignments
+    from research.runs import link_notebook
+
+    root = _project_root()
+    with _changes() as (session, log):
+        item = resolve_item(session, item_id)
+        created = link_notebook(session, log, item, notebook, name, parse_assignments(param), best, root)
+        typer.echo(f"{item.slug}\t{created.name}\t{created.notebook}")
+
+
+@app.command()
+def unlink(
+    item_id: IdArg,
+    name: Annotated[str | None, typer.Option("--name", help="Which linked notebook (needed when there are several).")] = None,
+) -> None:
+    """Remove a notebook link from an item (its runs are kept)."""
+    from research.backlog import resolve_item
+    from research.runs import unlink_notebook
+
+    with _changes() as (session, log):
+        item = resolve_item(session, item_id)
+        removed = unlink_notebook(session, log, item, name)
+        typer.echo(f"{item.slug}\tunlinked {removed.name}", err=True)
+
+
+@app.command()
+def notebooks(json_: JsonOpt = False) -> None:
+    """List the notebooks under notebooks/ with their parameters, types and defaults."""
+    from research import render
+    from research.runs import list_notebooks
+
+    try:
+        root = _project_root()
+    except ResearchError:
+        root = Path.cwd()
+    entries = list_notebooks(root)
+    if json_:
+        render.print_json(entries)
+        return
+    if not entries:
+        render.info(f"no notebooks under {root / 'notebooks'}")
+        return
+    for entry in entries:
+        typer.echo(entry["notebook"])
+        if entry["error"]:
+            typer.echo(f"  ({entry['error']})")
+        for p in entry["parameters"]:
+            comment = f"  # {p['help']}" if p["help"] else ""
+            typer.echo(f"  {p['name']}: {p['type'] or '?'} = {p['default']}{comment}")
+
+
+@app.command()
+def run(
+    item_id: IdArg,
+    notebook: Annotated[str | None, typer.Option("--notebook", "-n", help="Run only this linked notebook (by name).")] = None,
+    param: ParamOpt = None,
+    params_file: Annotated[Path | None, typer.Option("--params-file", "-f", help="YAML or JSON file of parameters.")] = None,
+    grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="key=v1,v2,... : sweep the cartesian product (repeatable).")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own kernel.")] = 1,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="End a run as 'timeout' after this many seconds.")] = None,
+    kernel: Annotated[str | None, typer.Option("--kernel", help="Jupyter kernel name (default: the notebook's, else python3).")] = None,
+    log_output: Annotated[bool, typer.Option("--log-output", help="Stream the notebook's output to the terminal.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and show the runs without running them.")] = False,
+) -> None:
+    """Run an item's linked notebook(s) with checked parameters; --grid sweeps."""
+    from research import render
+    from research.backlog import resolve_item
+    from research.params import expand_grid, load_params_file, parse_assignments
+    from research.runs import create_runs, plan_runs
+
+    _recover()
+    root = _project_root()
+    given = parse_assignments(param)
+    file_params = load_params_file(params_file) if params_file else None
+    points = expand_grid(grid)
+    if dry_run:
+        with _session() as session:
+            item = resolve_item(session, item_id)
+            plans = plan_runs(session, item, root, notebook, given, file_params, points)
+        render.print_json([{"item": p.item.slug, "notebook": p.notebook, "params": p.params} for p in plans])
+        return
+    with _session(write=True) as session:
+        item = resolve_item(session, item_id)
+        plans = plan_runs(session, item, root, notebook, given, file_params, points)
+        run_ids, sweep_id = create_runs(session, plans, root, kernel)
+    if sweep_id:
+        typer.echo(f"sweep {sweep_id}: {len(run_ids)} runs, {min(jobs, len(run_ids))} at a time", err=True)
+    _execute(run_ids, jobs, timeout, log_output)
+
+
+def _execute(run_ids: list[int], jobs: int, timeout: float | None, log_output: bool) -> None:
+    from research import render
+    from research.execute import handle_interrupts
+    from research.runs import execute_run, run_in_parallel
+
+    path = db_path()
+    progress = render.RunProgress(run_ids, enabled=not log_output)
+    with handle_interrupts() as interrupts, progress:
+        tasks = [
+            (lambda rid=rid: execute_run(path, rid, timeout=timeout, log_output=log_output, on_progress=progress.update))
+            for rid in run_ids
+        ]
+        results = run_in_parallel(tasks, jobs, on_done=progress.finish)
+        interrupted = interrupts.is_set()
+    for result in results:
+        typer.echo(render.run_summary_line(result))
+    if interrupted:
+        raise typer.Exit(130)
+    if any(r.status != "succeeded" for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def rerun(
+    run_id: Annotated[str, typer.Argument(help="The run to repeat.")],
+    param: ParamOpt = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="End the run as 'timeout' after this many seconds.")] = None,
+) -> None:
+    """Run a past run's notebook again with the same parameters (some overridden with -p)."""
+    from research.params import inspect_notebook, parse_assignments, resolve_parameters
+    from research.runs import RunPlan, create_runs, resolve_run
+
+    _recover()
+    root = _project_root()
+    with _session(write=True) as session:
+        from research.models import Item, Link
+
+        old = resolve_run(session, run_id)
+        specs = inspect_notebook(root / old.notebook)
+        overrides = resolve_parameters(specs, parse_assignments(param), old.notebook)
+        item = session.get(Item, old.item_id)
+        link_row = session.get(Link, old.link_id) if old.link_id else None
+        plan = RunPlan(item=item, link=link_row, notebook=old.notebook, given={**old.params_given, **overrides},
+                       params={**old.params, **overrides})
+        run_ids, _ = create_runs(session, [plan], root, old.kernel)
+    _execute(run_ids, 1, timeout, False)
+
+
+@app.command()
+def runs(
+    args: Annotated[list[str] | None, typer.Argument(help="[ID|SLUG] to filter by item, or `show RUN`, `rm RUN...`.", show_default=False)] = None,
+    status: Annotated[str | None, typer.Option("--status", "-s", help="Only runs with this status.")] = None,
+    sweep: Annotated[str | None, typer.Option("--sweep", help="Only runs of this sweep.")] = None,
+    where: Annotated[str | None, typer.Option("--where", "-w", help="Filter on params and metrics, e.g. 'metrics.loss < 0.1 and params.lr = 0.01'.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="With rm: do not ask.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """List runs (all, or an item's); `runs show RUN` for one in full; `runs rm RUN...` to delete."""
+    from research import render
+    from research.backlog import resolve_item
+    from research.runs import query_runs
+
+    _recover()
+    args = list(args or [])
+    if args and args[0] == "show":
+        if len(args) != 2:
+            raise ResearchError("usage: research runs show RUN")
+        _runs_show(args[1], json_)
+        return
+    if args and args[0] == "rm":
+        _runs_rm(args[1:], yes)
+        return
+    if len(args) > 1:
+        raise ResearchError("give at most one item id or slug")
+    with _session() as session:
+        item = resolve_item(session, args[0]) if args else None
+        rows = query_runs(session, item, status, sweep, where)
+    if json_:
+        render.print_json(rows)
+    elif not rows:
+        render.info("No runs.")
+    else:
+        render.write_runs_table(rows)
+
+
+def _runs_show(run_ref: str, json_: bool) -> None:
+    from research import render
+    from research.runs import resolve_run, run_detail
+
+    with _session() as session:
+        detail = run_detail(session, resolve_run(session, run_ref))
+    if json_:
+        render.print_json(detail)
+    else:
+        render.show_run(detail)
+
+
+def _runs_rm(refs: list[str], yes: bool) -> None:
+    from research.runs import delete_run, resolve_run
+
+    if not refs:
+        raise ResearchError("usage: research runs rm RUN...")
+    with _changes() as (session, log):
+        targets = [resolve_run(session, ref) for ref in refs]
+        if not yes:
+            if not sys.stdin.isatty():
+                raise ResearchError("refusing to delete runs without confirmation; pass --yes")
+            if not typer.confirm(f"Delete run(s) {', '.join(str(r.id) for r in targets)}?", err=True):
+                raise typer.Exit(1)
+        for target in targets:
+            delete_run(session, log, target)
+    typer.echo(f"deleted {len(targets)} run(s); their files stay under runs/ (`research undo` restores the rows)", err=True)
+
+
+@app.command()
+def compare(
+    run_ids: Annotated[list[str], typer.Argument(help="Two or more runs.")],
+    only_changed: Annotated[bool, typer.Option("--only-changed", help="Hide rows where every run agrees.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Params and metrics of several runs side by side."""
+    from research import render
+    from research.runs import compare_runs, resolve_run
+
+    if len(run_ids) < 2:
+        raise ResearchError("compare needs at least two runs")
+    with _session() as session:
+        table = compare_runs(session, [resolve_run(session, r) for r in run_ids], only_changed)
+    if json_:
+        render.print_json(table)
+    else:
+        render.write_compare_table(table)
 
 
 def main() -> None:

@@ -90,5 +90,5 @@ def link_experiment(session, log, item, exp: ShippedExperiment, project_root: Pa
     except ImportError:
         return
     notebook = project_root / exp.notebook
-    if notebook.exists():
+    if notebook.is_file():
         link_notebook(session, log, item, exp.notebook, name=None, defaults=exp.defaults, best=exp.best, project_root=project_root)

@@ -211,11 +211,14 @@ def show_item(detail: dict[str, Any]) -> None:
             out.print(f"  {mark} [cyan]{child['id']}[/cyan] {child['title']}  [dim]{child['status']}{extra}[/dim]")
     if "\n".join(body[at:]).strip():
         out.print(Markdown("\n".join(body[at:])))
-    for section, key in (("Runs", "runs"),):
-        if detail.get(key):
-            out.print(f"[bold]{section}[/bold]")
-            for line in detail[key + "_lines"]:
-                out.print("  " + line)
+    if detail.get("links_lines"):
+        out.print("[bold]Notebooks[/bold]")
+        for line in detail["links_lines"]:
+            out.print("  " + line, markup=False)
+    if detail.get("runs"):
+        out.print("[bold]Runs[/bold]")
+        for line in detail["runs_lines"]:
+            out.print("  " + line, markup=False)
     if detail["notes"]:
         out.print("[bold]Notes[/bold]")
         for note in detail["notes"]:
@@ -242,7 +245,146 @@ def describe_event(event: dict[str, Any]) -> str:
         return f"note: {(after.get('text') or '')[:60]}{undone}"
     if action == "outcome":
         return f"outcome {after.get('kind')}: {after.get('ref')}{undone}"
+    if action == "link" and not before:
+        return f"linked notebook {after.get('name')} ({after.get('notebook')}){undone}"
+    if action == "unlink" and not after and "notebook" in before:
+        return f"unlinked notebook {before.get('name')}{undone}"
     if action == "move":
         return f"moved under {after.get('parent_id') or 'top level'}{undone}"
     changed = ", ".join(k for k in after if k not in ("updated_at",))
     return f"{action}: {changed}{undone}"
+
+
+# ---------------------------------------------------------------------------
+# Runs
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 32 else text[:31] + "…"
+
+
+def _plain_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [cell_width(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], cell_width(cell))
+    lines = []
+    for row in [headers, *rows]:
+        lines.append("  ".join(cell + " " * (widths[i] - cell_width(cell)) for i, cell in enumerate(row)).rstrip())
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def write_runs_table(rows: list[dict]) -> None:
+    table = []
+    for r in rows:
+        params = " ".join(f"{k}={_short(v)}" for k, v in r["params"].items())
+        metrics = " ".join(f"{k}={_short(v)}" for k, v in list(r["metrics"].items())[:4])
+        duration = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else ""
+        table.append([str(r["id"]), r["item"] or "", r["status"], r["sweep_id"] or "", duration, params, metrics])
+    _plain_table(["Run", "Item", "Status", "Sweep", "Time", "Params", "Metrics"], table)
+
+
+def write_compare_table(table: dict) -> None:
+    headers = ["", *[f"#{rid} ({status})" for rid, status in zip(table["runs"], table["status"], strict=True)]]
+    rows = [[f"{row['section']}.{row['name']}", *[_short(v) for v in row["values"]]] for row in table["rows"]]
+    _plain_table(headers, rows)
+
+
+def run_summary_line(result) -> str:
+    metrics = " ".join(f"{k}={_short(v)}" for k, v in list(result.metrics.items())[:5])
+    reason = f" ({result.reason})" if result.reason and result.status != "succeeded" else ""
+    return f"run {result.run_id} {result.status} in {result.duration_s:.1f}s{reason} {metrics}".rstrip()
+
+
+def show_run(detail: dict) -> None:
+    out = console()
+    out.print(f"[bold]Run {detail['id']}[/bold]  {detail['status']}  item {detail['item']}", highlight=False)
+    fields = [
+        ("Notebook", f"{detail['notebook']} (sha256 {str(detail.get('notebook_sha256') or '')[:12]})"),
+        ("Sweep", detail.get("sweep_id") or ""),
+        ("Output", detail.get("output_path") or ""),
+        ("Kernel", detail.get("kernel") or ""),
+        ("Executor", f"{detail.get('executor')}" + (f" {detail['external_id']}" if detail.get("external_id") else "")),
+        ("Queued", detail.get("queued_at") or ""),
+        ("Started", detail.get("started_at") or ""),
+        ("Ended", detail.get("ended_at") or ""),
+        ("Duration", f"{detail['duration_s']:.2f} s" if detail.get("duration_s") is not None else ""),
+        ("Reason", detail.get("reason") or ""),
+    ]
+    for name, value in fields:
+        if value:
+            out.print(f"  {name:<9} {value}", markup=False, highlight=False)
+    for section in ("params", "metrics"):
+        if detail.get(section):
+            out.print(f"[bold]{section.capitalize()}[/bold]")
+            for k, v in detail[section].items():
+                out.print(f"  {k} = {_short(v)}", markup=False, highlight=False)
+    if detail.get("artifacts"):
+        out.print("[bold]Artifacts[/bold]")
+        for path in detail["artifacts"]:
+            out.print(f"  {path}", markup=False)
+    env = detail.get("environment") or {}
+    if env:
+        out.print("[bold]Environment[/bold]")
+        for key in ("git_commit", "git_dirty", "host", "python", "torch", "papermill", "device"):
+            if key in env:
+                out.print(f"  {key} = {env[key]}", markup=False, highlight=False)
+    error = detail.get("error")
+    if error:
+        out.print(f"[bold red]Error in cell {error.get('cell_index')}[/bold red]: {error.get('ename')}: {error.get('evalue')}")
+        for line in error.get("traceback") or []:
+            out.print(line, markup=False, highlight=False)
+
+
+class RunProgress:
+    """One progress bar per run (cells done, elapsed) on stderr, when stderr is a terminal."""
+
+    def __init__(self, run_ids: list[int], enabled: bool = True):
+        self.run_ids = run_ids
+        self.enabled = enabled and sys.stderr.isatty()
+        self._progress = None
+        self._tasks: dict[int, int] = {}
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("run {task.fields[run_id]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("cells"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[state]}"),
+                console=console(stderr=True),
+                transient=False,
+            )
+            self._progress.__enter__()
+            for rid in self.run_ids:
+                self._tasks[rid] = self._progress.add_task("", total=None, run_id=rid, state="queued", start=False)
+        return self
+
+    def update(self, run_id: int, done: int, total: int) -> None:
+        if self._progress is not None and run_id in self._tasks:
+            task = self._tasks[run_id]
+            self._progress.start_task(task)
+            self._progress.update(task, completed=done, total=total, state="running")
+
+    def finish(self, result) -> None:
+        if self._progress is not None and result.run_id in self._tasks:
+            self._progress.update(self._tasks[result.run_id], state=result.status)
+            self._progress.stop_task(self._tasks[result.run_id])
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+        return False

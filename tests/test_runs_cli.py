@@ -1,0 +1,229 @@
+"""Running linked notebooks through the CLI: records, statuses, sweeps, faults, concurrency."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+FIXTURES = REPO_ROOT / "tests" / "notebooks"
+
+
+@pytest.fixture
+def project(cli, isolated):
+    """A project folder (the test's temp dir) with the fixture notebooks and one item."""
+    shutil.copytree(FIXTURES, isolated / "notebooks", ignore=shutil.ignore_patterns("*.py"))
+    cli("add", "Experiment", "--slug", "exp")
+    cli("link", "exp", "notebooks/typed.ipynb", "--best", "max:score")
+    return isolated
+
+
+def run_rows(path: Path) -> list[dict]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM run ORDER BY id")]
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_successful_run_records_everything(cli, project):
+    result = cli("run", "exp", "-p", "steps=4", "-p", "name=007", "-p", "sizes=[3, 4]", "-p", "cfg={b: 2}")
+    assert "run 1 succeeded" in result.stdout
+    detail = cli.json("runs", "show", "1")
+    assert detail["status"] == "succeeded"
+    assert detail["params_given"] == {"steps": "4", "name": "007", "sizes": "[3, 4]", "cfg": "{b: 2}"}
+    assert detail["params"]["steps"] == 4 and detail["params"]["name"] == "007"
+    assert detail["params"]["sizes"] == [3, 4] and detail["params"]["cfg"] == {"b": 2}
+    assert detail["params"]["lr"] == 0.5  # notebook default, resolved
+    assert detail["metrics"]["loss"] == pytest.approx(1.5)  # last step of lr * i
+    assert detail["metrics"]["types"] == ["int", "float", "str", "bool", "list", "dict"]
+    assert len([m for m in detail["metric_history"] if m["name"] == "loss"]) == 4
+    assert detail["notebook_sha256"] and len(detail["notebook_sha256"]) == 64
+    assert detail["environment"]["device"] == "cpu" and detail["environment"]["python"]
+    assert detail["started_at"] <= detail["ended_at"] and detail["duration_s"] > 0
+    run_dir = project / "runs" / "1"
+    assert (run_dir / "output.ipynb").exists() and (run_dir / "metrics.jsonl").exists()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "succeeded" and record["metrics"]["loss"] == pytest.approx(1.5)
+    # The first run of a planned item starts it, as an event.
+    shown = cli.json("show", "exp")
+    assert shown["status"] == "active"
+    assert any(e["action"] == "status" and e["after"]["status"] == "active" for e in shown["history"])
+    assert shown["runs"][0]["id"] == 1
+
+
+@pytest.mark.slow
+def test_failure_in_cell_3_is_recorded_with_metrics_before_it(cli, project):
+    cli("link", "exp", "notebooks/fail_cell3.ipynb")
+    result = cli("run", "exp", "--notebook", "fail_cell3", ok=False)
+    assert result.exit_code == 1
+    assert "failed" in result.stdout and "ValueError: boom 2" in result.stdout
+    detail = cli.json("runs", "show", "1")
+    assert detail["status"] == "failed"
+    assert detail["error"]["cell_index"] == 3 and detail["error"]["ename"] == "ValueError"
+    assert detail["error"]["evalue"] == "boom 2" and any("boom" in line for line in detail["error"]["traceback"])
+    assert detail["metrics"] == {"before": 1.5}
+    show = cli("show", "exp").stdout
+    assert "cell 3: ValueError: boom 2" in show
+    text = cli("runs", "show", "1").stdout
+    assert "Error in cell 3" in text
+
+
+@pytest.mark.slow
+def test_timeout_ends_run_as_timeout(cli, project):
+    cli("link", "exp", "notebooks/sleep.ipynb")
+    result = cli("run", "exp", "-n", "sleep", "-p", "seconds=30", "--timeout", "3", ok=False)
+    assert result.exit_code == 1
+    row = run_rows(project / "todo.db")[0]
+    assert row["status"] == "timeout" and "timed out" in row["reason"]
+    assert (project / "runs" / "1" / "output.ipynb").exists()
+
+
+def test_bad_parameters_are_rejected_before_anything_runs(cli, project):
+    result = cli("run", "exp", "-p", "stepz=3", ok=False)
+    assert result.exit_code == 1 and "unknown parameter 'stepz'" in result.stderr and "known: steps" in result.stderr
+    result = cli("run", "exp", "-p", "steps=many", ok=False)
+    assert result.exit_code == 1 and "parameter 'steps' expects int, got 'many'" in result.stderr
+    result = cli("run", "exp", "--grid", "lr=0.1,fast", ok=False)
+    assert "expects float" in result.stderr
+    assert run_rows(project / "todo.db") == []
+    plan = json.loads(cli("run", "exp", "-p", "name=007", "--dry-run").stdout)
+    assert plan[0]["params"]["name"] == "007"
+
+
+def test_link_errors(cli, project):
+    assert "notebook not found" in cli("link", "exp", "notebooks/missing.ipynb", ok=False).stderr
+    assert "no cell tagged 'parameters'" in cli("link", "exp", "notebooks/no_params.ipynb", ok=False).stderr
+    assert "max:METRIC" in cli("link", "exp", "notebooks/typed.ipynb", "--best", "biggest", ok=False).stderr
+    cli("add", "Other", "--slug", "other")
+    assert "no linked notebook" in cli("run", "other", ok=False).stderr
+    names = [e["notebook"] for e in cli.json("notebooks")]
+    assert "notebooks/typed.ipynb" in names
+    cli("unlink", "exp")
+    assert cli.json("show", "exp")["links"] == []
+
+
+@pytest.mark.slow
+def test_sweep_in_parallel_then_query_compare_rerun_and_rm(cli, project):
+    result = cli("run", "exp", "--grid", "steps=1,2", "--grid", "lr=0.1,0.2", "-j", "2")
+    assert result.stdout.count("succeeded") == 4
+    runs = cli.json("runs", "exp")
+    assert len(runs) == 4 and len({r["sweep_id"] for r in runs}) == 1 and runs[0]["sweep_id"]
+    assert [(r["params"]["steps"], r["params"]["lr"]) for r in runs] == [(1, 0.1), (1, 0.2), (2, 0.1), (2, 0.2)]
+    assert len(cli.json("runs", "--sweep", runs[0]["sweep_id"])) == 4
+    picked = cli.json("runs", "--where", "params.steps = 2 and metrics.loss > 0.15")
+    assert [r["id"] for r in picked] == [4]
+    either = cli.json("runs", "--where", "params.lr = 0.1 or (params.steps = 1 and not params.lr < 0.15)")
+    assert [r["id"] for r in either] == [1, 2, 3]
+    assert "bad --where" in cli("runs", "--where", "metrics.loss >", ok=False).stderr
+    table = cli.json("compare", "1", "4", "--only-changed")
+    assert {row["name"] for row in table["rows"]} == {"steps", "lr", "loss"}
+    cli("rerun", "4", "-p", "lr=0.3")
+    rerun = cli.json("runs", "show", "5")
+    assert rerun["params"]["steps"] == 2 and rerun["params"]["lr"] == 0.3
+    cli("runs", "rm", "5", "--yes")
+    assert len(cli.json("runs")) == 4
+    cli("undo")
+    assert len(cli.json("runs")) == 5 and cli.json("runs", "show", "5")["metrics"]["loss"] == pytest.approx(0.3)
+
+
+def _research(*args, cwd: Path, **kw):
+    env = {**os.environ, "RESEARCH_DB": str(cwd / "todo.db")}
+    return subprocess.Popen([sys.executable, "-m", "research", *args], cwd=cwd, env=env, **kw)
+
+
+def _wait_for(predicate, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.mark.slow
+def test_sigkilled_runner_is_recovered_by_the_next_command(cli, project):
+    cli("link", "exp", "notebooks/sleep.ipynb")
+    runner = _research("run", "exp", "-n", "sleep", "-p", "seconds=60", cwd=project,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: (project / "runs" / "1" / "metrics.jsonl").exists())  # the kernel is running
+        assert run_rows(project / "todo.db")[0]["status"] == "running"
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(10)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    listed = cli.json("runs")
+    assert listed[0]["status"] == "interrupted" and "runner died" in listed[0]["reason"]
+    # The orphaned worker notices its parent is gone and stops its kernel.
+    kernel_pid = json.loads((project / "runs" / "1" / "metrics.jsonl").read_text().splitlines()[0])["value"]
+    _wait_for(lambda: not Path(f"/proc/{kernel_pid}").exists(), timeout=30)
+
+
+@pytest.mark.slow
+def test_sigint_interrupts_a_run_and_keeps_its_notebook(cli, project):
+    cli("link", "exp", "notebooks/sleep.ipynb")
+    runner = _research("run", "exp", "-n", "sleep", "-p", "seconds=60", cwd=project,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (project / "runs" / "1" / "metrics.jsonl").exists())
+    runner.send_signal(signal.SIGINT)
+    out, err = runner.communicate(timeout=60)
+    assert runner.returncode == 130, err
+    assert "interrupted" in out
+    row = run_rows(project / "todo.db")[0]
+    assert row["status"] == "interrupted" and "SIGINT" in row["reason"]
+    assert (project / "runs" / "1" / "output.ipynb").exists()
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_concurrent_processes_lose_no_rows(cli, project):
+    """Parallel runs and notes from several processes at once: every row and metric lands."""
+    runners = [_research("run", "exp", "--grid", f"steps={n},{n + 1}", "-j", "2", cwd=project,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for n in (2, 4)]
+    writers = [_research("note", "exp", f"note {n}", cwd=project, stderr=subprocess.PIPE, text=True) for n in range(8)]
+    for proc in writers + runners:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+        assert "locked" not in err
+    rows = run_rows(project / "todo.db")
+    assert len(rows) == 4 and all(r["status"] == "succeeded" for r in rows)
+    conn = sqlite3.connect(project / "todo.db")
+    steps = {r["id"]: json.loads(r["params"])["steps"] for r in rows}
+    counts = dict(conn.execute("SELECT run_id, count(*) FROM metric WHERE name = 'loss' GROUP BY run_id"))
+    assert counts == steps
+    assert conn.execute("SELECT count(*) FROM note").fetchone()[0] == 8
+    conn.close()
+
+
+def test_init_links_the_shipped_experiments(isolated, monkeypatch):
+    from tests.conftest import Cli
+
+    shutil.copytree(REPO_ROOT / "notebooks", isolated / "notebooks")
+    cli = Cli()
+    cli("init")
+    items = {i["slug"]: i for i in cli.json("list")}
+    for slug, notebook in (("backpressure-dataloader", "backpressure_dataloader"),
+                           ("incremental-transformer", "incremental_transformer"),
+                           ("streaming-attention", "streaming_attention")):
+        assert slug in items
+        links = cli.json("show", slug)["links"]
+        if (isolated / "notebooks" / f"{notebook}.ipynb").exists():
+            assert links[0]["notebook"] == f"notebooks/{notebook}.ipynb"
+    again = cli("init")
+    assert "Already initialised" in again.stderr
+    assert len(cli.json("list")) == len(items)
