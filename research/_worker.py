@@ -24,6 +24,8 @@ import signal
 import sys
 import threading
 
+from research.record import RUN_DIR_ENV
+
 INTERRUPT_GRACE_S = 3.0
 DEFAULT_KERNEL = "python3"
 ENGINE_NAME = "research"
@@ -388,15 +390,30 @@ def _stop_kernel_if_alive() -> None:
             pass
 
 
+def _preimport() -> None:
+    try:
+        import nbclient  # noqa: F401
+        import papermill  # noqa: F401
+    except Exception:
+        pass  # the real import in _run reports any problem
+
+
 def main() -> int:
     global _proto
     _proto = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)  # stray prints (ours, papermill's, the kernel's) go to stderr
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    # Import papermill while the parent is still preparing the job: a worker
+    # started early (see execute.start_worker) then costs no import time.
+    preimport = threading.Thread(target=_preimport, name="preimport", daemon=True)
+    preimport.start()
     job = _read_job()
     if not job:
         return 2
+    preimport.join()  # importing the same packages from two threads at once is not safe
+    if job.get("run_dir"):
+        os.environ[RUN_DIR_ENV] = job["run_dir"]  # the kernel inherits it
     threading.Thread(target=_watch_parent, name="watch-parent", daemon=True).start()
     _configure_output(bool(job.get("log_output")))
     try:

@@ -575,6 +575,17 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and show the runs without running them.")] = False,
 ) -> None:
     """Run an item's linked notebook(s) with checked parameters; --grid sweeps."""
+    from research.execute import discard_worker, start_worker
+
+    # The first run's worker starts now, importing papermill while we check and plan.
+    worker = None if dry_run else start_worker()
+    try:
+        _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log_output, dry_run, worker)
+    finally:
+        discard_worker(worker)
+
+
+def _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log_output, dry_run, worker) -> None:
     from research import render
     from research.backlog import resolve_item
     from research.params import expand_grid, load_params_file, parse_assignments
@@ -597,10 +608,10 @@ def run(
         run_ids, sweep_id = create_runs(session, plans, root, kernel)
     if sweep_id:
         typer.echo(f"sweep {sweep_id}: {len(run_ids)} runs, {min(jobs, len(run_ids))} at a time", err=True)
-    _execute(run_ids, jobs, timeout, log_output)
+    _execute(run_ids, jobs, timeout, log_output, worker)
 
 
-def _execute(run_ids: list[int], jobs: int, timeout: float | None, log_output: bool) -> None:
+def _execute(run_ids: list[int], jobs: int, timeout: float | None, log_output: bool, worker=None) -> None:
     from research import render
     from research.execute import handle_interrupts
     from research.runs import execute_run, run_in_parallel
@@ -609,8 +620,9 @@ def _execute(run_ids: list[int], jobs: int, timeout: float | None, log_output: b
     progress = render.RunProgress(run_ids, enabled=not log_output)
     with handle_interrupts() as interrupts, progress:
         tasks = [
-            (lambda rid=rid: execute_run(path, rid, timeout=timeout, log_output=log_output, on_progress=progress.update))
-            for rid in run_ids
+            (lambda rid=rid, w=(worker if n == 0 else None): execute_run(
+                path, rid, timeout=timeout, log_output=log_output, on_progress=progress.update, worker=w))
+            for n, rid in enumerate(run_ids)
         ]
         results = run_in_parallel(tasks, jobs, on_done=progress.finish)
         interrupted = interrupts.is_set()

@@ -148,9 +148,10 @@ def _worker_command() -> list[str]:
     return [*cmd, "-m", "research._worker"]
 
 
-def _worker_env(run_dir: Path) -> dict[str, str]:
+def _worker_env(run_dir: Path | None) -> dict[str, str]:
     env = dict(os.environ)
-    env[RUN_DIR_ENV] = str(run_dir)
+    if run_dir is not None:
+        env[RUN_DIR_ENV] = str(run_dir)
     env["JUPYTER_PLATFORM_DIRS"] = "1"  # silences jupyter_core's platformdirs warning
     env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # silences debugpy's frozen-modules note
     root = _package_root()
@@ -158,6 +159,40 @@ def _worker_env(run_dir: Path) -> dict[str, str]:
     if root not in paths:
         env["PYTHONPATH"] = os.pathsep.join([root, *paths])
     return env
+
+
+def _popen_worker(run_dir: Path | None) -> subprocess.Popen:
+    return subprocess.Popen(
+        _worker_command(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_worker_env(run_dir),
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
+def start_worker() -> subprocess.Popen:
+    """Start a worker before its job is known, so its imports overlap the caller's setup.
+
+    Hand it to ``execute_notebook(worker=...)``; if it is never used, ``discard_worker``
+    (closing its stdin makes it exit at once).
+    """
+    return _popen_worker(None)
+
+
+def discard_worker(worker: subprocess.Popen | None) -> None:
+    if worker is None or worker.poll() is not None:
+        return
+    for stream in (worker.stdin, worker.stdout, worker.stderr):
+        with contextlib.suppress(OSError):
+            stream.close()
+    try:
+        worker.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
 
 
 def _read_events(stream, events: queue.Queue) -> None:
@@ -259,6 +294,7 @@ def execute_notebook(
     on_log: Callable[[str], None] | None = None,
     interrupts: InterruptSignals | None = None,
     kill_grace: float = KILL_GRACE_S,
+    worker: subprocess.Popen | None = None,
 ) -> ExecutionOutcome:
     """Run ``notebook`` with ``parameters`` (already typed) into ``output``; never raises
     for a failing notebook, only for bad arguments or a callback's own exception.
@@ -302,15 +338,11 @@ def execute_notebook(
         "kernel_name": kernel_name,
         "log_output": bool(log_output),
     }
-    proc = subprocess.Popen(
-        _worker_command(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=_worker_env(run_dir),
-        start_new_session=True,
-        close_fds=True,
-    )
+    if worker is not None and worker.poll() is None:
+        proc = worker  # started early by start_worker(); the job names its run folder
+        job["run_dir"] = str(run_dir)
+    else:
+        proc = _popen_worker(run_dir)
     events: queue.Queue = queue.Queue()
     tail: collections.deque = collections.deque(maxlen=STDERR_TAIL_LINES)
     echo = (on_log or _default_echo) if log_output else None

@@ -248,8 +248,14 @@ def execute_run(
     timeout: float | None = None,
     log_output: bool = False,
     on_progress: Callable[[int, int, int], None] | None = None,
+    worker=None,
 ) -> RunResult:
-    """Run one queued run to its end and record everything about it."""
+    """Run one queued run to its end and record everything about it.
+
+    ``worker`` is an already started ``execute.start_worker()`` process to use.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from research.environment import capture_environment, sha256_file
     from research.execute import execute_notebook
 
@@ -275,7 +281,10 @@ def execute_run(
     run = _write(db_path, start)
     run_dir = project_root / run.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    environment = capture_environment(project_root)
+    # git and nvidia-smi take a moment: ask them while the notebook runs.
+    env_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="environment")
+    environment_future = env_pool.submit(capture_environment, project_root)
+    env_pool.shutdown(wait=False)
     last_beat = [0.0]
 
     def heartbeat():
@@ -307,8 +316,9 @@ def execute_run(
         log_output=log_output,
         on_progress=progress,
         on_heartbeat=heartbeat,
+        worker=worker,
     )
-    return finish_run(db_path, run_id, outcome, environment)
+    return finish_run(db_path, run_id, outcome, environment_future.result())
 
 
 def finish_run(db_path: Path, run_id: int, outcome, environment: dict) -> RunResult:
