@@ -18,7 +18,8 @@ the worker lowers its address-space limit (``RLIMIT_AS``) to its current size pl
 the cap before the call, so an implementation that needs more fails to allocate.
 
 On CUDA, peak memory is ``torch.cuda.max_memory_allocated`` minus the memory
-allocated before the call (exact for PyTorch's caching allocator).
+allocated before the call (exact for PyTorch's caching allocator), and a cap is
+checked after the run: a case that went over it is reported as failed.
 """
 
 from __future__ import annotations
@@ -194,24 +195,40 @@ def compare_forward_times(
     window=0,
     sinks=0,
     repeats=3,
+    threads: int | None = None,
 ) -> dict[str, float]:
     """Best-of-``repeats`` forward time per implementation, in seconds, measured side by side.
 
     Rounds are interleaved (impl A, B, C, then A, B, C again ...) after one warm-up
     call each, so a burst of load from other processes hits every implementation
-    alike; the minimum is the least disturbed run.
+    alike; the minimum is the least disturbed run. ``threads`` sets torch's CPU
+    intra-op threads for the measurement (None: leave as is).
     """
     q, k, v = make_inputs(b, h, n, d, dtype=dtype, device=device)
     opts = dict(causal=causal, window=window, sinks=sinks)
     calls = {impl: (lambda fn=impl_fn(impl): fn(q, k, v, **opts)) for impl in impls}
     best = {impl: math.inf for impl in impls}
-    with torch.no_grad():
-        for call in calls.values():
-            call()
-        for _ in range(repeats):
-            for impl, call in calls.items():
-                best[impl] = min(best[impl], time_fn(call, repeats=1, warmup=0, device=device))
+    saved_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for call in calls.values():
+                call()
+            for _ in range(repeats):
+                for impl, call in calls.items():
+                    best[impl] = min(best[impl], time_fn(call, repeats=1, warmup=0, device=device))
+    finally:
+        torch.set_num_threads(saved_threads)
     return best
+
+
+def load_average() -> float | None:
+    """1-minute load average (runnable processes), or None where unsupported."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def time_forward(
@@ -322,9 +339,9 @@ def _run_case(case: dict, resettable: bool) -> dict:
         try:
             call()
             torch.cuda.synchronize()
-            result.update(
-                ok=True, peak_extra_mib=(torch.cuda.max_memory_allocated() - before) / MIB
-            )
+            peak_mib = (torch.cuda.max_memory_allocated() - before) / MIB
+            ok = cap is None or peak_mib <= cap  # on a GPU the cap is checked after the run
+            result.update(ok=ok, peak_extra_mib=peak_mib if ok else None)
         except torch.cuda.OutOfMemoryError:
             result.update(ok=False, peak_extra_mib=None)
         return result
