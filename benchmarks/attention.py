@@ -87,7 +87,7 @@ def run_errors(device: torch.device, quick: bool) -> dict:
     n = 256 if quick else 1024
     section(f"Error vs float64 naive (B=1, H=4, N={n}, D=64, causal; max abs, fwd and dQ/dK/dV)")
     kw = dict(b=1, h=4, n=n, d=64, device=device, causal=True, seed=0)
-    impls = ["triton", "sdpa"] if device.type == "cuda" else ["blockwise", "sdpa"]
+    impls = ["blockwise", "triton", "sdpa"] if device.type == "cuda" else ["blockwise", "sdpa"]
     results: dict = {}
     print(f"{'impl':<10} {'dtype':<9} {'fwd err':>10} {'grad err':>10}  criterion")
     for dtype_name, dtype in DTYPES.items():

@@ -38,6 +38,7 @@ CASES = [
     ("n_equals_1", 1, 32, True, 0, 0, 32, 32),
     ("d_not_power_of_two", 50, 24, False, 0, 0, 16, 16),
     ("sinks_beyond_window_block", 130, 8, True, 20, 40, 32, 16),
+    ("window_and_sinks_exceed_n", 20, 8, False, 50, 100, 8, 8),
 ]
 IDS = [c[0] for c in CASES]
 

@@ -41,6 +41,7 @@ CASES = [
     ("window_sinks_causal_fp32", "float32", 1, 2, 70, 16, True, 9, 3),
     ("window_sinks_noncausal_fp32", "float32", 1, 2, 70, 16, False, 9, 3),
     ("sinks_span_blocks_fp32", "float32", 1, 1, 80, 16, True, 20, 18),
+    ("window_and_sinks_exceed_n_fp32", "float32", 1, 1, 20, 16, False, 50, 100),
     ("ragged_n_fp32", "float32", 1, 2, 37, 32, True, 0, 0),
     ("n_equals_1_fp32", "float32", 1, 2, 1, 16, True, 0, 0),
     ("d_not_power_of_two_fp32", "float32", 1, 2, 33, 24, False, 0, 0),
