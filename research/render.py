@@ -280,7 +280,7 @@ def _plain_table(headers: list[str], rows: list[list[str]]) -> None:
 def write_runs_table(rows: list[dict]) -> None:
     table = []
     for r in rows:
-        params = " ".join(f"{k}={_short(v)}" for k, v in r["params"].items())
+        params = " ".join(f"{k}={_short(v)}" for k, v in r["params_given"].items())
         metrics = " ".join(f"{k}={_short(v)}" for k, v in list(r["metrics"].items())[:4])
         duration = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else ""
         table.append([str(r["id"]), r["item"] or "", r["status"], r["sweep_id"] or "", duration, params, metrics])

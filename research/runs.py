@@ -498,6 +498,7 @@ def run_summary(run: Run, metrics: dict[str, Any], slug: str | None) -> dict[str
         "sweep_id": run.sweep_id,
         "status": run.status,
         "params": run.params,
+        "params_given": run.params_given,
         "metrics": metrics,
         "queued_at": run.queued_at,
         "started_at": run.started_at,
@@ -545,6 +546,7 @@ def runs_for_show(session: Session, item: Item, detail: dict[str, Any]) -> None:
     runs = list(session.exec(select(Run).where(Run.item_id == item.id).order_by(Run.id)))
     metrics = run_metrics(session, [r.id for r in runs])
     best = set(best_run_ids(session, item).values())
+    key_metrics = {lk.id: parse_best(lk.best)[1] for lk in links if lk.best}
     detail["links"] = [{"name": lk.name, "notebook": lk.notebook, "defaults": lk.defaults, "best": lk.best} for lk in links]
     detail["runs"] = []
     lines = []
@@ -554,9 +556,9 @@ def runs_for_show(session: Session, item: Item, detail: dict[str, Any]) -> None:
         if run.error:
             entry["error"] = {"cell_index": run.error.get("cell_index"), "ename": run.error.get("ename"), "evalue": run.error.get("evalue")}
         detail["runs"].append(entry)
-        shown = ", ".join(f"{k}={_short(v)}" for k, v in list(metrics[run.id].items())[:4])
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in _key_first(metrics[run.id], key_metrics.get(run.link_id))[:4])
         mark = " ★ best" if entry["best"] else ""
-        line = f"#{run.id} {run.status:<11} {Path(run.notebook).stem} {_short(run.params)} {shown}{mark}"
+        line = f"#{run.id} {run.status:<11} {Path(run.notebook).stem} {_short(run.params_given)} {shown}{mark}"
         if run.error:
             line += f"\n      cell {run.error.get('cell_index')}: {run.error.get('ename')}: {str(run.error.get('evalue'))[:100]}"
         elif run.reason and run.status != "succeeded":
@@ -565,6 +567,11 @@ def runs_for_show(session: Session, item: Item, detail: dict[str, Any]) -> None:
     detail["runs_lines"] = lines
     if links:
         detail["links_lines"] = [f"{lk.name}: {lk.notebook}" + (f" (best {lk.best})" if lk.best else "") for lk in links]
+
+
+def _key_first(metrics: dict[str, Any], key: str | None) -> list[tuple[str, Any]]:
+    items = list(metrics.items())
+    return sorted(items, key=lambda kv: kv[0] != key) if key else items
 
 
 def _short(value) -> str:
