@@ -6,7 +6,7 @@ only) and PyTorch SDPA. See experiments/attention/ for the algorithms and
 experiments/attention/measure.py for how memory is measured (fresh worker process,
 peak RSS reset before each call, cap enforced with RLIMIT_AS).
 
-    python benchmarks/attention.py            # about 3 minutes on 2 CPU cores
+    python benchmarks/attention.py            # 2-3 minutes on 2 CPU cores
     python benchmarks/attention.py --quick    # about 30 seconds
     python benchmarks/attention.py --json out.json
 
@@ -206,7 +206,7 @@ def run_memory(quick: bool) -> dict:
 def run_cpu_speed(quick: bool) -> dict:
     b, h, d = 1, 8, 64
     n = 2048 if quick else 4096
-    repeats = 2 if quick else 3
+    repeats = 2  # per thread count; best of interleaved rounds
     default_threads = torch.get_num_threads()
     section(
         f"CPU forward time (B={b}, H={h}, N={n}, D={d}, float32, best of {repeats} interleaved rounds)"
