@@ -1,0 +1,69 @@
+"""`research review`: the weekly (monthly, any range) review, as Markdown, HTML or JSON.
+
+Only Typer and the standard library are imported here; the report is built by
+``research.review``, imported when the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def review(
+    week: Annotated[
+        str | None,
+        typer.Option(
+            "--week", help="ISO week YYYY-Www, e.g. 2025-W46 (default: the current week)."
+        ),
+    ] = None,
+    month: Annotated[str | None, typer.Option("--month", help="Calendar month YYYY-MM.")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="First day YYYY-MM-DD of a custom range.")
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            "--until", help="Last day YYYY-MM-DD of the range, inclusive (default: today)."
+        ),
+    ] = None,
+    format_: Annotated[
+        str | None,
+        typer.Option(
+            "--format", "-f", help="md, html or json (default: from -o's suffix, else md)."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write to this file (Markdown charts go beside it as PNG)."
+        ),
+    ] = None,
+    stale_days: Annotated[
+        int, typer.Option("--stale-days", help="Active items idle this many days count as stuck.")
+    ] = 14,
+) -> None:
+    """Review a period: counts, status moves, finished items and outcomes, experiments, notes, stuck items, next focus.
+
+    Default: the current ISO week (local time), Markdown on stdout. HTML is one
+    self-contained file with its charts embedded; Markdown charts are PNG files
+    written beside -o FILE (none on stdout).
+    """
+    from research.cli import db_path
+    from research.review import build_review, parse_period, resolve_format, write_review
+    from research.runs import recover_stale_runs
+
+    period = parse_period(week=week, month=month, since=since, until=until)
+    fmt = resolve_format(format_, output)
+    path = db_path()
+    count = recover_stale_runs(path)
+    if count:
+        typer.echo(f"marked {count} run(s) whose runner died as interrupted", err=True)
+    data = build_review(path, period, stale_days=stale_days)
+    text, written = write_review(data, fmt, output)
+    if text is not None:
+        typer.echo(text, nl=False)
+    for file in written:
+        typer.echo(f"wrote {file}", err=True)
