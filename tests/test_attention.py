@@ -260,6 +260,24 @@ def test_dispatcher_picks_triton_on_real_cuda():
 # --- notebook --------------------------------------------------------------------------
 
 
+def test_notebook_declares_typed_parameters():
+    papermill = pytest.importorskip("papermill")
+    params = papermill.inspect_notebook(str(REPO_ROOT / "notebooks" / "streaming_attention.ipynb"))
+    want = {
+        "seq_lens": ("list[int]", "[512, 1024, 2048, 4096]"),
+        "head_dim": ("int", "64"),
+        "dtype": ("str", '"float32"'),
+        "causal": ("bool", "True"),
+        "window": ("int", "0"),
+        "sinks": ("int", "0"),
+        "device": ("str", '"auto"'),
+        "quick": ("bool", "False"),
+    }
+    for name, (type_name, default) in want.items():
+        assert name in params, name
+        assert (params[name]["inferred_type_name"], params[name]["default"]) == (type_name, default)
+
+
 @pytest.mark.slow
 def test_notebook_quick_run_records_figures(tmp_path, monkeypatch):
     papermill = pytest.importorskip("papermill")
