@@ -66,7 +66,7 @@ def make_regimes(
         P = torch.zeros(vocab_size, vocab_size)
         for s in range(vocab_size):
             succ = torch.randperm(vocab_size, generator=g)[:branching]
-            w = torch._standard_gamma(torch.ones(branching))  # Dirichlet(1) via Gamma
+            w = -torch.rand(branching, generator=g).log()  # Exp(1) draws: normalised, Dirichlet(1)
             P[s, succ] = w / w.sum()
         P = (1 - floor) * P + floor / vocab_size
         regimes.append(MarkovSource(P / P.sum(dim=1, keepdim=True)))
