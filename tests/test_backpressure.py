@@ -31,13 +31,13 @@ from experiments.backpressure import (
     get_worker_info,
     train_step,
 )
-from experiments.backpressure.workloads import (
-    SyntheticDataset,
-    make_workload,
+from experiments.backpressure.measure import (
     peak_in_flight,
     peak_in_flight_reference,
+    run_backpressure,
     settling,
 )
+from experiments.backpressure.workloads import SyntheticDataset, make_workload
 
 REPO = Path(__file__).resolve().parents[1]
 KB = 2**10
@@ -149,12 +149,18 @@ class ShardedStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         for i in range(info.id, self.n, info.num_workers):
-            yield {"index": i, "data": torch.zeros(1024, dtype=torch.uint8), "t_start": time.monotonic()}
+            yield {
+                "index": i,
+                "data": torch.zeros(1024, dtype=torch.uint8),
+                "t_start": time.monotonic(),
+            }
 
 
 @pytest.mark.parametrize("workers", ["thread", "process"])
 def test_iterable_dataset(workers):
-    loader = BackpressureLoader(ShardedStream(25), budget_bytes=8 * KB, num_workers=3, workers=workers)
+    loader = BackpressureLoader(
+        ShardedStream(25), budget_bytes=8 * KB, num_workers=3, workers=workers
+    )
     got = _consume(loader)
     assert sorted(got) == list(range(25))
     assert got == sorted(got)  # round-robin over in-order shards restores the order
@@ -186,7 +192,9 @@ def test_credit_returns_on_ack_not_on_dequeue():
 
 def test_unacked_batches_holding_all_credit_raise_instead_of_hanging():
     ds = SyntheticDataset([10 * KB] * 6)
-    loader = BackpressureLoader(ds, budget_bytes=20 * KB, num_workers=2, auto_ack=False, hold_deadlock_s=0.3)
+    loader = BackpressureLoader(
+        ds, budget_bytes=20 * KB, num_workers=2, auto_ack=False, hold_deadlock_s=0.3
+    )
     it = iter(loader)
     next(it), next(it)  # two batches, never acked: all the credit is held
     with pytest.raises(RuntimeError, match="unacknowledged"):
@@ -364,7 +372,9 @@ def test_peak_in_flight_sweep_matches_reference():
     rng = np.random.default_rng(1)
     for _ in range(20):
         starts = rng.uniform(0, 1, 30)
-        intervals = [(float(s), float(s + rng.uniform(0.01, 0.3)), int(rng.integers(1, 100))) for s in starts]
+        intervals = [
+            (float(s), float(s + rng.uniform(0.01, 0.3)), int(rng.integers(1, 100))) for s in starts
+        ]
         assert peak_in_flight(intervals) == peak_in_flight_reference(intervals)
 
 
@@ -377,8 +387,6 @@ def test_workloads_have_the_stated_shapes():
 
 
 def test_backpressure_run_on_a_small_workload():
-    from experiments.backpressure.workloads import run_backpressure
-
     wl = make_workload("slowdown", 120, scale=1 / 64, speed=2.0)  # 8-128 KB items
     run = run_backpressure(wl, budget_bytes=1 * MB, num_workers=3, workers="thread")
     assert run.items == 120 and run.violations == 0

@@ -5,16 +5,22 @@ lambda = 1 / C (C: its step time); an item takes W = S to produce (S: producer
 latency). To never starve the consumer, an item must be requested S seconds
 before it is needed, i.e. about S / C steps ahead, plus the one being consumed:
 
-    depth(size) = ceil((S_hat(size) + k * dev) / C_hat) + 1
+    depth(size) = ceil((S_hat(size) + k * dev + B) / C_hat) + 1
 
-C_hat, S_hat and dev are exponentially weighted moving averages (EWMAs). The
-producer latency is modelled in proportion to the item's size, with the per-byte
-cost taken from the ratio of the EWMAs of latency and size, so a large item is
-requested earlier than a small one; dev is the EWMA of the absolute residual, the safety margin of TCP's retransmission timer
-(Jacobson/Karels: SRTT + 4 * RTTVAR). The depth reported in the timelines is the
-one for an item of average size. Depth grows at once and shrinks only when the
-raw value falls a whole ``shrink_hysteresis`` below the current one, so noise
-does not make it oscillate.
+C_hat, S_hat and dev are exponentially weighted moving averages (EWMAs):
+
+* S_hat(size): producer latency in proportion to item size, the per-byte cost
+  being the ratio of the EWMAs of latency and size, so a large item is requested
+  earlier than a small one;
+* dev: the EWMA of the absolute residual |S - S_hat|, the safety margin of TCP's
+  retransmission timer (Jacobson/Karels: SRTT + 4 * RTTVAR);
+* B: a burst allowance for what averages cannot see (a producer that goes quiet
+  for a while): every consumer stall adds its duration to B, which leaks 1% per
+  step, a leaky integrator in the spirit of AIMD congestion control.
+
+The depth reported in the timelines is the one for an item of average size. It
+grows at once and shrinks only when the raw value falls ``shrink_hysteresis``
+below the next integer down, so noise does not make it oscillate.
 
 Memory pressure is a thermostat with hysteresis: a probe returns memory use as a
 fraction (CUDA: 1 - free/total from ``torch.cuda.mem_get_info``; CPU: process
@@ -89,11 +95,13 @@ class LatencyModel:
 @dataclass
 class DepthConfig:
     adaptive: bool = True  # False: depth = max_depth, only the byte budget limits
-    initial_depth: int = 2  # before any measurement
+    initial_depth: int | None = None  # before any measurement; None: num_workers + 1
     min_depth: int = 1  # 1 = no prefetch at all; 2 = double buffering
     max_depth: int = 64  # hard cap on items in flight
     alpha: float = 0.2  # EWMA weight of a new sample
     k_dev: float = 2.0  # safety margin, in mean absolute deviations of latency
+    burst_leak: float = 0.01  # fraction of the burst allowance B forgotten per step
+    stall_floor_s: float = 0.0005  # next() waits shorter than this are not stalls
     shrink_hysteresis: float = 0.2  # shrink only when raw depth < current - 1 - this
 
 
@@ -104,18 +112,19 @@ class DepthController:
         self.cfg = cfg
         self.latency = LatencyModel(cfg.alpha)
         self.step = Ewma(cfg.alpha)  # consumer step time C
-        self.depth = cfg.initial_depth if cfg.adaptive else cfg.max_depth
+        self.burst = 0.0  # burst allowance B, seconds
+        self.depth = (cfg.initial_depth or 2) if cfg.adaptive else cfg.max_depth
 
     def _clamp(self, d: float) -> int:
         return int(min(self.cfg.max_depth, max(self.cfg.min_depth, d)))
 
     def raw_depth(self, size: float | None = None) -> float:
-        """Little's law before rounding: (S_hat + k dev) / C_hat + 1."""
+        """Little's law before rounding: (S_hat + k dev + B) / C_hat + 1."""
         c = self.step.get()
         if self.latency.n == 0 or c <= 0:
-            return float(self.cfg.initial_depth)
+            return float(self.depth)
         s = self.latency.predict(self.latency.mean_size if size is None else size)
-        return (s + self.cfg.k_dev * self.latency.dev.get()) / c + 1
+        return (s + self.cfg.k_dev * self.latency.dev.get() + self.burst) / c + 1
 
     def depth_for(self, size: float) -> int:
         """Depth target seen by an item of ``size`` bytes (gates its request)."""
@@ -131,6 +140,12 @@ class DepthController:
 
     def observe_step(self, seconds: float) -> None:
         self.step.update(seconds)
+        self._retarget()
+
+    def observe_wait(self, seconds: float) -> None:
+        """The consumer waited ``seconds`` in next(): a stall feeds the burst allowance."""
+        stall = seconds if seconds > self.cfg.stall_floor_s else 0.0
+        self.burst = self.burst * (1 - self.cfg.burst_leak) + stall
         self._retarget()
 
     def _retarget(self) -> None:

@@ -32,6 +32,7 @@ can then exceed the budget and is counted in ``violations``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import pickle
@@ -59,18 +60,18 @@ MB = 2**20
 
 @dataclass
 class BackpressureConfig:
-    budget_bytes: int = 64 * MB  # in-flight bytes never exceed this (one oversize item travels alone)
+    budget_bytes: int = 64 * MB  # in-flight bytes stay below this (an oversize item goes alone)
     num_workers: int = 2  # producer workers
     workers: str = "thread"  # "thread" or "process" (for CPU-bound decoding)
     in_order: bool = True  # deliver in sampler order; False: as produced
     auto_ack: bool = True  # next() finishes the previous step; False: call ack() / use step()
     depth: DepthConfig = field(default_factory=DepthConfig)  # Little's-law depth control
-    pressure: PressureConfig | None = field(default_factory=PressureConfig)  # None: no pressure signal
+    pressure: PressureConfig | None = field(default_factory=PressureConfig)  # None: no signal
     device: str = "auto"  # where memory pressure is read: "cuda..." (mem_get_info) or "cpu"
     rss_limit_bytes: int | None = None  # CPU probe: RSS over this limit instead of host memory
     item_bytes_hint: int | None = None  # reservation for items of unknown size
     mp_context: str = "fork"  # multiprocessing start method for process workers
-    sharing_strategy: str | None = None  # torch tensor sharing in process workers (None: torch's default)
+    sharing_strategy: str | None = None  # torch tensor sharing for processes; None: default
     poll_s: float = 0.05  # how often blocked waits re-check liveness and budget
     hold_deadlock_s: float = 2.0  # raise if unacked batches hold all credit this long
     shutdown_timeout_s: float = 5.0  # per worker join on close()
@@ -151,7 +152,15 @@ def _rebuild_exception_info(exc_type, type_name, where, text):
 
 
 def _worker_loop(
-    dataset, task_q, result_q, worker_id, num_workers, iterable, is_process, parent_pid, sharing_strategy
+    dataset,
+    task_q,
+    result_q,
+    worker_id,
+    num_workers,
+    iterable,
+    is_process,
+    parent_pid,
+    sharing_strategy,
 ):
     """Producer main loop: take (seq, index) tasks until a None sentinel."""
     _worker_local.info = WorkerInfo(worker_id, num_workers)
@@ -164,6 +173,7 @@ def _worker_loop(
         torch.set_num_threads(1)
         if sharing_strategy:
             torch.multiprocessing.set_sharing_strategy(sharing_strategy)
+        torch.zeros(1).share_memory_()  # pay shared-memory set-up now, not on the first item
 
         def send(msg):  # pickle here so an unpicklable item becomes an error, not a lost item
             try:
@@ -223,7 +233,10 @@ class _Shared:
         self.cfg = cfg
         self.credits = ByteCredits(cfg.budget_bytes, cfg.record_timeline)
         self.lock = self.credits.cond  # one lock for the ledger, the controllers and the inbox
-        self.depth = DepthController(cfg.depth)
+        depth_cfg = cfg.depth
+        if depth_cfg.initial_depth is None:  # keep every producer busy until measured
+            depth_cfg = dataclasses.replace(depth_cfg, initial_depth=cfg.num_workers + 1)
+        self.depth = DepthController(depth_cfg)
         self.pressure = None
         if cfg.pressure is not None:
             probe = probe or default_probe(cfg.device, cfg.rss_limit_bytes)
@@ -575,8 +588,15 @@ class BackpressureIterator(Iterator):
         for w in range(n):
             tq = self._task_qs[w if loader.iterable else 0]
             args = (
-                loader.dataset, tq, self._result_q, w, n, loader.iterable, self._is_process,
-                os.getpid(), cfg.sharing_strategy,
+                loader.dataset,
+                tq,
+                self._result_q,
+                w,
+                n,
+                loader.iterable,
+                self._is_process,
+                os.getpid(),
+                cfg.sharing_strategy,
             )
             worker = make_worker(target=_worker_loop, args=args, daemon=True, name=f"bp-worker-{w}")
             worker.start()  # processes fork before this pass starts any thread of its own
@@ -598,8 +618,15 @@ class BackpressureIterator(Iterator):
         self.record = _Record(self.t0)
         # The finalizer holds no reference to self: garbage collection shuts the pass down.
         self._finalizer = weakref.finalize(
-            self, _shutdown, sh, [self._scheduler, self._receiver], self._workers, self._task_qs,
-            self._result_q, self._is_process, cfg.shutdown_timeout_s,
+            self,
+            _shutdown,
+            sh,
+            [self._scheduler, self._receiver],
+            self._workers,
+            self._task_qs,
+            self._result_q,
+            self._is_process,
+            cfg.shutdown_timeout_s,
         )
 
     # -- consumer API -------------------------------------------------------------
@@ -622,6 +649,9 @@ class BackpressureIterator(Iterator):
             raise
         item, nbytes = msg[3], msg[4]
         now = time.monotonic()
+        if self.record.t_first is not None:  # the first wait is start-up, not a stall
+            with self.shared.lock:
+                self.shared.depth.observe_wait(now - t_call)
         self._delivered.append((seq, now))
         self.record.delivered(t_call, now, nbytes, self.shared.depth.depth)
         return item
@@ -764,7 +794,9 @@ def _shutdown(shared, threads, workers, task_qs, result_q, is_process, timeout_s
                 w.terminate()
                 w.join(1.0)
             else:
-                warnings.warn(f"{w.name} did not stop within {timeout_s}s", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"{w.name} did not stop within {timeout_s}s", RuntimeWarning, stacklevel=2
+                )
     if is_process:
         for q in [*task_qs, result_q]:
             q.cancel_join_thread()
