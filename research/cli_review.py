@@ -52,8 +52,13 @@ def review(
     written beside -o FILE (none on stdout).
     """
     from research.cli import db_path
-    from research.review import build_review, parse_period, resolve_format, write_review
-    from research.runs import recover_stale_runs
+    from research.review import (
+        build_review,
+        parse_period,
+        recover_stale_runs,
+        resolve_format,
+        write_review,
+    )
 
     period = parse_period(week=week, month=month, since=since, until=until)
     fmt = resolve_format(format_, output)

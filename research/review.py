@@ -53,7 +53,7 @@ FAILED_RUN_STATUSES = ("failed", "timeout", "interrupted")
 CHART_STATUSES = ("succeeded", "failed", "timeout", "interrupted", "running", "queued")
 NEXT_FOCUS_LIMIT = 10
 SWEEP_ROWS_SHOWN = 20  # rows of a sweep table in Markdown and HTML (JSON has them all)
-METRIC_CHARTS = 9  # experiments drawn in the key-metric chart
+METRIC_CHARTS = 6  # experiments drawn in the key-metric chart
 _MINIMIZE_HINTS = (
     "loss",
     "error",
@@ -301,8 +301,6 @@ class _Data:
             run["params"] = _json(run["params"]) or {}
             run["error"] = _json(run["error"])
             self.runs.append(run)
-        from research.runs import final_metrics
-
         entries: dict[int, list[dict]] = {run["id"]: [] for run in self.runs}
         if entries:
             for run_id, name, value, value_json, step, ts in conn.execute(
@@ -317,7 +315,7 @@ class _Data:
                         "time": ts,
                     }
                 )
-        self.metrics = {run_id: final_metrics(rows) for run_id, rows in entries.items()}
+        self.metrics = {run_id: _final_metrics(rows) for run_id, rows in entries.items()}
         self.outcomes: dict[int, list[dict]] = {}
         done_ids = sorted(
             {e["item_id"] for e in self.period_events() if _to_status(e) == "done" and e["item_id"]}
@@ -396,6 +394,37 @@ class _Data:
                 break
             current = parent
         return current["id"]
+
+
+def _final_metrics(entries: list[dict]) -> dict[str, Any]:
+    """The last value of each metric by step, then time: ``research.runs.final_metrics``
+    without importing the ORM (that import alone costs more than building a review)."""
+    latest: dict[str, tuple] = {}
+    for entry in entries:
+        key = (entry["step"] if entry["step"] is not None else -1, entry["time"] or 0)
+        if entry["name"] not in latest or key >= latest[entry["name"]][0]:
+            latest[entry["name"]] = (key, entry["value"])
+    return {name: value for name, (_key, value) in latest.items()}
+
+
+def recover_stale_runs(db_path: Path) -> int:
+    """Marks runs whose runner died as interrupted, as `research runs` does; the ORM
+    is imported only when some run is still queued or running."""
+    from research.db import connect_raw, ensure_schema
+
+    ensure_schema(db_path)
+    conn = connect_raw(db_path)
+    try:
+        open_runs = conn.execute(
+            "SELECT 1 FROM run WHERE status IN ('queued', 'running') LIMIT 1"
+        ).fetchone()
+    finally:
+        conn.close()
+    if not open_runs:
+        return 0
+    from research.runs import recover_stale_runs as recover
+
+    return recover(db_path)
 
 
 def _to_status(event: dict) -> str | None:
@@ -560,18 +589,13 @@ def _numeric(value) -> bool:
 
 def _key_metric(data: _Data, item_id: int, runs: list[dict]) -> tuple[str | None, str]:
     """(metric name, 'max' or 'min') for an item's runs."""
-    from research.runs import parse_best
-
     links = [lk for lk in data.links.values() if lk["item_id"] == item_id and lk["best"]]
     used = {r["link_id"] for r in runs}
     links.sort(key=lambda lk: (lk["id"] not in used, lk["id"]))
     for link in links:
-        try:
-            rule = parse_best(link["best"])
-        except ResearchError:
-            continue
-        if rule:
-            return rule[1], rule[0]
+        direction, _, name = (link["best"] or "").partition(":")
+        if direction in ("max", "min") and name.strip():
+            return name.strip(), direction
     for run in sorted(runs, key=lambda r: (r["status"] != "succeeded", r["id"])):
         for name, value in data.metrics.get(run["id"], {}).items():
             if _numeric(value):
@@ -871,7 +895,11 @@ def _chart_label(text: str, fonts_cover_cjk: bool) -> str:
 
 
 def chart_pngs(review: dict[str, Any]) -> list[Chart]:
-    """The review's charts as PNG images (none when nothing ran)."""
+    """The review's charts as PNG images (none when nothing ran).
+
+    Layouts and ticks are fixed rather than computed (no tight bounding boxes,
+    no automatic date locators): that halves the drawing time.
+    """
     per_day = review["charts"]["runs_per_day"]
     series = review["charts"]["key_metrics"][:METRIC_CHARTS]
     if not per_day["by_status"] and not series:
@@ -900,20 +928,21 @@ def chart_pngs(review: dict[str, Any]) -> list[Chart]:
         buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # missing glyphs
-            fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+            fig.savefig(buffer, format="png", dpi=100)
         return buffer.getvalue()
 
-    with matplotlib.rc_context(
-        {
-            "font.family": family,
-            "font.size": 9,
-            "axes.spines.top": False,
-            "axes.spines.right": False,
-        }
-    ):
+    style = {
+        "font.family": family,
+        "font.size": 9,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+    }
+    with matplotlib.rc_context(style):
         if per_day["by_status"]:
             days = per_day["days"]
-            fig = Figure(figsize=(max(7.5, min(14.0, 0.35 * len(days) + 2)), 2.6))
+            rotate = len(days) > 10
+            fig = Figure(figsize=(max(7.5, min(14.0, 0.3 * len(days) + 2)), 2.8))
+            fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.26 if rotate else 0.14)
             ax = fig.subplots()
             bottom = [0] * len(days)
             positions = list(range(len(days)))
@@ -927,68 +956,84 @@ def chart_pngs(review: dict[str, Any]) -> list[Chart]:
                     width=0.7,
                 )
                 bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-            step = max(1, len(days) // 14)
-            ax.set_xticks(positions[::step])
-            ax.set_xticklabels([d[5:] for d in days[::step]], rotation=0 if len(days) <= 8 else 45)
+            step = max(1, -(-len(days) // 16))
+            ax.set_xticks(
+                positions[::step], [d[5:] for d in days[::step]], rotation=45 if rotate else 0
+            )
+            ax.set_xlim(-0.6, len(days) - 0.4)
             ax.yaxis.get_major_locator().set_params(integer=True)
             ax.set_ylabel("runs")
             ax.set_title("Runs per day by status")
-            ax.legend(
-                frameon=False,
-                ncols=min(6, len(per_day["by_status"])),
-                loc="upper left",
-                bbox_to_anchor=(0, -0.18 if len(days) <= 8 else -0.3),
-            )
+            ax.legend(frameon=False, loc="upper right", fontsize=8)
             charts.append(Chart("runs-per-day", "Runs per day by status", png(fig)))
         if series:
-            import matplotlib.dates as mdates
-
-            def local(ts: str) -> datetime:
-                return datetime.fromisoformat(ts).astimezone().replace(tzinfo=None)
-
             p = review["period"]
-            start, end = local(p["start_utc"]), local(p["end_utc"])
-            first = datetime.combine(date.fromisoformat(p["previous"]["start"]), time())
+            first = date.fromisoformat(p["previous"]["start"])
+            period_start = date.fromisoformat(p["start"])
+            total = (date.fromisoformat(p["end"]) - first).days + 1  # x: days since `first`
+            origin = datetime.combine(first, time()).astimezone()
+
+            def x_of(ts: str) -> float:
+                return (datetime.fromisoformat(ts) - origin).total_seconds() / 86400
+
+            # Whole weeks where they fit, so period starts fall on a labelled tick.
+            tick_step = next((n for n in (1, 7, 14, 28, 56, 91, 182) if total / n <= 8), 364)
+            ticks = list(range(0, total + 1, tick_step))
+            labels = [(first + timedelta(days=t)).strftime("%m-%d") for t in ticks]
             cols = min(3, len(series))
             rows = -(-len(series) // cols)
-            fig = Figure(figsize=(4.2 * cols, 2.8 * rows))
+            fig = Figure(figsize=(4.2 * cols, 0.5 + 2.5 * rows))
+            fig.subplots_adjust(
+                left=0.1 if cols > 1 else 0.16,
+                right=0.98,
+                top=1 - 0.55 / (0.5 + 2.5 * rows),
+                bottom=0.45 / (0.5 + 2.5 * rows),
+                wspace=0.38,
+                hspace=0.55,
+            )
             axes = fig.subplots(rows, cols, squeeze=False)
+            handles = None
             for n, ax in enumerate(axes.flat):
                 if n >= len(series):
                     ax.set_visible(False)
                     continue
                 entry = series[n]
-                xs = [local(point["ended_at"]) for point in entry["points"]]
+                xs = [x_of(point["ended_at"]) for point in entry["points"]]
                 ys = [point["value"] for point in entry["points"]]
-                best, running = [], None
+                pick = max if entry["goal"] == "max" else min
+                best = []
                 for y in ys:
-                    running = (
-                        y
-                        if running is None
-                        else (max if entry["goal"] == "max" else min)(running, y)
-                    )
-                    best.append(running)
-                ax.scatter(xs, ys, s=14, color="#1565c0", alpha=0.7, label="run", zorder=3)
-                ax.step(
-                    [*xs, end],
-                    [*best, best[-1]],
-                    where="post",
-                    color="#2e7d32",
-                    linewidth=1.2,
-                    label=f"best so far ({entry['goal']})",
+                    best.append(y if not best else pick(best[-1], y))
+                dots = ax.scatter(xs, ys, s=12, color="#1565c0", alpha=0.7, zorder=3)
+                (line,) = ax.step(
+                    [*xs, total], [*best, best[-1]], where="post", color="#2e7d32", linewidth=1.2
                 )
-                ax.axvline(start, color="#9e9e9e", linestyle="--", linewidth=0.8)
-                ax.set_xlim(first, end)
+                ax.axvline(
+                    (period_start - first).days, color="#9e9e9e", linestyle="--", linewidth=0.8
+                )
+                ax.set_xlim(0, total)
+                ax.set_xticks(ticks, labels, fontsize=7)
+                if total <= 62:
+                    ax.set_xticks(range(total + 1), minor=True)
                 title = _chart_label(f"#{entry['item_id']} {entry['title']}", len(family) > 1)
                 ax.set_title(title if len(title) <= 42 else title[:41] + "…", fontsize=9)
                 ax.set_ylabel(entry["metric"])
-                ax.tick_params(axis="x", labelrotation=30, labelsize=7)
-                ax.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=3, maxticks=8))
-                ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
-                if n == 0:
-                    ax.legend(frameon=False, fontsize=7, loc="best")
-            fig.suptitle("Key metric over time (dashed line: start of the period)", fontsize=10)
-            fig.tight_layout()
+                handles = handles or (dots, line)
+            fig.suptitle(
+                "Key metric over time (dashed line: start of the period)",
+                fontsize=10,
+                x=0.02,
+                ha="left",
+            )
+            fig.legend(
+                handles,
+                ["run", "best so far"],
+                loc="upper right",
+                bbox_to_anchor=(0.97, 1.0),
+                frameon=False,
+                fontsize=8,
+                ncols=2,
+            )
             charts.append(Chart("key-metrics", "Key metric over time", png(fig)))
     return charts
 

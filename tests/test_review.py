@@ -608,3 +608,52 @@ def test_html_renders_in_headless_chromium(cli, history, isolated):
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[:2] == (2000, 1200)
     assert pixels[..., :3].std() > 0.05  # text, tables and charts, not a blank page
+
+
+def test_final_metrics_match_the_runner():
+    from research.review import _final_metrics
+    from research.runs import final_metrics
+
+    entries = [
+        {"name": "loss", "value": 2.0, "step": 0, "time": 1.0},
+        {"name": "loss", "value": 1.0, "step": 2, "time": 2.0},
+        {"name": "loss", "value": 1.5, "step": 1, "time": 3.0},
+        {"name": "acc", "value": 0.5, "step": None, "time": 1.0},
+        {"name": "acc", "value": 0.7, "step": None, "time": 0.5},
+        {"name": "tags", "value": ["a"], "step": None, "time": None},
+    ]
+    assert (
+        _final_metrics(entries)
+        == final_metrics(entries)
+        == {"loss": 1.0, "acc": 0.5, "tags": ["a"]}
+    )
+
+
+def test_dead_running_run_is_marked_interrupted(cli, monkeypatch, utc_plus_8):
+    h = History(cli, monkeypatch)
+    item = h.add("Exp")
+    from research.db import session_scope
+    from research.models import Run
+
+    with session_scope(h.db, write=True) as session:
+        session.add(
+            Run(
+                item_id=item,
+                status="running",
+                notebook="nb.ipynb",
+                queued_at=utc("2025-11-11T10:00"),
+                started_at=utc("2025-11-11T10:00"),
+                heartbeat_at=utc("2025-11-11T10:00"),
+            )
+        )
+    h.at("2025-11-12T10:00")
+    result = cli("review", "--week", "2025-W46", "--format", "json")
+    assert "marked 1 run(s)" in result.stderr
+    experiment = json.loads(result.stdout)["experiments"]["items"][0]
+    assert experiment["by_status"] == {"interrupted": 1}
+
+
+def test_json_to_a_file_by_suffix(cli, history, isolated):
+    result = cli("review", "--week", "2025-W46", "-o", "w46.json")
+    assert result.stdout == "" and "wrote" in result.stderr
+    assert json.loads((isolated / "w46.json").read_text())["counts"]["runs_failed"] == 1
