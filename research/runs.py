@@ -188,7 +188,9 @@ def plan_runs(
     return plans
 
 
-def create_runs(session: Session, plans: list[RunPlan], project_root: Path, kernel: str | None) -> tuple[list[int], str | None]:
+def create_runs(
+    session: Session, plans: list[RunPlan], project_root: Path, kernel: str | None, executor: str = "local"
+) -> tuple[list[int], str | None]:
     """Write the planned runs as queued rows; returns their ids and the sweep id (if several)."""
     sweep_id = uuid.uuid4().hex[:8] if len(plans) > 1 else None
     now = clock.now_iso()
@@ -203,6 +205,7 @@ def create_runs(session: Session, plans: list[RunPlan], project_root: Path, kern
             params_given=_jsonable(plan.given),
             params=_jsonable(plan.params),
             kernel=kernel,
+            executor=executor,
             cwd=str(project_root),
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -321,14 +324,30 @@ def execute_run(
     return finish_run(db_path, run_id, outcome, environment_future.result())
 
 
-def finish_run(db_path: Path, run_id: int, outcome, environment: dict) -> RunResult:
-    """Ingest the run's metrics and artifacts and close its row; writes run.json."""
+def finish_run(
+    db_path: Path,
+    run_id: int,
+    outcome,
+    environment: dict,
+    *,
+    started_at: str | None = None,
+    ended_at: str | None = None,
+    only_open: bool = False,
+) -> RunResult | None:
+    """Ingest the run's metrics and artifacts and close its row; writes run.json.
+
+    Runs done elsewhere (Dask, Slurm) pass the times the worker saw, and ``only_open``
+    so that a result collected twice (two `research` processes) is ingested once:
+    then a row already closed is left alone and None comes back.
+    """
     from research.execute import read_records
 
     project_root = project_root_of(db_path)
 
     def finish(session: Session):
         run = session.get(Run, run_id)
+        if only_open and (run is None or run.status not in ("queued", "running")):
+            return None
         run_dir = project_root / run.run_dir
         metrics, artifacts = read_records(run_dir)
         for entry in metrics:
@@ -337,7 +356,8 @@ def finish_run(db_path: Path, run_id: int, outcome, environment: dict) -> RunRes
         run.reason = outcome.reason
         run.error = outcome.error
         run.kernel = outcome.kernel_name or run.kernel
-        run.ended_at = clock.now_iso()
+        run.started_at = started_at or run.started_at
+        run.ended_at = ended_at or clock.now_iso()
         run.duration_s = outcome.duration_s
         run.environment = environment
         run.artifacts = [a.get("path") for a in artifacts if a.get("path")]
