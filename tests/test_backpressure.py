@@ -28,6 +28,8 @@ from experiments.backpressure import (
     MemoryPressure,
     PressureConfig,
     accumulate_gradients,
+    cpu_probe,
+    default_probe,
     get_worker_info,
     train_step,
 )
@@ -190,6 +192,19 @@ def test_credit_returns_on_ack_not_on_dequeue():
     assert loader.stats().credit_balanced
 
 
+def test_holding_several_batches_is_limited_by_bytes_not_depth():
+    ds = SyntheticDataset([10 * KB] * 12)
+    loader = BackpressureLoader(ds, budget_bytes=100 * KB, num_workers=2, auto_ack=False)
+    it = iter(loader)
+    held = [next(it) for _ in range(6)]  # more batches than the depth target, within budget
+    assert [int(b["index"]) for b in held] == list(range(6))
+    it.ack(6)
+    rest = [int(next(it)["index"]) for _ in range(6)]
+    assert rest == list(range(6, 12))
+    it.close()
+    assert loader.stats().violations == 0 and loader.stats().credit_balanced
+
+
 def test_unacked_batches_holding_all_credit_raise_instead_of_hanging():
     ds = SyntheticDataset([10 * KB] * 6)
     loader = BackpressureLoader(
@@ -321,6 +336,22 @@ def test_memory_pressure_shrinks_loader_budget_without_violations():
     budgets = [b for *_, b in st.timeline]
     assert min(budgets) == 256 * KB // 16 and budgets[-1] > min(budgets)
     assert st.violations == 0 and st.credit_balanced
+
+
+def test_memory_probes_return_fractions():
+    use = cpu_probe()()  # host memory in use
+    assert 0.0 < use < 1.0
+    assert cpu_probe(rss_limit_bytes=2**50)() < 1e-3  # RSS over a huge limit
+    assert default_probe("cpu")() == pytest.approx(use, abs=0.05)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_probe_reads_mem_get_info():
+    x = torch.empty(64 * MB, dtype=torch.uint8, device="cuda")
+    free, total = torch.cuda.mem_get_info()
+    assert default_probe("cuda")() == pytest.approx(1 - free / total, abs=0.01)
+    del x
 
 
 # -- gradient accumulation -------------------------------------------------------------

@@ -101,7 +101,7 @@ class DepthConfig:
     alpha: float = 0.2  # EWMA weight of a new sample
     k_dev: float = 2.0  # safety margin, in mean absolute deviations of latency
     burst_leak: float = 0.01  # fraction of the burst allowance B forgotten per step
-    stall_floor_s: float = 0.0005  # next() waits shorter than this are not stalls
+    stall_floor_s: float = 0.0005  # waits shorter than this are not stalls
     shrink_hysteresis: float = 0.2  # shrink only when raw depth < current - 1 - this
 
 
@@ -143,7 +143,10 @@ class DepthController:
         self._retarget()
 
     def observe_wait(self, seconds: float) -> None:
-        """The consumer waited ``seconds`` in next(): a stall feeds the burst allowance."""
+        """The consumer waited ``seconds`` for an item still in production: a stall.
+
+        Stalls feed the burst allowance; every step leaks part of it.
+        """
         stall = seconds if seconds > self.cfg.stall_floor_s else 0.0
         self.burst = self.burst * (1 - self.cfg.burst_leak) + stall
         self._retarget()

@@ -4,12 +4,10 @@ Credit-based flow control (Flink's network stack, Reactive Streams' ``request(n)
 lets a producer send only what the consumer has granted. Here the grant is in
 *bytes*: before an item is produced, its size is taken from a shared pool of
 ``budget`` bytes; it goes back when the consumer has *finished* the step that
-used the item. Two gates must both be open before an item is produced:
-
-* bytes: ``in_flight + size <= budget``, or nothing is in flight at all (an item
-  larger than the whole budget still travels, alone, so nothing deadlocks);
-* count: ``count < depth`` where ``depth`` is the adaptive target from
-  :mod:`experiments.backpressure.control`.
+used the item. A grant fits when ``in_flight + size <= budget``, or when nothing
+is in flight at all (an item larger than the whole budget still travels, alone,
+so nothing deadlocks). The scheduler adds a second gate, the adaptive depth from
+:mod:`experiments.backpressure.control`.
 
 Grants are made in sampler order, so the item the consumer needs next is never
 starved by later ones. Every grant is checked against the budget and any excess
@@ -43,11 +41,11 @@ class ByteCredits:
         self.timeline: list[tuple[float, int, int, int]] = []  # (t, bytes, count, budget)
 
     # -- producer side (the scheduler) -------------------------------------------------------------
-    def fits(self, nbytes: int, depth: int) -> bool:
+    def fits(self, nbytes: int) -> bool:
         """Whether a grant of ``nbytes`` may be made now (call with ``cond`` held)."""
         if self.count == 0:
             return True  # alone in flight: always allowed, even if larger than the budget
-        return self.count < depth and self.in_flight + nbytes <= self.budget
+        return self.in_flight + nbytes <= self.budget
 
     def grant(self, nbytes: int) -> None:
         """Take ``nbytes`` of credit (call with ``cond`` held, after ``fits``)."""

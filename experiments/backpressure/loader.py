@@ -242,7 +242,9 @@ class _Shared:
             probe = probe or default_probe(cfg.device, cfg.rss_limit_bytes)
             self.pressure = MemoryPressure(probe, cfg.pressure)
         self.reserved: dict[int, int] = {}  # seq -> bytes of credit it holds
+        self.delivered: set[int] = set()  # seqs handed to the consumer, step not finished
         self.pending: dict[int, tuple] = {}  # seq -> message arrived, not yet delivered
+        self.arrived: dict[int, float] = {}  # seq -> when its message arrived
         self.total: int | None = None  # number of tasks, once the sampler is exhausted
         self.exhausted: set[int] = set()  # iterable workers whose shard ended
         self.warm: set[int] = set()  # workers that delivered their first item
@@ -258,8 +260,12 @@ class _Shared:
                 self.credits.set_budget(budget)
 
     def position(self, seq: int) -> int:
-        """1 + items before ``seq`` still holding credit (the one being consumed included)."""
-        return 1 + sum(1 for s in self.reserved if s < seq)
+        """Steps until ``seq`` is needed: 1 + reserved items before it not yet delivered."""
+        return 1 + sum(1 for s in self.reserved if s < seq and s not in self.delivered)
+
+    def undelivered(self) -> int:
+        """Items holding credit that the consumer has not received yet."""
+        return len(self.reserved) - len(self.delivered)
 
     def estimate(self) -> int:
         if self.cfg.item_bytes_hint:
@@ -286,6 +292,7 @@ class _Shared:
         elif kind == "exhausted":
             self.exhausted.add(msg[2])
         self.pending[seq] = msg  # errors too: they are raised when their turn comes
+        self.arrived[seq] = time.monotonic()
 
 
 def _tasks(sampler, iterable: bool, num_workers: int, shared: _Shared):
@@ -344,7 +351,9 @@ def _schedule(shared: _Shared, sampler, iterable, size_fn, task_qs, num_workers)
                     est = shared.estimate()
                     sizes = [est if s is None else s for _, _, s in ahead]
                     needed = max(depth.depth_for(b) - t for t, b in enumerate(sizes))
-                    if credits.fits(sizes[0], needed):
+                    # depth counts the items not yet delivered, plus the one in the step
+                    within = credits.count == 0 or shared.undelivered() + 1 < needed
+                    if within and credits.fits(sizes[0]):
                         worker, index, _ = ahead.popleft()
                         credits.grant(sizes[0])
                         shared.reserved[seq] = sizes[0]
@@ -476,7 +485,7 @@ class LoaderStats:
     next_p50_s: float  # next() latency percentiles (first batch excluded)
     next_p99_s: float
     time_to_first_batch_s: float
-    producer_blocked_s: float  # time the scheduler waited for credit (backpressure applied)
+    producer_blocked_s: float  # time the scheduler held the next item back (credit or depth)
     peak_in_flight_bytes: int  # largest credit ledger value
     violations: int  # grants that left in-flight bytes above the budget
     credit_balanced: bool  # granted == returned + still in flight
@@ -649,9 +658,12 @@ class BackpressureIterator(Iterator):
             raise
         item, nbytes = msg[3], msg[4]
         now = time.monotonic()
-        if self.record.t_first is not None:  # the first wait is start-up, not a stall
-            with self.shared.lock:
-                self.shared.depth.observe_wait(now - t_call)
+        with self.shared.lock:
+            self.shared.delivered.add(seq)
+            # A stall is waiting for an item not yet produced; the first wait is start-up.
+            late = self.shared.arrived.pop(seq, now) - t_call
+            if self.record.t_first is not None:
+                self.shared.depth.observe_wait(max(0.0, late))
         self._delivered.append((seq, now))
         self.record.delivered(t_call, now, nbytes, self.shared.depth.depth)
         return item
@@ -664,6 +676,7 @@ class BackpressureIterator(Iterator):
             seq, t_delivered = self._delivered.popleft()
             with sh.lock:
                 sh.depth.observe_step(now - t_delivered)
+                sh.delivered.discard(seq)
                 nbytes = sh.reserved.pop(seq, None)
                 if nbytes is not None:
                     sh.credits.release(nbytes)
@@ -692,6 +705,7 @@ class BackpressureIterator(Iterator):
                     if msg[0] == "item":
                         return seq, msg
                     nbytes = sh.reserved.pop(seq, None)  # an error or an ended shard: no item
+                    sh.arrived.pop(seq, None)
                     if nbytes is not None:
                         sh.credits.release(nbytes)
                     if msg[0] == "error":
@@ -805,3 +819,5 @@ def _shutdown(shared, threads, workers, task_qs, result_q, is_process, timeout_s
         for seq in list(shared.reserved):
             shared.credits.release(shared.reserved.pop(seq))
         shared.pending.clear()
+        shared.arrived.clear()
+        shared.delivered.clear()

@@ -130,9 +130,13 @@ def mean_in_flight(intervals) -> float:
     return sum(b * (e - s) for s, e, b in intervals) / max(hi - lo, 1e-9)
 
 
-def in_flight_curve(intervals) -> tuple[np.ndarray, np.ndarray]:
-    """Step curve (t, bytes) of in-flight bytes, for plotting."""
-    events = sorted([(s, 1, b) for s, _, b in intervals] + [(e, 0, -b) for _, e, b in intervals])
+def in_flight_curve(intervals, items: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Step curve (t, bytes in flight) for plotting; ``items=True`` counts items instead."""
+    w = [1 if items else b for _, _, b in intervals]
+    events = sorted(
+        [(s, 1, x) for (s, _, _), x in zip(intervals, w, strict=True)]
+        + [(e, 0, -x) for (_, e, _), x in zip(intervals, w, strict=True)]
+    )
     t, y, cur = [], [], 0
     for when, _, delta in events:
         cur += delta
