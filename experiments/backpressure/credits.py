@@ -35,12 +35,12 @@ class ByteCredits:
         self.returned_total = 0  # bytes ever returned
         self.peak = 0  # largest in_flight seen
         self.violations = 0  # grants that left in_flight > budget with another item in flight
-        self.blocked_s = 0.0  # time the producer side spent waiting for credit
+        self.blocked_s = 0.0  # time the scheduler held the next item back (credit or depth)
         self.closed = False
         self.record_timeline = record_timeline
         self.timeline: list[tuple[float, int, int, int]] = []  # (t, bytes, count, budget)
 
-    # -- producer side (the scheduler) -------------------------------------------------------------
+    # -- producer side (the scheduler) ----------------------------------------------
     def fits(self, nbytes: int) -> bool:
         """Whether a grant of ``nbytes`` may be made now (call with ``cond`` held)."""
         if self.count == 0:

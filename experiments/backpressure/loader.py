@@ -1,20 +1,23 @@
 """A DataLoader with credit-based, byte-budgeted backpressure and adaptive depth.
 
-Pipeline (one iterator)::
+Pipeline (one pass)::
 
-    sampler -> scheduler thread --(task)--> producer workers --(item)--> consumer
-                 ^ acquires byte credit          threads or processes       | next()
-                 |                                                          v
-                 +------------------ credit returns on ack -----------------+
+    sampler -> scheduler --(task)--> producers --(item)--> receiver --> consumer next()
+               thread                threads or            thread           |
+               ^ reserves credit     processes                              |
+               +----------------- credit returns when the step ends --------+
 
-* The scheduler walks the sampler in order and, for each index, blocks until the
-  credit pool (:class:`~experiments.backpressure.credits.ByteCredits`) grants the
-  item's size in bytes and the item count is below the adaptive depth
-  (:class:`~experiments.backpressure.control.DepthController`). Only then is the
-  task handed to a worker, so memory is reserved *before* it is allocated.
+* The scheduler looks ahead in the sampler. It *reserves* each item's size in
+  bytes from the credit pool (:class:`~experiments.backpressure.credits.ByteCredits`)
+  in sampler order, once the item, or a later one that must start early, is
+  within its adaptive depth (:class:`~experiments.backpressure.control.DepthController`);
+  it *releases* a reserved task to the workers just in time. Memory is thus
+  reserved before it is allocated, and allocated only shortly before it is used.
 * Workers (threads, or processes for CPU-bound decoding) take tasks from one
   shared queue (whoever is free takes the next), produce the item and send it
-  back with its real size and production time.
+  back with its real size and production time. A receiver thread takes results
+  off the queue as they arrive (for processes, mapping their shared memory) and
+  feeds the latency EWMAs.
 * The consumer's ``next()`` returns items in sampler order (``in_order=False``:
   as they arrive). Credit goes back when the consumer *finishes* the step: at the
   next ``next()`` by default, or explicitly with ``ack()`` / ``with it.step()``.
