@@ -278,13 +278,19 @@ def _plain_table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def write_runs_table(rows: list[dict]) -> None:
+    # Runs sent to Dask or Slurm add a column with the executor and the engine's id.
+    remote = any(r.get("executor") not in (None, "local") for r in rows)
     table = []
     for r in rows:
         params = " ".join(f"{k}={_short(v)}" for k, v in r["params_given"].items())
         metrics = " ".join(f"{k}={_short(v)}" for k, v in list(r["metrics"].items())[:4])
         duration = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else ""
-        table.append([str(r["id"]), r["item"] or "", r["status"], r["sweep_id"] or "", duration, params, metrics])
-    _plain_table(["Run", "Item", "Status", "Sweep", "Time", "Params", "Metrics"], table)
+        row = [str(r["id"]), r["item"] or "", r["status"], r["sweep_id"] or "", duration, params, metrics]
+        if remote:
+            row.append(f"{r.get('executor') or 'local'} {r.get('external_id') or ''}".strip())
+        table.append(row)
+    headers = ["Run", "Item", "Status", "Sweep", "Time", "Params", "Metrics"]
+    _plain_table([*headers, "Executor"] if remote else headers, table)
 
 
 def write_compare_table(table: dict) -> None:
@@ -383,6 +389,62 @@ class RunProgress:
         if self._progress is not None and result.run_id in self._tasks:
             self._progress.update(self._tasks[result.run_id], state=result.status)
             self._progress.stop_task(self._tasks[result.run_id])
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+        return False
+
+
+class SweepProgress:
+    """One bar for all of a submission's runs (done / running / failed) on stderr, when it is a terminal."""
+
+    def __init__(self, run_ids: list[int], label: str, enabled: bool = True):
+        self.run_ids = list(run_ids)
+        self.label = label
+        self.enabled = enabled and sys.stderr.isatty()
+        self.running: set[int] = set()
+        self.done: dict[int, str] = {}
+        self._progress = None
+        self._task = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("done · {task.fields[running]} running · {task.fields[failed]} failed"),
+                TimeElapsedColumn(),
+                console=console(stderr=True),
+                transient=False,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task(self.label, total=len(self.run_ids), running=0, failed=0)
+        return self
+
+    def _refresh(self) -> None:
+        if self._progress is not None:
+            failed = sum(1 for status in self.done.values() if status != "succeeded")
+            self._progress.update(self._task, completed=len(self.done), running=len(self.running), failed=failed)
+
+    def start(self, run_id: int) -> None:
+        if run_id not in self.done:
+            self.running.add(run_id)
+        self._refresh()
+
+    def finish(self, result) -> None:
+        self.running.discard(result.run_id)
+        self.done[result.run_id] = result.status
+        self._refresh()
 
     def __exit__(self, *exc):
         if self._progress is not None:

@@ -1,0 +1,105 @@
+"""Where runs execute: one interface (start, submit, poll, cancel) and three engines.
+
+* ``local`` -- the runner's thread pool on this machine (``runs.run_in_parallel``);
+  each run records itself as it goes, exactly as before executors existed.
+* ``dask`` -- a ``distributed.Client`` to ``tcp://HOST:8786`` or, with no address, a
+  ``LocalCluster`` of ``-j`` single-threaded workers. Each task runs the notebook on
+  its worker and sends back the run's record and files (``executors.remote``).
+* ``slurm`` -- submitit: a sweep is one job array; results come back as submitit's
+  result files under ``runs/.submitit/``. ``cluster = "local"`` swaps in submitit's
+  local executor through the same code path (tests, a laptop).
+
+The database stays with the client. ``driver.drive`` submits, follows the
+executor's updates into the database, and on Ctrl-C cancels on the engine;
+``records.sync_runs`` collects what finished while nobody waited, and
+``records.cancel_runs`` stops runs from another process. Engines are imported
+only inside the executor that needs them, so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from research.executors.settings import EXECUTORS, ExecutorSettings, load_settings
+
+
+@dataclass
+class Update:
+    """Something an executor learned about one run.
+
+    kind: ``running`` (it started; ``started_at`` if known), ``payload`` (a remote run
+    finished and sent its record and files), ``ended`` (the engine ended it without a
+    result: ``status`` and ``reason`` say why), or ``recorded`` (a local run, already
+    written to the database; ``result`` is its RunResult).
+    """
+
+    run_id: int
+    kind: str
+    payload: dict[str, Any] | None = None
+    status: str | None = None
+    reason: str | None = None
+    result: Any = None
+    started_at: str | None = None
+
+
+class Executor(ABC):
+    """Runs queued run rows somewhere and reports on them."""
+
+    name: ClassVar[str]
+    # After cancel(): how long to wait for runs to report (their notebook so far) before
+    # marking them interrupted; None waits for every run to report.
+    cancel_grace_s: ClassVar[float | None] = 20.0
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect or check the engine; raises ResearchError before any row is written."""
+
+    @abstractmethod
+    def submit(self, runs: list) -> dict[int, str | None]:
+        """Start these queued runs (Run rows); returns each run's external id (or None)."""
+
+    @abstractmethod
+    def poll(self, timeout: float) -> list[Update]:
+        """What happened since the last poll; waits up to ``timeout`` seconds for news."""
+
+    @abstractmethod
+    def cancel(self, run_ids: list[int], reason: str) -> None:
+        """Stop these runs on the engine."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine (a local cluster, a client connection)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def make_executor(
+    settings: ExecutorSettings,
+    db_path: Path,
+    jobs: int = 1,
+    timeout: float | None = None,
+    log_output: bool = False,
+    on_progress=None,
+    worker=None,
+) -> Executor:
+    """The executor ``settings`` names, configured for one `research run`."""
+    if settings.executor == "local":
+        from research.executors.local import LocalExecutor
+
+        return LocalExecutor(db_path, jobs, timeout, log_output, on_progress, worker)
+    if settings.executor == "dask":
+        from research.executors.dask_executor import DaskExecutor
+
+        return DaskExecutor(db_path, settings, jobs, timeout)
+    from research.executors.slurm_executor import SlurmExecutor
+
+    return SlurmExecutor(db_path, settings, jobs, timeout)
+
+
+__all__ = ["EXECUTORS", "Executor", "ExecutorSettings", "Update", "load_settings", "make_executor"]

@@ -1,0 +1,276 @@
+"""The Dask executor: each run is one task on a ``distributed`` cluster.
+
+With a scheduler address (``--scheduler tcp://HOST:8786`` or ``[dask] scheduler``)
+the client connects to that cluster; without one it starts a ``LocalCluster`` of
+``-j`` single-threaded workers in this process, listening on 127.0.0.1 only
+(the notebooks run in their own kernel processes, so worker threads suffice).
+
+A task is ``remote.run_remote``: the worker runs the notebook in a temp folder
+and returns the run's record and files; the client writes them under
+``runs/<id>/``. Workers need the ``research`` package, not the database or a
+shared filesystem.
+
+* Started: the task logs an event on the topic ``research-<token>`` that the
+  client subscribes to, so the row turns ``running`` when the notebook starts.
+* A worker lost mid-run: the scheduler retries the task elsewhere (up to its
+  ``allowed-failures``), then reports ``KilledWorker``: the run ends ``failed``
+  with that reason.
+* Cancel (Ctrl-C, `research runs cancel`): a ``distributed.Event`` per task,
+  watched by the task, interrupts the kernel, and the notebook so far comes
+  back; tasks not yet started are cancelled.
+* The external id is ``<scheduler address>/<task key>``, enough for another
+  process to reach the task.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+import uuid
+from pathlib import Path
+
+from research.errors import ResearchError
+from research.execute import KILL_GRACE_S
+from research.executors import Executor, ExecutorSettings, Update
+from research.executors.remote import CANCEL_EVENT_PREFIX, build_task, dask_task
+from research.runs import project_root_of
+
+LOST_SCHEDULER_S = 60.0  # a client without its scheduler for this long gives its runs up
+REASON_LIMIT = 300
+
+
+class DaskExecutor(Executor):
+    name = "dask"
+    cancel_grace_s = KILL_GRACE_S + 10.0
+
+    def __init__(
+        self, db_path: Path, settings: ExecutorSettings, jobs: int = 1, timeout: float | None = None
+    ) -> None:
+        self.db_path = Path(db_path)
+        self.root = project_root_of(self.db_path)
+        self.settings = settings
+        self.jobs = jobs
+        self.timeout = timeout
+        self.client = None
+        self.cluster = None
+        self.address: str | None = None
+        self.topic = f"research-{uuid.uuid4().hex[:12]}"
+        self.futures: dict[int, object] = {}  # run id -> Future, until it is reported
+        self.keys: dict[int, str] = {}
+        self.started: set[int] = set()
+        self.shipped_sha256: dict[int, str] = {}
+        self._events: queue.Queue = queue.Queue()
+        self._cancelled: dict[int, str] = {}
+        self._lost_since: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        import logging
+
+        import dask
+        from distributed import Client, LocalCluster
+
+        address = self.settings.get("scheduler")
+        timeout = float(self.settings.get("connect_timeout", 10.0))
+        if address:
+            try:
+                self.client = Client(address, timeout=timeout, set_as_default=False)
+            except (OSError, TimeoutError) as exc:
+                raise ResearchError(
+                    f"cannot reach the Dask scheduler at {address}: {exc}"
+                ) from None
+        else:
+            logging.getLogger("distributed").setLevel(logging.ERROR)
+            # One task per single-threaded worker at a time, so "running" means running.
+            with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+                self.cluster = LocalCluster(
+                    n_workers=self.jobs,
+                    threads_per_worker=1,
+                    processes=False,
+                    host="127.0.0.1",
+                    scheduler_port=0,
+                    protocol="tcp://",
+                    dashboard_address=None,
+                )
+            self.client = Client(self.cluster, set_as_default=False)
+        self.address = self.client.scheduler.address
+        self.client.subscribe_topic(self.topic, self._events.put)
+
+    def close(self) -> None:
+        if self.client is not None:
+            try:
+                for name in [
+                    CANCEL_EVENT_PREFIX + self.keys[rid]
+                    for rid in self._cancelled
+                    if rid in self.keys
+                ]:
+                    self._event(name).clear()
+            except Exception:
+                pass
+            self.client.close(timeout=10)
+            self.client = None
+        if self.cluster is not None:
+            import logging
+
+            logging.getLogger("distributed").setLevel(
+                logging.CRITICAL
+            )  # shutdown chatter of our own cluster
+            self.cluster.close(timeout=10)
+            self.cluster = None
+
+    def _event(self, name: str):
+        from distributed import Event
+
+        return Event(name, client=self.client)
+
+    # ------------------------------------------------------------------ interface
+
+    def submit(self, runs: list) -> dict[int, str | None]:
+        from research.environment import git_state
+
+        if self.client is None:
+            self.start()
+        commit, dirty = git_state(self.root)
+        git = {"git_commit": commit, "git_dirty": dirty}
+        resources = (
+            {"GPU": self.settings.get("gpus_per_task")}
+            if self.settings.get("gpus_per_task")
+            else None
+        )
+        external = {}
+        for run in runs:
+            key = f"research-run-{run.id}-{uuid.uuid4().hex[:8]}"
+            task = build_task(run, self.root, self.timeout, git, key)
+            task["event_topic"] = self.topic
+            self.shipped_sha256[run.id] = task["notebook_sha256"]
+            self.futures[run.id] = self.client.submit(
+                dask_task, task, key=key, pure=False, resources=resources
+            )
+            self.keys[run.id] = key
+            external[run.id] = f"{self.address}/{key}"
+        return external
+
+    def poll(self, timeout: float) -> list[Update]:
+        from distributed import wait
+
+        updates: list[Update] = []
+        pending = [f for f in self.futures.values() if not f.done()]
+        if pending and self._events.empty():
+            try:
+                wait(pending, timeout=timeout, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                pass
+            except Exception:
+                time.sleep(timeout)
+        by_key = {key: rid for rid, key in self.keys.items()}
+        while True:
+            try:
+                _timestamp, message = self._events.get_nowait()
+            except queue.Empty:
+                break
+            rid = by_key.get(message.get("key")) if isinstance(message, dict) else None
+            if rid is not None and rid in self.futures and rid not in self.started:
+                self.started.add(rid)
+                updates.append(Update(rid, "running", started_at=message.get("started_at")))
+        for rid, future in list(self.futures.items()):
+            if future.done():
+                updates.append(self._finished(rid, future))
+                del self.futures[rid]
+        updates += self._check_scheduler()
+        return updates
+
+    def _finished(self, run_id: int, future) -> Update:
+        status = future.status
+        if status == "finished":
+            try:
+                payload = future.result()
+            except Exception as exc:  # the payload did not make it back
+                return Update(
+                    run_id,
+                    "ended",
+                    status="failed",
+                    reason=_short(f"fetching the result failed: {type(exc).__name__}: {exc}"),
+                )
+            finally:
+                future.release()
+            return Update(run_id, "payload", payload=payload)
+        if status == "error":
+            exc = future.exception()
+            future.release()
+            if type(exc).__name__ == "KilledWorker":
+                return Update(
+                    run_id,
+                    "ended",
+                    status="failed",
+                    reason=_short(f"dask worker died while running it (KilledWorker: {exc})"),
+                )
+            return Update(
+                run_id,
+                "ended",
+                status="failed",
+                reason=_short(f"dask task failed: {type(exc).__name__}: {exc}"),
+            )
+        if run_id in self._cancelled:
+            return Update(run_id, "ended", status="interrupted", reason=self._cancelled[run_id])
+        return Update(
+            run_id,
+            "ended",
+            status="failed",
+            reason=f"dask {status} the task (scheduler {self.address})",
+        )
+
+    def _check_scheduler(self) -> list[Update]:
+        if self.client is None or self.client.status in ("running", "connecting", "newly-created"):
+            self._lost_since = None
+            return []
+        self._lost_since = self._lost_since or time.monotonic()
+        if time.monotonic() - self._lost_since < LOST_SCHEDULER_S:
+            return []
+        reason = f"lost the connection to the Dask scheduler at {self.address}"
+        updates = [Update(rid, "ended", status="failed", reason=reason) for rid in self.futures]
+        self.futures.clear()
+        return updates
+
+    def cancel(self, run_ids: list[int], reason: str) -> None:
+        not_started = []
+        for rid in run_ids:
+            if rid not in self.keys:
+                continue
+            self._cancelled[rid] = reason
+            try:
+                self._event(CANCEL_EVENT_PREFIX + self.keys[rid]).set()
+            except Exception:
+                pass
+            if rid not in self.started and rid in self.futures:
+                not_started.append(self.futures[rid])
+        if not_started:
+            try:
+                self.client.cancel(not_started)
+            except Exception:
+                pass
+
+
+def _short(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 1] + "…"
+
+
+def cancel_keys(external_ids: list[str], timeout: float = 5.0) -> bool:
+    """From another process: ask the tasks behind these external ids to stop. False if unreachable."""
+    from distributed import Client, Event
+
+    by_address: dict[str, list[str]] = {}
+    for external in external_ids:
+        address, _, key = external.rpartition("/")
+        if address and key:
+            by_address.setdefault(address, []).append(key)
+    reached = bool(by_address)
+    for address, keys in by_address.items():
+        try:
+            with Client(address, timeout=timeout, set_as_default=False) as client:
+                for key in keys:
+                    Event(CANCEL_EVENT_PREFIX + key, client=client).set()
+        except (OSError, TimeoutError):
+            reached = False
+    return reached

@@ -1,0 +1,92 @@
+"""The local executor: the runner's thread pool, behind the executor interface.
+
+``submit`` hands the runs to ``runs.run_in_parallel`` on a background thread
+(up to ``-j`` at once, each in its own kernel process); every run records
+itself through ``runs.execute_run`` as it goes, and ``poll`` passes the
+finished ones on. Cancelling sets the process-wide interrupt flag that every
+running ``execute_notebook`` watches (Ctrl-C sets it too).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+from research.executors import Executor, Update
+
+
+class LocalExecutor(Executor):
+    name = "local"
+    cancel_grace_s = None  # execute_notebook stops its own runs (and kills after its grace)
+
+    def __init__(
+        self,
+        db_path: Path,
+        jobs: int = 1,
+        timeout: float | None = None,
+        log_output: bool = False,
+        on_progress=None,
+        worker=None,
+    ) -> None:
+        self.db_path = Path(db_path)
+        self.jobs = jobs
+        self.timeout = timeout
+        self.log_output = log_output
+        self.on_progress = on_progress
+        self.worker = worker  # a started execute.start_worker() for the first run
+        self._done: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, runs: list) -> dict[int, str | None]:
+        from research.runs import execute_run, run_in_parallel
+
+        run_ids = [run.id for run in runs]
+        tasks = [
+            (
+                lambda rid=rid, w=(self.worker if n == 0 else None): execute_run(
+                    self.db_path,
+                    rid,
+                    timeout=self.timeout,
+                    log_output=self.log_output,
+                    on_progress=self.on_progress,
+                    worker=w,
+                )
+            )
+            for n, rid in enumerate(run_ids)
+        ]
+
+        def work() -> None:
+            try:
+                run_in_parallel(tasks, self.jobs, on_done=self._done.put)
+            except BaseException as exc:  # surfaced by poll() on the caller's thread
+                self._error = exc
+                self._done.put(None)
+
+        self._thread = threading.Thread(target=work, name="local-runs", daemon=True)
+        self._thread.start()
+        return {rid: None for rid in run_ids}
+
+    def poll(self, timeout: float) -> list[Update]:
+        updates = []
+        try:
+            item = self._done.get(timeout=timeout)
+            while True:
+                if item is None and self._error is not None:
+                    raise self._error
+                updates.append(Update(item.run_id, "recorded", result=item, status=item.status))
+                item = self._done.get_nowait()
+        except queue.Empty:
+            pass
+        return updates
+
+    def cancel(self, run_ids: list[int], reason: str) -> None:
+        from research.execute import INTERRUPTS
+
+        if not INTERRUPTS.is_set():
+            INTERRUPTS.trigger("cancel request")
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=0.1)
