@@ -573,19 +573,31 @@ def run(
     kernel: Annotated[str | None, typer.Option("--kernel", help="Jupyter kernel name (default: the notebook's, else python3).")] = None,
     log_output: Annotated[bool, typer.Option("--log-output", help="Stream the notebook's output to the terminal.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and show the runs without running them.")] = False,
+    executor: Annotated[str | None, typer.Option("--executor", "-x", help="local, dask or slurm (default: `executor` in [tool.research], else local).")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler, e.g. tcp://HOST:8786 (default: a local cluster of -j workers).")] = None,
+    executor_option: Annotated[list[str] | None, typer.Option("--executor-option", "-E", help="KEY=VALUE for the executor, e.g. partition=gpu, gpus_per_task=1, time_limit=120, array_parallelism=8, cluster=local (repeatable).")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="slurm: submit and return; `research runs` collects the results.")] = False,
 ) -> None:
-    """Run an item's linked notebook(s) with checked parameters; --grid sweeps."""
+    """Run an item's linked notebook(s) with checked parameters; --grid sweeps; --executor dask|slurm runs them elsewhere."""
     from research.execute import discard_worker, start_worker
+    from research.executors import load_settings
 
+    settings = load_settings(_project_root(), executor, scheduler, executor_option)
+    if settings.executor != "local" and log_output:
+        raise ResearchError("--log-output needs the local executor; remote runs keep their output in the notebook")
+    if no_wait and settings.executor != "slurm":
+        raise ResearchError("--no-wait is for the slurm executor (dask runs end with their client)")
     # The first run's worker starts now, importing papermill while we check and plan.
-    worker = None if dry_run else start_worker()
+    worker = None if dry_run or settings.executor != "local" else start_worker()
     try:
-        _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log_output, dry_run, worker)
+        _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log_output, dry_run, worker,
+             settings, not no_wait)
     finally:
         discard_worker(worker)
 
 
-def _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log_output, dry_run, worker) -> None:
+def _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log_output, dry_run, worker,
+         settings=None, wait: bool = True) -> None:
     from research import render
     from research.backlog import resolve_item
     from research.params import expand_grid, load_params_file, parse_assignments
@@ -602,29 +614,50 @@ def _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log
             plans = plan_runs(session, item, root, notebook, given, file_params, points)
         render.print_json([{"item": p.item.slug, "notebook": p.notebook, "params": p.params} for p in plans])
         return
-    with _session(write=True) as session:
-        item = resolve_item(session, item_id)
-        plans = plan_runs(session, item, root, notebook, given, file_params, points)
-        run_ids, sweep_id = create_runs(session, plans, root, kernel)
+    remote = None
+    if settings is not None and settings.executor != "local":
+        from research.executors import make_executor
+
+        remote = make_executor(settings, db_path(), jobs, timeout)
+        remote.start()  # reach the engine before anything is written
+    try:
+        with _session(write=True) as session:
+            item = resolve_item(session, item_id)
+            plans = plan_runs(session, item, root, notebook, given, file_params, points)
+            run_ids, sweep_id = create_runs(session, plans, root, kernel, executor=remote.name if remote else "local")
+    except BaseException:
+        if remote is not None:
+            remote.close()
+        raise
     if sweep_id:
-        typer.echo(f"sweep {sweep_id}: {len(run_ids)} runs, {min(jobs, len(run_ids))} at a time", err=True)
-    _execute(run_ids, jobs, timeout, log_output, worker)
+        where = f"on {remote.name}" if remote else f"{min(jobs, len(run_ids))} at a time"
+        typer.echo(f"sweep {sweep_id}: {len(run_ids)} runs, {where}", err=True)
+    _execute(run_ids, jobs, timeout, log_output, worker, remote, wait)
 
 
-def _execute(run_ids: list[int], jobs: int, timeout: float | None, log_output: bool, worker=None) -> None:
+def _execute(run_ids: list[int], jobs: int, timeout: float | None, log_output: bool, worker=None,
+             executor=None, wait: bool = True) -> None:
+    """Submit the runs to ``executor`` (default: the local pool) and follow them to their end."""
     from research import render
     from research.execute import handle_interrupts
-    from research.runs import execute_run, run_in_parallel
+    from research.executors.driver import follow, submit
+    from research.executors.local import LocalExecutor
 
     path = db_path()
-    progress = render.RunProgress(run_ids, enabled=not log_output)
-    with handle_interrupts() as interrupts, progress:
-        tasks = [
-            (lambda rid=rid, w=(worker if n == 0 else None): execute_run(
-                path, rid, timeout=timeout, log_output=log_output, on_progress=progress.update, worker=w))
-            for n, rid in enumerate(run_ids)
-        ]
-        results = run_in_parallel(tasks, jobs, on_done=progress.finish)
+    if executor is None:
+        progress = render.RunProgress(run_ids, enabled=not log_output)
+        executor = LocalExecutor(path, jobs, timeout, log_output, progress.update, worker)
+    else:
+        progress = render.SweepProgress(run_ids, f"{executor.name}")
+    with executor, handle_interrupts() as interrupts, progress:
+        external = submit(path, executor, run_ids)
+        if not wait:
+            ids = ", ".join(e for e in external.values() if e)
+            typer.echo(f"submitted {len(run_ids)} run(s) to {executor.name} ({ids}); "
+                       "`research runs --sync` collects their results", err=True)
+            return
+        results = follow(path, executor, run_ids, interrupts,
+                         on_running=getattr(progress, "start", None), on_done=progress.finish)
         interrupted = interrupts.is_set()
     for result in results:
         typer.echo(render.run_summary_line(result))
@@ -662,20 +695,25 @@ def rerun(
 
 @app.command()
 def runs(
-    args: Annotated[list[str] | None, typer.Argument(help="[ID|SLUG] to filter by item, or `show RUN`, `rm RUN...`.", show_default=False)] = None,
+    args: Annotated[list[str] | None, typer.Argument(help="[ID|SLUG] to filter by item, or `show RUN`, `rm RUN...`, `cancel RUN...|--sweep ID`.", show_default=False)] = None,
     status: Annotated[str | None, typer.Option("--status", "-s", help="Only runs with this status.")] = None,
     sweep: Annotated[str | None, typer.Option("--sweep", help="Only runs of this sweep.")] = None,
     where: Annotated[str | None, typer.Option("--where", "-w", help="Filter on params and metrics, e.g. 'metrics.loss < 0.1 and params.lr = 0.01'.")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="With rm: do not ask.")] = False,
+    sync: Annotated[bool, typer.Option("--sync", help="Collect finished Dask/Slurm runs and say what was collected (every listing collects them).")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """List runs (all, or an item's); `runs show RUN` for one in full; `runs rm RUN...` to delete."""
+    """List runs (all, or an item's); `runs show RUN` for one in full; `runs rm RUN...` to delete; `runs cancel` to stop."""
     from research import render
     from research.backlog import resolve_item
     from research.runs import query_runs
 
     _recover()
+    _sync_remote(verbose=sync)
     args = list(args or [])
+    if args and args[0] == "cancel":
+        _runs_cancel(args[1:], sweep)
+        return
     if args and args[0] == "show":
         if len(args) != 2:
             raise ResearchError("usage: research runs show RUN")
@@ -695,6 +733,35 @@ def runs(
         render.info("No runs.")
     else:
         render.write_runs_table(rows)
+
+
+def _sync_remote(verbose: bool = False) -> None:
+    from research.executors.records import sync_runs
+
+    report = sync_runs(db_path())
+    if verbose or report.collected:
+        typer.echo(report.summary(), err=True)
+
+
+def _runs_cancel(refs: list[str], sweep: str | None) -> None:
+    from research import render
+    from research.executors.records import cancel_runs
+    from research.runs import query_runs, resolve_run
+
+    if bool(refs) == bool(sweep):
+        raise ResearchError("usage: research runs cancel RUN... | research runs cancel --sweep ID")
+    with _session() as session:
+        if sweep:
+            ids = [r["id"] for r in query_runs(session, sweep=sweep)]
+            if not ids:
+                raise ResearchError(f"no runs in sweep {sweep!r}")
+        else:
+            ids = [resolve_run(session, ref).id for ref in refs]
+    results = cancel_runs(db_path(), ids)
+    if not results:
+        render.info("nothing to cancel: those runs have already ended")
+    for result in results:
+        typer.echo(render.run_summary_line(result))
 
 
 def _runs_show(run_ref: str, json_: bool) -> None:
