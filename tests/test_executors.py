@@ -282,8 +282,7 @@ def test_submitit_local_sweep_is_collected_by_research_runs(cli, project):
     assert [r["executor"] for r in rows] == ["slurm"] * 3
     assert all(r["external_id"].startswith("local:") for r in rows)
     # Every `research runs` collects what finished (here: submitit's result files).
-    runs = wait_for(lambda: (lambda rs: rs if all(r["status"] == "succeeded" for r in rs) else None)(
-        cli.json("runs", "exp")), timeout=120, every=1.0)
+    runs = wait_for(lambda: _when_all(cli.json("runs", "exp"), "succeeded"), timeout=120, every=1.0)
     for run in runs:
         n = run["params"]["n"]
         assert run["metrics"]["n2"] == n * n
@@ -329,10 +328,14 @@ def test_submitit_local_job_that_vanishes_ends_failed_with_the_engine_reason(cli
     for proc in [*controller.children(recursive=True), controller]:
         proc.kill()
     controller.wait(timeout=10)
-    (listed,) = wait_for(lambda: (lambda rs: rs if rs[0]["status"] != "queued" and rs[0]["status"] != "running" else None)(
-        cli.json("runs")), timeout=30)
+    (listed,) = wait_for(lambda: _when_all(cli.json("runs"), "failed"), timeout=30)
     assert listed["status"] == "failed"
     assert f"slurm job {row['external_id']} is gone without a result" in listed["reason"]
+
+
+def _when_all(rows: list[dict], status: str) -> list[dict] | None:
+    """The rows once every one has this status (`research runs` collects as it lists)."""
+    return rows if rows and all(r["status"] == status for r in rows) else None
 
 
 def _zombie(pid: int) -> bool:
