@@ -614,19 +614,22 @@ def _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log
             plans = plan_runs(session, item, root, notebook, given, file_params, points)
         render.print_json([{"item": p.item.slug, "notebook": p.notebook, "params": p.params} for p in plans])
         return
-    remote = None
+    remote = started = None
     if settings is not None and settings.executor != "local":
-        from research.executors import make_executor
+        from research.executors import make_executor, start_in_background
 
         remote = make_executor(settings, db_path(), jobs, timeout)
-        remote.start()  # reach the engine before anything is written
+        started = start_in_background(remote)  # importing and reaching the engine overlaps planning
     try:
         with _session(write=True) as session:
             item = resolve_item(session, item_id)
             plans = plan_runs(session, item, root, notebook, given, file_params, points)
+            if started:
+                started()  # the engine is reachable before anything is written
             run_ids, sweep_id = create_runs(session, plans, root, kernel, executor=remote.name if remote else "local")
     except BaseException:
         if remote is not None:
+            started(raise_errors=False)
             remote.close()
         raise
     if sweep_id:
