@@ -79,6 +79,32 @@ class Executor(ABC):
         return False
 
 
+def start_in_background(executor: Executor):
+    """Start ``executor`` on a thread (importing the engine overlaps planning); returns ``wait``.
+
+    ``wait()`` joins it and re-raises what ``start`` raised; ``wait(raise_errors=False)`` only joins.
+    """
+    import threading
+
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            executor.start()
+        except BaseException as exc:  # handed to the caller's thread by wait()
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="executor-start", daemon=True)
+    thread.start()
+
+    def wait(raise_errors: bool = True) -> None:
+        thread.join()
+        if raise_errors and failure:
+            raise failure[0]
+
+    return wait
+
+
 def make_executor(
     settings: ExecutorSettings,
     db_path: Path,
@@ -102,4 +128,12 @@ def make_executor(
     return SlurmExecutor(db_path, settings, jobs, timeout)
 
 
-__all__ = ["EXECUTORS", "Executor", "ExecutorSettings", "Update", "load_settings", "make_executor"]
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "ExecutorSettings",
+    "Update",
+    "load_settings",
+    "make_executor",
+    "start_in_background",
+]

@@ -32,7 +32,7 @@ from pathlib import Path
 from research.errors import ResearchError
 from research.execute import KILL_GRACE_S
 from research.executors import Executor, ExecutorSettings, Update
-from research.executors.remote import CANCEL_EVENT_PREFIX, build_task, dask_task
+from research.executors.remote import CANCEL_EVENT_PREFIX, SPARES, build_task, dask_task
 from research.runs import project_root_of
 
 LOST_SCHEDULER_S = 60.0  # a client without its scheduler for this long gives its runs up
@@ -94,6 +94,9 @@ class DaskExecutor(Executor):
                     dashboard_address=None,
                 )
             self.client = Client(self.cluster, set_as_default=False)
+            # Our workers are threads of this process: their first runner starts now, so that
+            # importing papermill overlaps planning (as the local executor's first run does).
+            SPARES.expect(1, self.jobs)
         self.address = self.client.scheduler.address
         self.client.subscribe_topic(self.topic, self._events.put)
 
@@ -113,9 +116,9 @@ class DaskExecutor(Executor):
         if self.cluster is not None:
             import logging
 
-            logging.getLogger("distributed").setLevel(
-                logging.CRITICAL
-            )  # shutdown chatter of our own cluster
+            SPARES.clear()
+            # No shutdown chatter from our own cluster.
+            logging.getLogger("distributed").setLevel(logging.CRITICAL)
             self.cluster.close(timeout=10)
             self.cluster = None
 
@@ -138,6 +141,8 @@ class DaskExecutor(Executor):
             if self.settings.get("gpus_per_task")
             else None
         )
+        if self.cluster is not None and len(runs) > 1:  # one spare runner is already starting
+            SPARES.expect(len(runs) - 1, self.jobs)
         external = {}
         for run in runs:
             key = f"research-run-{run.id}-{uuid.uuid4().hex[:8]}"

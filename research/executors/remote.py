@@ -33,6 +33,51 @@ CANCEL_EVENT_PREFIX = "research-cancel-"
 CANCEL_POLL_S = 1.0
 
 
+class SparePool:
+    """Runner processes started ahead of their run (``execute.start_worker``), so that importing
+    papermill overlaps the previous run. Used by the Dask executor's in-process LocalCluster,
+    whose workers are threads of this process; anywhere else ``take`` returns None."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spares: list = []
+        self._expected = 0  # runs that may still take a spare
+        self._size = 0
+
+    def expect(self, runs: int, size: int) -> None:
+        """``runs`` more runs will come, up to ``size`` at once: keep that many spares ready."""
+        with self._lock:
+            self._expected += runs
+            self._size = size
+            self._refill()
+
+    def _refill(self) -> None:
+        from research.execute import start_worker
+
+        while len(self._spares) < min(self._size, self._expected):
+            self._spares.append(start_worker())
+
+    def take(self):
+        with self._lock:
+            if not self._spares:
+                return None
+            worker = self._spares.pop(0)
+            self._expected -= 1
+            self._refill()
+            return worker
+
+    def clear(self) -> None:
+        from research.execute import discard_worker
+
+        with self._lock:
+            spares, self._spares, self._expected = self._spares, [], 0
+        for worker in spares:
+            discard_worker(worker)
+
+
+SPARES = SparePool()
+
+
 def build_task(
     run, project_root: Path, timeout: float | None, git: dict[str, Any], key: str | None = None
 ) -> dict[str, Any]:
@@ -82,7 +127,9 @@ def run_remote(task: dict[str, Any]) -> dict[str, Any]:
         run_dir.mkdir()
         project_root = Path(task["project_root"])
         cwd = project_root if project_root.is_dir() else run_dir
-        if os.environ.get("SUBMITIT_FOLDER"):  # a line in the job's log (a Dask worker's stdout may be the CLI's)
+        if os.environ.get(
+            "SUBMITIT_FOLDER"
+        ):  # a line in the job's log (a Dask worker's stdout may be the CLI's)
             print(f"research: run {task['run_id']}: {task['notebook']} in {cwd}", flush=True)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="environment") as pool:
             environment = pool.submit(capture_environment, cwd)
@@ -96,6 +143,7 @@ def run_remote(task: dict[str, Any]) -> dict[str, Any]:
                 kernel_name=task.get("kernel"),
                 timeout=task.get("timeout"),
                 interrupts=interrupts,
+                worker=SPARES.take(),
             )
             ended_at = clock.now_iso()
             env = environment.result()
