@@ -343,3 +343,102 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] == "Z"
     except (OSError, IndexError):
         return True
+
+
+# --------------------------------------------------------------------------- a real single-node Slurm
+
+SLURM_DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch", "scancel", "squeue")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def slurm_conf(tmp_path_factory):
+    """munged, slurmctld and slurmd (Debian's slurm-wlm packages) in the foreground, on free ports."""
+    import socket
+
+    if os.geteuid() != 0 or any(shutil.which(name) is None for name in SLURM_DAEMONS):
+        pytest.skip("needs root and Debian's slurmctld, slurmd, slurm-client and munge packages")
+    folder = tmp_path_factory.mktemp("slurm")
+    for sub in ("state", "spool", "munge"):
+        (folder / sub).mkdir(mode=0o700)
+    key = folder / "munge" / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o600)
+    host = socket.gethostname().split(".")[0]
+    conf = folder / "slurm.conf"
+    conf.write_text("\n".join([
+        "ClusterName=research-test", f"SlurmctldHost={host}", "SlurmUser=root", "SlurmdUser=root",
+        f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
+        f"StateSaveLocation={folder}/state", f"SlurmdSpoolDir={folder}/spool",
+        f"SlurmctldPidFile={folder}/slurmctld.pid", f"SlurmdPidFile={folder}/slurmd.pid",
+        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "JobAcctGatherType=jobacct_gather/none",
+        "AccountingStorageType=accounting_storage/none", "JobCompType=jobcomp/none", "MpiDefault=none",
+        "SchedulerType=sched/backfill", "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
+        "AuthType=auth/munge", f"AuthInfo=socket={folder}/munge/munge.sock", "ReturnToService=2",
+        f"SlurmctldLogFile={folder}/slurmctld.log", f"SlurmdLogFile={folder}/slurmd.log",
+        f"NodeName={host} CPUs={os.cpu_count()} State=UNKNOWN",
+        "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", "",
+    ]))
+    env = {**_env(), "SLURM_CONF": str(conf)}
+    commands = [
+        ["munged", "--foreground", "--force", f"--key-file={key}", f"--socket={folder}/munge/munge.sock",
+         f"--pid-file={folder}/munge/munged.pid", f"--log-file={folder}/munge/munged.log",
+         f"--seed-file={folder}/munge/seed"],
+        ["slurmctld", "-D", "-c", "-f", str(conf)],
+        ["slurmd", "-D", "-c", "-f", str(conf), "-N", host],
+    ]
+    daemons = []
+    try:
+        for command in commands:
+            daemons.append(subprocess.Popen(command, env=env, cwd=folder, start_new_session=True,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(0.5)
+
+        def idle() -> bool:
+            out = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True)
+            return out.returncode == 0 and out.stdout.strip() == "idle"
+
+        try:
+            wait_for(idle, timeout=30, every=0.5)
+        except AssertionError:
+            pytest.skip("a single-node Slurm did not come up here")
+        yield conf
+    finally:
+        subprocess.run(["scancel", "--full", "-u", "root"], env=env, capture_output=True)
+        for proc in reversed(daemons):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in daemons:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_real_slurm_job_array_results_and_cancel(cli, project, slurm_conf, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", str(slurm_conf))
+    result = cli("run", "exp", "--grid", "steps=1,2,3", "-x", "slurm", "-E", "time_limit=5", "-E", "partition=debug")
+    assert result.stdout.count("succeeded") == 3
+    runs = cli.json("runs", "exp")
+    arrays = {r["external_id"].split("_")[0] for r in runs}
+    assert len(arrays) == 1 and sorted(r["external_id"].split("_")[1] for r in runs) == ["0", "1", "2"]
+    assert [r["metrics"]["loss"] for r in runs] == pytest.approx([0.0, 0.5, 1.0])
+    # Cancelled on the engine: scancel, the job stops its notebook and sends it back.
+    cli("link", "exp", "notebooks/sleep.ipynb")
+    cli("run", "exp", "-n", "sleep", "-p", "seconds=60", "-x", "slurm", "--no-wait")
+    row = run_rows(project / "todo.db")[-1]
+    folder = project / "runs" / ".submitit" / row["external_id"]
+    wait_for(lambda: "research: run" in "".join(p.read_text() for p in folder.glob("*_log.out")), timeout=60)
+    time.sleep(2.0)
+    assert "interrupted" in cli("runs", "cancel", str(row["id"])).stdout
+    detail = cli.json("runs", "show", str(row["id"]))
+    assert detail["status"] == "interrupted" and (project / detail["output_path"]).exists()

@@ -228,16 +228,12 @@ def job_updates(
         if not external_id:
             continue
         jobs[run_id] = (held or {}).get(run_id) or _job(project_root, external_id)
-    slurm_jobs = [job for rid, job in jobs.items() if not dict(rows)[rid].startswith(LOCAL_PREFIX)]
-    states: dict[str, str] = {}
-    if slurm_jobs and ask_slurm and shutil.which("sacct"):
-        watcher = type(slurm_jobs[0]).watcher
-        watcher.update()
-        states = {job.job_id: watcher.get_state(job.job_id, mode="cache") for job in slurm_jobs}
+    slurm_ids = [ext for rid, ext in rows if rid in jobs and not ext.startswith(LOCAL_PREFIX)]
+    states = slurm_states(slurm_ids) if slurm_ids and ask_slurm else {}
     for run_id, job in jobs.items():
         external_id = dict(rows)[run_id]
         local = external_id.startswith(LOCAL_PREFIX)
-        state = _local_state(job) if local else states.get(job.job_id, "").split(" ")[0].upper()
+        state = _local_state(job) if local else states.get(external_id, "")
         path = _result_path(job)
         if path.exists():
             try:
@@ -266,6 +262,45 @@ def job_updates(
         else:
             updates.append(_ended_without_result(run_id, external_id, state, _log_tail(job)))
     return updates
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """Slurm's state of each job (``123_4``): from sacct, or, where accounting is off, from squeue.
+
+    With squeue, a job that has left the queue is ``GONE``; a job Slurm does not
+    mention (yet) is left out, as is everything when Slurm cannot be asked.
+    """
+    arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
+    wanted = set(job_ids)
+    states: dict[str, str] = {}
+    if shutil.which("sacct"):
+        cmd = ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)]
+        proc = _ask(cmd)
+        if proc is not None and proc.returncode == 0:
+            for line in proc.stdout.splitlines():
+                job_id, _, state = line.partition("|")
+                if job_id in wanted:
+                    states[job_id] = state.split(" ")[0].upper()
+            return states
+    if shutil.which("squeue"):
+        import getpass
+
+        proc = _ask(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"])
+        if proc is not None and proc.returncode == 0:
+            queued = dict(
+                line.partition("|")[::2] for line in proc.stdout.splitlines() if "|" in line
+            )
+            return {job_id: queued.get(job_id, "GONE").upper() for job_id in job_ids}
+    return states
+
+
+def _ask(cmd: list[str]):
+    try:
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _failed_job(run_id: int, external_id: str, trace: str) -> Update:
