@@ -24,6 +24,7 @@ shared filesystem.
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 import uuid
@@ -66,13 +67,14 @@ class DaskExecutor(Executor):
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        import logging
-
         import dask
         from distributed import Client, LocalCluster
 
         address = self.settings.get("scheduler")
         timeout = float(self.settings.get("connect_timeout", 10.0))
+        # A lost worker or scheduler ends its runs with the reason; distributed's own log
+        # lines and tracebacks (some logged after the client closes) would be terminal noise.
+        _quiet_distributed()
         if address:
             try:
                 self.client = Client(address, timeout=timeout, set_as_default=False)
@@ -81,7 +83,6 @@ class DaskExecutor(Executor):
                     f"cannot reach the Dask scheduler at {address}: {exc}"
                 ) from None
         else:
-            logging.getLogger("distributed").setLevel(logging.ERROR)
             # One task per single-threaded worker at a time, so "running" means running.
             with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
                 self.cluster = LocalCluster(
@@ -114,11 +115,7 @@ class DaskExecutor(Executor):
             self.client.close(timeout=10)
             self.client = None
         if self.cluster is not None:
-            import logging
-
             SPARES.clear()
-            # No shutdown chatter from our own cluster.
-            logging.getLogger("distributed").setLevel(logging.CRITICAL)
             self.cluster.close(timeout=10)
             self.cluster = None
 
@@ -218,12 +215,11 @@ class DaskExecutor(Executor):
             )
         if run_id in self._cancelled:
             return Update(run_id, "ended", status="interrupted", reason=self._cancelled[run_id])
-        return Update(
-            run_id,
-            "ended",
-            status="failed",
-            reason=f"dask {status} the task (scheduler {self.address})",
-        )
+        if self.client is None or self.client.status != "running":
+            reason = f"lost the connection to the Dask scheduler at {self.address} (task {status})"
+        else:
+            reason = f"the Dask scheduler at {self.address} dropped the task ({status})"
+        return Update(run_id, "ended", status="failed", reason=reason)
 
     def _check_scheduler(self) -> list[Update]:
         if self.client is None or self.client.status in ("running", "connecting", "newly-created"):
@@ -254,6 +250,17 @@ class DaskExecutor(Executor):
                 self.client.cancel(not_started)
             except Exception:
                 pass
+
+
+def _quiet_distributed() -> None:
+    """Only critical records from distributed's loggers (its config gives some their own level)."""
+    names = [
+        n
+        for n in logging.root.manager.loggerDict
+        if n == "distributed" or n.startswith("distributed.")
+    ]
+    for name in {"distributed", *names}:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _short(text: str) -> str:

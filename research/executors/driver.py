@@ -83,7 +83,11 @@ def follow(
             next_check = time.monotonic() + CHECK_S
             for run in load_runs(db_path, list(open_ids)):
                 if run.status not in ("queued", "running"):
-                    done(run.id, closed_result(db_path, run.id))
+                    done(
+                        run.id,
+                        closed_result(db_path, run.id)
+                        or RunResult(run.id, run.status, run.reason, 0.0),
+                    )
         for update in executor.poll(POLL_S):
             if update.run_id not in open_ids:
                 continue
