@@ -816,6 +816,11 @@ def compare(
         render.write_compare_table(table)
 
 
+from research.cli_review import review  # noqa: E402 - light: typer and the standard library
+
+app.command("review")(review)
+
+
 def main() -> None:
     app()
 

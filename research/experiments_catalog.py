@@ -31,6 +31,7 @@ EXPERIMENTS = [
             "- Does backpressure combine with gradient accumulation?"
         ),
         tags=("systems", "data loading", "backpressure"),
+        best="max:peak_in_flight_ratio_vs_dataloader",
     ),
     ShippedExperiment(
         slug="incremental-transformer",
@@ -45,6 +46,7 @@ EXPERIMENTS = [
         ),
         tags=("streaming", "online learning", "transformers"),
         priority="critical",
+        best="max:cache_speedup_2048",
     ),
     ShippedExperiment(
         slug="streaming-attention",
@@ -57,6 +59,7 @@ EXPERIMENTS = [
             "attention and SDPA."
         ),
         tags=("memory wall", "attention", "kernels"),
+        best="max:memory_ratio_naive_over_blockwise",
     ),
 ]
 

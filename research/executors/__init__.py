@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from research.errors import ResearchError
 from research.executors.settings import EXECUTORS, ExecutorSettings, load_settings
 
 
@@ -105,6 +106,21 @@ def start_in_background(executor: Executor):
     return wait
 
 
+# The engine's importable module, per executor that needs one (the `executors` extra).
+ENGINE_MODULES = {"dask": "distributed", "slurm": "submitit"}
+
+
+def _require_engine(executor: str) -> None:
+    """A clear error, before any row is written, when the engine is not installed."""
+    import importlib.util
+
+    module = ENGINE_MODULES.get(executor)
+    if module and importlib.util.find_spec(module) is None:
+        raise ResearchError(
+            f"the {executor} executor needs {module}: pip install 'research[executors]'"
+        )
+
+
 def make_executor(
     settings: ExecutorSettings,
     db_path: Path,
@@ -115,6 +131,7 @@ def make_executor(
     worker=None,
 ) -> Executor:
     """The executor ``settings`` names, configured for one `research run`."""
+    _require_engine(settings.executor)
     if settings.executor == "local":
         from research.executors.local import LocalExecutor
 
