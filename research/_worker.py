@@ -9,6 +9,11 @@ Run as ``python -m research._worker``. Protocol with the parent:
   error, cells_done, cells_total, kernel_name). Everything else that this process,
   papermill or the kernel prints goes to stderr, which the parent keeps the tail of.
 
+While it waits for the job, the worker imports papermill and starts the default
+kernel (``python3``), so neither is paid after the job arrives. A job for another
+kernel shuts that one down and starts its own; a reused kernel is moved to the
+job's working directory and given the run's ``RESEARCH_RUN_DIR`` before any cell.
+
 SIGTERM or SIGINT: the kernel gets SIGINT (a KeyboardInterrupt in the running
 cell), no further cell starts, and the kernel is killed if it has not stopped
 within ``INTERRUPT_GRACE_S``. Either way papermill saves the output notebook and
@@ -17,6 +22,7 @@ nbclient shuts the kernel down, and the result says ``interrupted``.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -27,6 +33,7 @@ import threading
 from research.record import RUN_DIR_ENV
 
 INTERRUPT_GRACE_S = 3.0
+NO_PRESTART_ENV = "RESEARCH_NO_PRESTART"  # set: start the kernel only once the job is known
 DEFAULT_KERNEL = "python3"
 ENGINE_NAME = "research"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
@@ -48,6 +55,7 @@ class _State:
         self.cells_done = 0
         self.cells_total = 0
         self.nb = None  # the executed notebook object
+        self.prestarted = None  # kernel manager of the kernel started before the job came
 
 
 STATE = _State()
@@ -123,7 +131,7 @@ def _read_job() -> dict | None:
 # --------------------------------------------------------------------------- papermill engine
 
 
-def _make_engine(kernel_meta: dict):
+def _make_engine(kernel_meta: dict, job_cwd: str):
     """A papermill engine that reports progress and the kernel pid, and stops on request."""
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine, NotebookExecutionManager
@@ -155,14 +163,30 @@ def _make_engine(kernel_meta: dict):
                 _emit("progress", done=STATE.cells_done, total=STATE.cells_total)
 
     class Client(PapermillNotebookClient):
+        reused = False
+
         def start_new_kernel(self, **kwargs):
-            super().start_new_kernel(**kwargs)
-            provisioner = getattr(self.km, "provisioner", None)
-            process = getattr(provisioner, "process", None)
-            STATE.kernel_process = process
-            STATE.kernel_pgid = getattr(provisioner, "pgid", None)
-            _emit("kernel", pid=getattr(process, "pid", None))
+            prestarted, STATE.prestarted = STATE.prestarted, None
+            if prestarted is not None and prestarted.kernel_name == self.kernel_name:
+                self.km, self.reused = prestarted, True
+            else:
+                _shutdown_kernel(prestarted)
+                super().start_new_kernel(**kwargs)
+            _track_kernel(self.km)
             # If asked to stop meanwhile, the first cell_start raises _Terminated.
+
+        def start_new_kernel_client(self):
+            kc = super().start_new_kernel_client()
+            if self.reused:
+                # What a fresh kernel would have got at launch: the job's cwd and run dir.
+                code = (
+                    f"__import__('os').chdir({job_cwd!r})\n"
+                    f"__import__('os').environ[{RUN_DIR_ENV!r}] = {os.environ.get(RUN_DIR_ENV, '')!r}"
+                )
+                reply = self.wait_for_reply(kc.execute(code, silent=True, store_history=False))
+                if (reply or {}).get("content", {}).get("status") != "ok":
+                    raise RuntimeError("kernel didn't respond to its set-up")
+            return kc
 
     class Engine(NBClientEngine):
         @classmethod
@@ -322,7 +346,7 @@ def _run(job: dict) -> dict:
     from papermill.engines import papermill_engines
     from papermill.exceptions import PapermillExecutionError
 
-    papermill_engines.register(ENGINE_NAME, _make_engine(kernel_meta))
+    papermill_engines.register(ENGINE_NAME, _make_engine(kernel_meta, job.get("cwd") or os.getcwd()))
     parameters = job.get("parameters") or {}
     had_injected = any(
         "injected-parameters" in ((c.get("metadata") or {}).get("tags") or [])
@@ -390,28 +414,61 @@ def _stop_kernel_if_alive() -> None:
             pass
 
 
-def _preimport() -> None:
+def _track_kernel(km, prestarted: bool = False) -> None:
+    """Remember the kernel's process (to interrupt or kill it) and tell the parent its pid."""
+    provisioner = getattr(km, "provisioner", None)
+    process = getattr(provisioner, "process", None)
+    STATE.kernel_process = process
+    STATE.kernel_pgid = getattr(provisioner, "pgid", None)
+    _emit("kernel", pid=getattr(process, "pid", None), prestarted=prestarted)
+
+
+def _shutdown_kernel(km) -> None:
+    if km is None:
+        return
+    from jupyter_core.utils import run_sync
+
+    try:
+        run_sync(km.shutdown_kernel)(now=True)
+    except Exception:
+        _stop_kernel_if_alive()
+
+
+def _prepare() -> None:
+    """Import papermill and start the default kernel while the job is on its way."""
     try:
         import nbclient  # noqa: F401
         import papermill  # noqa: F401
+        from jupyter_client.manager import AsyncKernelManager  # what nbclient uses
+        from jupyter_core.utils import run_sync
     except Exception:
-        pass  # the real import in _run reports any problem
+        return  # the real import in _run reports any problem
+    if os.environ.get(NO_PRESTART_ENV):
+        return
+    km = AsyncKernelManager(kernel_name=DEFAULT_KERNEL)
+    try:
+        # The arguments nbclient would give it (its in-memory history).
+        run_sync(km.start_kernel)(extra_arguments=["--HistoryManager.hist_file=:memory:"])
+    except Exception:
+        return  # the job starts its kernel itself, and reports what goes wrong
+    STATE.prestarted = km
+    _track_kernel(km, prestarted=True)
 
 
 def main() -> int:
     global _proto
+    gc.set_threshold(50_000, 20, 20)  # short-lived: fewer collections while papermill loads
     _proto = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)  # stray prints (ours, papermill's, the kernel's) go to stderr
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    # Import papermill while the parent is still preparing the job: a worker
-    # started early (see execute.start_worker) then costs no import time.
-    preimport = threading.Thread(target=_preimport, name="preimport", daemon=True)
-    preimport.start()
+    # While the parent is still preparing the job (the job waits in the pipe): a
+    # worker started early (see execute.start_worker) then costs no start-up time.
+    _prepare()
     job = _read_job()
     if not job:
+        _shutdown_kernel(STATE.prestarted)
         return 2
-    preimport.join()  # importing the same packages from two threads at once is not safe
     if job.get("run_dir"):
         os.environ[RUN_DIR_ENV] = job["run_dir"]  # the kernel inherits it
     threading.Thread(target=_watch_parent, name="watch-parent", daemon=True).start()
@@ -425,6 +482,7 @@ def main() -> int:
     except BaseException as exc:  # report, never leave without a result line
         result = _result("failed", f"{type(exc).__name__}: {_first_line(str(exc))}".rstrip(": "))
     finally:
+        _shutdown_kernel(STATE.prestarted)  # the job ended before it took the kernel
         _stop_kernel_if_alive()
     if STATE.terminating and result["status"] != "succeeded":
         result["status"] = "interrupted"
@@ -439,4 +497,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # The result is out and the kernel is down: skip the interpreter's slow teardown of
+    # papermill, zmq and their threads, which the parent would otherwise wait for.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

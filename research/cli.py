@@ -487,9 +487,8 @@ ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="key=v
 
 
 def _project_root() -> Path:
-    from research.runs import project_root_of
-
-    return project_root_of(db_path())
+    # Same as runs.project_root_of, without importing the ORM before `run` starts its worker.
+    return db_path().resolve().parent
 
 
 def _recover() -> None:

@@ -357,6 +357,7 @@ def execute_notebook(
 
     result: dict | None = None
     kernel: _ProcessRef | None = None
+    kernel_used = False  # a prestarted kernel counts once the job takes it
     cells_done = cells_total = 0
     resolved_kernel = kernel_name
     stopped_for: str | None = None  # "timeout" | "interrupted"
@@ -393,7 +394,8 @@ def execute_notebook(
                     if on_progress is not None:
                         on_progress(cells_done, cells_total)
                 elif kind == "kernel" and message.get("pid"):
-                    kernel = _ProcessRef(int(message["pid"]))
+                    kernel = _ProcessRef(int(message["pid"]))  # to kill, even if never used
+                    kernel_used = not message.get("prestarted")
                 elif kind == "kernel_name":
                     resolved_kernel = message.get("name") or resolved_kernel
                 elif kind == "result":
@@ -457,7 +459,7 @@ def execute_notebook(
         "cells_total": cells_total,
         "kernel_name": (result or {}).get("kernel_name") or resolved_kernel,
         "pid": proc.pid,
-        "kernel_pid": kernel.pid if kernel else None,
+        "kernel_pid": kernel.pid if kernel and kernel_used else None,
         "stderr_tail": "\n".join(list(tail)[-40:]),
     }
     if result is not None and result.get("status") == "succeeded":
