@@ -20,6 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _project import compile_bytecode  # noqa: E402
+
 
 def build_backlog(db_path: Path, n_items: int) -> None:
     """10,000 items: directions with topics with checklist tasks, as a real backlog nests them."""
@@ -84,6 +87,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
+    compile_bytecode()
 
     research = shutil.which("research") or str(Path(sys.executable).with_name("research"))
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,6 +26,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _project import compile_bytecode  # noqa: E402
+
 NOW = "2025-11-19T12:00:00"  # local time; the current ISO week is 2025-W47
 WEEKS = 8
 TARGET_S = 5.0
@@ -285,6 +288,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    compile_bytecode()
 
     os.environ["RESEARCH_NOW"] = NOW
     from research.review import build_review, chart_pngs, parse_period, write_review

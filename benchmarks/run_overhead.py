@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _project import make_project, research_cmd  # noqa: E402
+from _project import compile_bytecode, make_project, research_cmd  # noqa: E402
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -31,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
+    compile_bytecode()
     papermill = shutil.which("papermill") or str(Path(sys.executable).with_name("papermill"))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

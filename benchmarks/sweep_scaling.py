@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _project import make_project, research_cmd  # noqa: E402
+from _project import compile_bytecode, make_project, research_cmd  # noqa: E402
 
 
 def sweep(root: Path, env: dict[str, str], points: int, work: int, jobs: int, extra: tuple[str, ...] = ()) -> float:
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--work", type=int, default=3_000_000, help="loop iterations per run")
     parser.add_argument("--overhead-runs", type=int, default=8, help="trivial runs per overhead sweep")
     args = parser.parse_args()
+    compile_bytecode()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{args.points}-point sweep, {os.cpu_count()} cores, load average {load:.2f} at start")
     with tempfile.TemporaryDirectory() as tmp:
