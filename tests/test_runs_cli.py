@@ -190,6 +190,39 @@ def test_sigint_interrupts_a_run_and_keeps_its_notebook(cli, project):
     assert "Traceback" not in err
 
 
+def _processes_of(project: Path) -> list:
+    """Live processes started for this project's runs (workers and kernels inherit RESEARCH_DB)."""
+    import psutil
+
+    db = str(project / "todo.db")
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("RESEARCH_DB") == db and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.mark.slow
+def test_sigint_during_a_sweep_stops_the_spare_worker_and_its_kernel_too(cli, project):
+    cli("link", "exp", "notebooks/sleep.ipynb")
+    runner = _research("run", "exp", "-n", "sleep", "--grid", "seconds=60,61,62", cwd=project,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (project / "runs" / "1" / "metrics.jsonl").exists())
+
+    def workers():
+        return [p for p in _processes_of(project) if "research._worker" in " ".join(p.cmdline())]
+
+    _wait_for(lambda: len(workers()) == 2)  # the first run's, and a spare for the next one
+    runner.send_signal(signal.SIGINT)
+    out, err = runner.communicate(timeout=60)
+    assert runner.returncode == 130, err
+    assert [row["status"] for row in run_rows(project / "todo.db")] == ["interrupted"] * 3
+    _wait_for(lambda: not _processes_of(project), timeout=30)
+
+
 @pytest.mark.slow
 def test_concurrent_processes_lose_no_rows(cli, project):
     """Parallel runs and notes from several processes at once: every row and metric lands."""

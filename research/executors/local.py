@@ -5,6 +5,9 @@
 itself through ``runs.execute_run`` as it goes, and ``poll`` passes the
 finished ones on. Cancelling sets the process-wide interrupt flag that every
 running ``execute_notebook`` watches (Ctrl-C sets it too).
+
+A sweep keeps spare workers: when a run takes its worker, another starts for a run
+still to come, so importing papermill and starting a kernel overlap the runs before.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class LocalExecutor(Executor):
         self.timeout = timeout
         self.log_output = log_output
         self.on_progress = on_progress
-        self.worker = worker  # a started execute.start_worker() for the first run
+        self._spares = _SpareWorkers([worker] if worker is not None else [])
         self._done: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -43,18 +46,19 @@ class LocalExecutor(Executor):
         from research.runs import execute_run, run_in_parallel
 
         run_ids = [run.id for run in runs]
+        self._spares.expect(len(run_ids), self.jobs)
         tasks = [
             (
-                lambda rid=rid, w=(self.worker if n == 0 else None): execute_run(
+                lambda rid=rid: execute_run(
                     self.db_path,
                     rid,
                     timeout=self.timeout,
                     log_output=self.log_output,
                     on_progress=self.on_progress,
-                    worker=w,
+                    worker=self._spares.take(),
                 )
             )
-            for n, rid in enumerate(run_ids)
+            for rid in run_ids
         ]
 
         def work() -> None:
@@ -90,3 +94,43 @@ class LocalExecutor(Executor):
     def close(self) -> None:
         if self._thread is not None:
             self._thread.join(timeout=0.1)
+        self._spares.discard()
+
+
+class _SpareWorkers:
+    """Started workers waiting for a run, at most one per run still to start and per job slot."""
+
+    def __init__(self, started: list) -> None:
+        self._lock = threading.Lock()
+        self._stock = list(started)
+        self._to_start = 0
+        self._limit = 1
+        self._closed = False
+
+    def expect(self, runs: int, jobs: int) -> None:
+        with self._lock:
+            self._to_start, self._limit = runs, max(1, jobs)
+
+    def take(self):
+        """A started worker for the run about to start (None: it starts its own)."""
+        from research.execute import INTERRUPTS, start_worker
+
+        with self._lock:
+            self._to_start -= 1
+            worker = None
+            while self._stock and worker is None:
+                candidate = self._stock.pop(0)
+                worker = candidate if candidate.poll() is None else None
+            want = min(self._to_start, self._limit) - len(self._stock)
+            if not self._closed and not INTERRUPTS.is_set():
+                self._stock.extend(start_worker() for _ in range(max(0, want)))
+        return worker
+
+    def discard(self) -> None:
+        from research.execute import discard_worker
+
+        with self._lock:
+            self._closed = True
+            stock, self._stock = self._stock, []
+        for worker in stock:
+            discard_worker(worker)
