@@ -2,8 +2,9 @@
 LocalCluster (`--executor dask -j 2`) against `-j 1`; then the per-run overhead of the Dask
 path against the local one.
 
-Prints wall times and speed-ups (target on 2 cores: at least 1.6x for both), and the
-overhead: a trivial notebook swept 1 and N times through each path, one run at a time; the
+Prints wall times, the CPU time of every process each sweep started (notebook work plus
+papermill's import and the kernel's start, about 0.8 s a run), speed-ups (target on 2 cores:
+at least 1.6x for both), and the overhead: a trivial notebook swept 1 and N times through each path, one run at a time; the
 slope (seconds per extra run) is the per-run cost and the intercept the fixed one (for
 Dask: importing distributed and starting the in-process cluster).
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -24,12 +26,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _project import compile_bytecode, make_project, research_cmd  # noqa: E402
 
 
-def sweep(root: Path, env: dict[str, str], points: int, work: int, jobs: int, extra: tuple[str, ...] = ()) -> float:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def sweep(root: Path, env: dict[str, str], points: int, work: int, jobs: int, extra: tuple[str, ...] = ()) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of every process it started) for one sweep."""
     seeds = ",".join(str(s) for s in range(points))
     cmd = [*research_cmd(), "run", "cpu", "--grid", f"seed={seeds}", "-p", f"work={work}", "-j", str(jobs), *extra]
-    start = time.perf_counter()
+    cpu, start = _children_cpu(), time.perf_counter()
     subprocess.run(cmd, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _children_cpu() - cpu
 
 
 def trivial(root: Path, env: dict[str, str], runs: int, extra: tuple[str, ...] = ()) -> float:
@@ -61,16 +69,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         env = make_project(root)
-        serial = sweep(root, env, args.points, args.work, jobs=1)
-        parallel = sweep(root, env, args.points, args.work, jobs=2)
-        dask = sweep(root, env, args.points, args.work, jobs=2, extra=("--executor", "dask"))
-        print(f"  -j 1                  {serial:6.2f} s  ({serial / args.points:.2f} s per run)")
-        print(f"  -j 2                  {parallel:6.2f} s")
-        print(f"  --executor dask -j 2  {dask:6.2f} s  (2-worker LocalCluster)")
+        serial, serial_cpu = sweep(root, env, args.points, args.work, jobs=1)
+        parallel, parallel_cpu = sweep(root, env, args.points, args.work, jobs=2)
+        dask, dask_cpu = sweep(root, env, args.points, args.work, jobs=2, extra=("--executor", "dask"))
+        cores = os.cpu_count() or 1
+        print("                         wall      CPU (all processes)   CPU / wall")
+        for name, wall, cpu in (("-j 1", serial, serial_cpu), ("-j 2", parallel, parallel_cpu),
+                                ("--executor dask -j 2", dask, dask_cpu)):
+            print(f"  {name:21s} {wall:6.2f} s   {cpu:6.2f} s ({cpu / args.points:.2f} s per run)   {cpu / wall:.2f}")
         for name, wall in (("-j 2", parallel), ("dask -j 2", dask)):
             speedup = serial / wall
             verdict = "meets" if speedup >= 1.6 else "misses"
             print(f"speed-up {name} vs -j 1 = {speedup:.2f}x ({verdict} the 1.6x target)")
+        print(f"(-j 1 starts the next run's worker and kernel on the idle core while a run executes, so it uses "
+              f"{serial_cpu / serial:.2f} of {cores} cores; -j 2 is bounded below by CPU / {cores} = "
+              f"{parallel_cpu / cores:.2f} s)")
 
         n = args.overhead_runs
         local_run, local_fixed = overhead(root, env, n)
