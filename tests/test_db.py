@@ -139,3 +139,16 @@ def test_newer_schema_is_refused(isolated):
     conn.close()
     with pytest.raises(ResearchError, match="newer"):
         db.ensure_schema(path)
+
+
+def test_a_command_process_closes_the_database_cleanly(isolated):
+    """The `research` process freezes its heap at exit; it must still close SQLite first."""
+    import subprocess
+    import sys
+
+    for args in (["init", "--empty"], ["add", "A direction"], ["show", "1"]):
+        subprocess.run([sys.executable, "-m", "research", *args], cwd=isolated, check=True, capture_output=True)
+        # On the last clean close SQLite checkpoints the WAL and removes it.
+        assert not (isolated / "todo.db-wal").exists(), args
+    rows = sqlite3.connect(isolated / "todo.db").execute("SELECT title FROM item").fetchall()
+    assert rows == [("A direction",)]
