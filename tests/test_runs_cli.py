@@ -174,12 +174,18 @@ def test_sigkilled_runner_is_recovered_by_the_next_command(cli, project):
     _wait_for(lambda: not Path(f"/proc/{kernel_pid}").exists(), timeout=30)
 
 
-@pytest.mark.slow
-def test_sigint_interrupts_a_run_and_keeps_its_notebook(cli, project):
+def _sleeping_runner(cli, project: Path, *params: str) -> subprocess.Popen:
+    """`research run` of the sleep notebook in its own process, once the first run's kernel is busy."""
     cli("link", "exp", "notebooks/sleep.ipynb")
-    runner = _research("run", "exp", "-n", "sleep", "-p", "seconds=60", cwd=project,
+    runner = _research("run", "exp", "-n", "sleep", *params, cwd=project,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: (project / "runs" / "1" / "metrics.jsonl").exists())
+    return runner
+
+
+@pytest.mark.slow
+def test_sigint_interrupts_a_run_and_keeps_its_notebook(cli, project):
+    runner = _sleeping_runner(cli, project, "-p", "seconds=60")
     runner.send_signal(signal.SIGINT)
     out, err = runner.communicate(timeout=60)
     assert runner.returncode == 130, err
@@ -207,10 +213,7 @@ def _processes_of(project: Path) -> list:
 
 @pytest.mark.slow
 def test_sigint_during_a_sweep_stops_the_spare_worker_and_its_kernel_too(cli, project):
-    cli("link", "exp", "notebooks/sleep.ipynb")
-    runner = _research("run", "exp", "-n", "sleep", "--grid", "seconds=60,61,62", cwd=project,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: (project / "runs" / "1" / "metrics.jsonl").exists())
+    runner = _sleeping_runner(cli, project, "--grid", "seconds=60,61,62")
 
     def workers():
         return [p for p in _processes_of(project) if "research._worker" in " ".join(p.cmdline())]
