@@ -3,10 +3,11 @@ LocalCluster (`--executor dask -j 2`) against `-j 1`; then the per-run overhead 
 path against the local one.
 
 Prints wall times, the CPU time of every process each sweep started (notebook work plus
-papermill's import and the kernel's start, about 0.8 s a run), speed-ups (target on 2 cores:
-at least 1.6x for both), and the overhead: a trivial notebook swept 1 and N times through each path, one run at a time; the
-slope (seconds per extra run) is the per-run cost and the intercept the fixed one (for
-Dask: importing distributed and starting the in-process cluster).
+papermill's import and the kernel's start, about 0.8 s a run), speed-ups (target on 2
+cores: at least 1.6x for both), and the overhead: a trivial notebook swept 1 and N times
+through each path, one run at a time; the slope (seconds per extra run) is the per-run
+cost and the intercept the fixed one (for Dask: importing distributed and starting the
+in-process cluster).
 
     python benchmarks/sweep_scaling.py [--points 8] [--work 3000000] [--overhead-runs 8]
 """

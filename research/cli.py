@@ -487,8 +487,9 @@ ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="key=v
 
 
 def _project_root() -> Path:
-    # Same as runs.project_root_of, without importing the ORM before `run` starts its worker.
-    return db_path().resolve().parent
+    from research.db import project_root_of
+
+    return project_root_of(db_path())
 
 
 def _recover() -> None:

@@ -21,6 +21,11 @@ DB_ENV = "RESEARCH_DB"
 BUSY_TIMEOUT_MS = 30_000
 
 
+def project_root_of(db_path: Path) -> Path:
+    """The folder holding the database is the project root: notebooks and runs/ are relative to it."""
+    return Path(db_path).resolve().parent
+
+
 def find_database(explicit: str | os.PathLike | None = None, start: Path | None = None) -> Path:
     """The database to use, or a ResearchError saying none was found."""
     if explicit:

@@ -24,6 +24,7 @@ from sqlmodel import Session, select
 
 from research import clock
 from research.backlog import ChangeLog, set_status
+from research.db import project_root_of
 from research.errors import ResearchError
 from research.models import RUN_STATUSES, Item, Link, Metric, Run
 
@@ -31,11 +32,6 @@ RUNS_DIR = "runs"
 OUTPUT_NOTEBOOK = "output.ipynb"
 RUN_JSON = "run.json"
 STALE_HEARTBEAT = timedelta(minutes=2)  # a runner on another host is presumed dead after this
-
-
-def project_root_of(db_path: Path) -> Path:
-    """The folder holding the database is the project root: notebooks and runs/ are relative to it."""
-    return Path(db_path).resolve().parent
 
 
 # ---------------------------------------------------------------------------

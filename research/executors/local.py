@@ -37,7 +37,8 @@ class LocalExecutor(Executor):
         self.timeout = timeout
         self.log_output = log_output
         self.on_progress = on_progress
-        self._spares = _SpareWorkers([worker] if worker is not None else [])
+        self.worker = worker  # a started execute.start_worker() for the first run
+        self._spares: _SpareWorkers | None = None
         self._done: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -46,7 +47,7 @@ class LocalExecutor(Executor):
         from research.runs import execute_run, run_in_parallel
 
         run_ids = [run.id for run in runs]
-        self._spares.expect(len(run_ids), self.jobs)
+        self._spares = spares = _SpareWorkers(self.worker, len(run_ids), self.jobs)
         tasks = [
             (
                 lambda rid=rid: execute_run(
@@ -55,7 +56,7 @@ class LocalExecutor(Executor):
                     timeout=self.timeout,
                     log_output=self.log_output,
                     on_progress=self.on_progress,
-                    worker=self._spares.take(),
+                    worker=spares.take(),
                 )
             )
             for rid in run_ids
@@ -94,22 +95,19 @@ class LocalExecutor(Executor):
     def close(self) -> None:
         if self._thread is not None:
             self._thread.join(timeout=0.1)
-        self._spares.discard()
+        if self._spares is not None:
+            self._spares.discard()
 
 
 class _SpareWorkers:
     """Started workers waiting for a run, at most one per run still to start and per job slot."""
 
-    def __init__(self, started: list) -> None:
+    def __init__(self, first, runs: int, jobs: int) -> None:
         self._lock = threading.Lock()
-        self._stock = list(started)
-        self._to_start = 0
-        self._limit = 1
+        self._stock = [first] if first is not None else []
+        self._to_start = runs
+        self._limit = max(1, jobs)
         self._closed = False
-
-    def expect(self, runs: int, jobs: int) -> None:
-        with self._lock:
-            self._to_start, self._limit = runs, max(1, jobs)
 
     def take(self):
         """A started worker for the run about to start (None: it starts its own)."""

@@ -18,10 +18,11 @@ from typing import Any
 from sqlmodel import Session, select
 
 from research import clock
+from research.db import project_root_of
 from research.errors import ResearchError
 from research.executors import Update
 from research.models import Item, Run
-from research.runs import RunResult, _write, project_root_of
+from research.runs import RunResult, _write
 
 OPEN = ("queued", "running")
 
