@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,30 @@ def test_credit_returns_on_ack_not_on_dequeue():
     assert rest == [1, 2, 3, 4, 5]
     with pytest.raises(StopIteration):
         next(it)
+    assert loader.stats().credit_balanced
+
+
+@pytest.mark.parametrize("workers", ["thread", "process"])
+def test_credit_returns_off_the_consumer_thread_after_the_batch_is_freed(workers):
+    ds = SyntheticDataset([10 * KB] * 4)
+    loader = BackpressureLoader(ds, budget_bytes=40 * KB, num_workers=2, workers=workers)
+    it = iter(loader)
+    credits = it.shared.credits
+    seen = []  # (thread name, batch still alive) at every credit release
+    release = credits.release
+
+    def spy(nbytes):
+        seen.append((threading.current_thread().name, alive() is not None))
+        release(nbytes)
+
+    credits.release = spy
+    batch = next(it)
+    alive = weakref.ref(batch["data"])
+    del batch  # the consumer drops its reference when the step ends
+    rest = [int(b["index"]) for b in it]
+    assert rest == [1, 2, 3]
+    first = seen[0]
+    assert first == ("bp-reclaimer", False), seen
     assert loader.stats().credit_balanced
 
 

@@ -67,8 +67,17 @@ class Run:
 def consume(loader_iter, step_s: list[float], t0: float) -> dict:
     """Drive ``loader_iter`` like a training loop; per-item timestamps relative to ``t0``."""
     rows = []  # (index, nbytes, t_start, t_request, t_got, t_done)
-    t_req = time.monotonic()
-    for k, item in enumerate(loader_iter):
+    it = iter(loader_iter)
+    k = 0
+    while True:
+        # Not `for item in ...`: a for loop (and enumerate's cached tuple) keeps the
+        # previous batch alive into the next next() call, which would time its
+        # freeing as waiting for the loader.
+        t_req = time.monotonic()
+        try:
+            item = next(it)
+        except StopIteration:
+            break
         t_got = time.monotonic()
         time.sleep(step_s[min(k, len(step_s) - 1)])  # the training step
         t_done = time.monotonic()
@@ -76,7 +85,7 @@ def consume(loader_iter, step_s: list[float], t0: float) -> dict:
             (int(item["index"]), item["data"].numel(), float(item["t_start"]), t_req, t_got, t_done)
         )
         del item  # the step is over: drop the batch before asking for the next
-        t_req = time.monotonic()
+        k += 1
     return {"rows": rows, "t0": t0}
 
 
