@@ -3,14 +3,15 @@
 Three synthetic workloads (experiments/backpressure/workloads.py): heavy-tailed
 item sizes (0.5-8 MB), a consumer that slows 5x mid-run, and a bursty producer.
 On each, the backpressure loader runs at several byte budgets and the DataLoader
-at num_workers x prefetch_factor in {1, 2, 4, 8}^2, one pass each, all driven by
-the same consumer loop. Producer and consumer costs are sleeps; items are real
+at num_workers x prefetch_factor in {1, 2, 4, 8}^2, all driven by the same
+consumer loop. Each setting runs three times (interleaved) and is reported by its
+pass of median throughput, with the largest peak of its passes. Producer and consumer costs are sleeps; items are real
 tensors of their stated sizes. Both loaders use worker processes sending tensors
 through shared memory the same way; the backpressure loader is also run once with
 worker threads, the natural choice for I/O-like producers like these.
 
-    python benchmarks/backpressure.py            # about 2.5 minutes on 2 CPU cores
-    python benchmarks/backpressure.py --quick    # about 20 seconds, smaller items
+    python benchmarks/backpressure.py            # about 8 minutes on 2 CPU cores
+    python benchmarks/backpressure.py --quick    # about 20 seconds: smaller items, one pass
     python benchmarks/backpressure.py --json out.json
 
 Acceptance figures printed (from issue 4): budget violations at every credit
@@ -39,6 +40,7 @@ if str(REPO_ROOT) not in sys.path:
 from experiments.backpressure import MB  # noqa: E402
 from experiments.backpressure.measure import (  # noqa: E402
     SuiteConfig,
+    combine_repeats,
     format_run,
     run_backpressure,
     run_workload,
@@ -56,7 +58,7 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def suite_config(quick: bool, items: int | None, workers: str) -> SuiteConfig:
+def suite_config(quick: bool, items: int | None, workers: str, repeats: int | None) -> SuiteConfig:
     if quick:
         return SuiteConfig(
             n_items=items or 80,
@@ -66,8 +68,14 @@ def suite_config(quick: bool, items: int | None, workers: str) -> SuiteConfig:
             dl_workers=(2, 4),
             dl_prefetch=(1, 2),
             workers=workers,
+            repeats=repeats or 1,
         )
-    return SuiteConfig(n_items=items or 160, budgets_mb=(8, 12, 16, 24, 64), workers=workers)
+    return SuiteConfig(
+        n_items=items or 160,
+        budgets_mb=(7, 8, 10, 12, 16, 24, 64),
+        workers=workers,
+        repeats=repeats or 3,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--items", type=int, default=None, help="items per run (default 160; quick 80)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="passes per setting (default 3; quick 1)"
     )
     parser.add_argument(
         "--workers",
@@ -94,11 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         "ignore", message=".*worker processes in total.*"
     )  # DataLoader on 2 cores
 
-    cfg = suite_config(args.quick, args.items, args.workers)
+    cfg = suite_config(args.quick, args.items, args.workers, args.repeats)
     t_start = time.monotonic()
     print(
         f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; {cfg.n_items} items per run, "
-        f"sizes x{cfg.scale:g}, times /{cfg.speed:g}; backpressure: {cfg.num_workers} {cfg.workers} producers"
+        f"sizes x{cfg.scale:g}, times /{cfg.speed:g}; backpressure: {cfg.num_workers} {cfg.workers} producers; "
+        f"{cfg.repeats} pass(es) per setting"
     )
 
     results = {}
@@ -112,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     budget = int(64 * MB * cfg.scale)
     bound = {args.workers: max(results["heavy_tailed"]["ours"], key=lambda r: r.budget_bytes)}
     other = "thread" if args.workers == "process" else "process"
-    bound[other] = run_backpressure(wl, budget, cfg.num_workers, other)
+    bound[other] = combine_repeats(
+        [run_backpressure(wl, budget, cfg.num_workers, other) for _ in range(cfg.repeats)]
+    )
     for kind, run in bound.items():
         print(f"  {kind:8s}{format_run(run)}")
 
@@ -122,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     violations = sum(r.violations for r in all_ours)
     figures["budget_violations"] = violations
     print(
-        f"1. budget violations over {len(all_ours)} backpressure runs, checked at every credit grant: "
+        f"1. budget violations over {len(all_ours) * cfg.repeats} backpressure passes, checked at every credit grant: "
         f"{violations}  {verdict(violations == 0)} (target 0)"
     )
 
@@ -153,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         figures[f"frontier_{name}"] = {
             "best_dataloader_items_per_s": f["best_dataloader_throughput"],
             "dataloader_setting": dl.setting,
+            "dataloader_settings_within_3pct": f["dataloader_within_tol"],
             "dataloader_peak_mb": dl.peak_bytes / MB,
             "backpressure_setting": bp.setting,
             "backpressure_peak_mb": bp.peak_bytes / MB,
@@ -168,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             f"ledger), {f['mean_ratio']:.2f}x time-averaged; DataLoader {dl.setting} "
             f"{dl.peak_bytes / MB:.1f} MB vs backpressure {bp.setting} {bp.peak_bytes / MB:.1f} MB; "
             f"throughput {f['throughput_vs_best']:.3f}x the best DataLoader's  {tag}"
+        )
+        print(
+            f"   {'':12s} DataLoader settings within 3% of its best: {', '.join(f['dataloader_within_tol'])}"
         )
         if not f["comparable"]:
             print("   (no backpressure budget reached within 3% of the best DataLoader throughput)")
