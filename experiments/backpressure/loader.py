@@ -223,6 +223,7 @@ def _worker_loop(
             send(("error", seq, worker_id, _ExceptionInfo(e, f"{where} (index {index})")))
             continue
         send(("item", seq, worker_id, item, nbytes_of(item), t_start, time.monotonic()))
+        item = None  # hold no reference while waiting: the consumer's ack must free the item
     if is_process:
         result_q.cancel_join_thread()  # never block exit on results nobody will read
 
@@ -416,6 +417,7 @@ def _receive(shared: _Shared, result_q, poll_s: float):
         with shared.lock:
             shared.file(msg)
             shared.lock.notify_all()
+        msg = None  # likewise: no reference to the last item while waiting
 
 
 _STOP = object()  # tells the reclaimer thread to exit
