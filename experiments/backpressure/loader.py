@@ -262,6 +262,12 @@ class _Shared:
         self.receiver_error: _ExceptionInfo | None = None
         self.finished: queue.SimpleQueue = queue.SimpleQueue()  # acked steps, for the reclaimer
 
+    def return_credit(self, seq: int) -> None:
+        """Give back the credit ``seq`` holds, if any (lock held)."""
+        nbytes = self.reserved.pop(seq, None)
+        if nbytes is not None:
+            self.credits.release(nbytes)
+
     def refresh_budget(self) -> None:
         """Apply the memory-pressure thermostat to the budget (lock held)."""
         if self.pressure is not None:
@@ -439,9 +445,7 @@ def _reclaim(shared: _Shared):
         with shared.lock:
             shared.depth.observe_step(step_s)
             shared.delivered.discard(seq)
-            nbytes = shared.reserved.pop(seq, None)
-            if nbytes is not None:
-                shared.credits.release(nbytes)
+            shared.return_credit(seq)
 
 
 # -- stats --------------------------------------------------------------------------
@@ -737,10 +741,8 @@ class BackpressureIterator(Iterator):
                     seq, msg = found
                     if msg[0] == "item":
                         return seq, msg
-                    nbytes = sh.reserved.pop(seq, None)  # an error or an ended shard: no item
+                    sh.return_credit(seq)  # an error or an ended shard: no item
                     sh.arrived.pop(seq, None)
-                    if nbytes is not None:
-                        sh.credits.release(nbytes)
                     if msg[0] == "error":
                         msg[3].reraise()
                     continue
@@ -851,7 +853,7 @@ def _shutdown(shared, threads, workers, task_qs, result_q, is_process, timeout_s
             q.close()
     with shared.lock:  # return every outstanding credit so the ledger balances
         for seq in list(shared.reserved):
-            shared.credits.release(shared.reserved.pop(seq))
+            shared.return_credit(seq)
         shared.pending.clear()
         shared.arrived.clear()
         shared.delivered.clear()
