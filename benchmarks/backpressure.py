@@ -21,6 +21,11 @@ best DataLoader setting, as a ratio DataLoader / backpressure on workloads 1 and
 (>= 2x); after the 5x slowdown, items until the depth target settles (<= 50) and
 whether it oscillates. Timings on a shared machine are noisy: compare ratios from
 one run, and see the load average printed first.
+
+Beside each workload an oracle (experiments/backpressure/oracle.py) schedules the
+same items knowing every size and time in advance, with no transfer cost: no loader
+that starts items in sampler order does better. It prints its throughput at our
+budgets, our fraction of it, and the best peak ratio any such loader could reach.
 """
 
 from __future__ import annotations
@@ -189,6 +194,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not f["comparable"]:
             print("   (no backpressure budget reached within 3% of the best DataLoader throughput)")
+        o = results[name]["oracle"]
+        figures[f"frontier_{name}"]["oracle"] = o
+        if o["least_budget_bytes"] is None:
+            print(f"   {'':12s} oracle: no budget reaches that throughput")
+        else:
+            print(
+                f"   {'':12s} oracle (the best in-order schedule) first reaches that throughput at "
+                f"{o['least_budget_bytes'] / MB:.2f} MB: at best {o['best_peak_ratio']:.2f}x; "
+                f"ours is {min(frac for _, _, frac in o['at_budget']):.3f}-"
+                f"{max(frac for _, _, frac in o['at_budget']):.3f} of its throughput at our budgets"
+            )
 
     s = results["slowdown"]["settling"]
     ok = s["settle_items"] <= SETTLE_TARGET and s["max_dev_after"] <= 1

@@ -35,11 +35,13 @@ from experiments.backpressure import (
     train_step,
 )
 from experiments.backpressure.measure import (
+    measured_steps,
     peak_in_flight,
     peak_in_flight_reference,
     run_backpressure,
     settling,
 )
+from experiments.backpressure.oracle import oracle_schedule
 from experiments.backpressure.workloads import SyntheticDataset, make_workload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -449,6 +451,19 @@ def test_backpressure_run_on_a_small_workload():
     assert run.peak_bytes <= run.ledger_peak_bytes <= 1 * MB
     s = settling(run, wl.change_at)
     assert s["final"] < s["before"]  # a slower consumer needs fewer items in flight
+
+
+def test_a_real_run_does_not_beat_the_oracle_schedule():
+    wl = make_workload("heavy_tailed", 100, scale=1 / 64, speed=2.0)  # 8-128 KB items
+    budget = int(1.2 * max(wl.sizes))  # tight: the largest items go nearly alone
+    run = run_backpressure(wl, budget_bytes=budget, num_workers=3, workers="thread")
+    steps = measured_steps(wl, run.limit)
+    oracle = oracle_schedule(wl.sizes, wl.produce_s, steps, budget, num_workers=3)
+    unbounded = oracle_schedule(wl.sizes, wl.produce_s, steps, sum(wl.sizes), num_workers=3)
+    assert oracle.throughput < 0.95 * unbounded.throughput  # the budget binds
+    assert run.peak_bytes <= budget and oracle.peak_bytes <= budget
+    # the oracle knows every time in advance and pays nothing to move an item
+    assert run.throughput <= 1.02 * oracle.throughput
 
 
 # -- the notebook end to end -----------------------------------------------------------

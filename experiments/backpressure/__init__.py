@@ -12,8 +12,11 @@ pipeline, where the scarce resource is memory:
                       delivery, worker errors re-raised with their traceback;
 * :mod:`.accumulate`  gradient accumulation that splits a batch into micro-batches
                       under pressure without changing the gradient;
-* :mod:`.workloads`   synthetic workloads, the ``torch.utils.data.DataLoader``
-                      baseline, and the measurements the benchmark and notebook use.
+* :mod:`.workloads`   synthetic workloads and the ``torch.utils.data.DataLoader``
+                      baseline; :mod:`.measure` the measurements the benchmark and
+                      notebook use;
+* :mod:`.oracle`      the fastest schedule that starts items in sampler order,
+                      given perfect knowledge: the reference for what a budget allows.
 """
 
 from experiments.backpressure.accumulate import accumulate_gradients, split_batch, train_step

@@ -11,6 +11,10 @@ before production starts, is reported too and is never lower.
 Throughput is measured from the first batch to the end of the last step; the
 consumer's limit is the throughput it would reach if ``next()`` never waited
 (items / time spent in steps), so ``throughput / limit = 1 - stall``.
+
+:func:`oracle_reference` sets the runs beside :mod:`.oracle`'s schedule of the
+same workload, with the consumer's measured step times: how close the loader
+comes to the best possible at each budget, and how far any such loader could go.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 import torch
 
 from experiments.backpressure.loader import MB, BackpressureConfig, BackpressureLoader
+from experiments.backpressure.oracle import oracle_budget_for, oracle_schedule
 from experiments.backpressure.workloads import (
     SHARING_STRATEGY,
     SyntheticDataset,
@@ -236,6 +241,54 @@ def frontier(ours: list[Run], baseline: list[Run], tol: float = 0.03) -> dict:
     }
 
 
+def measured_steps(wl: Workload, limit: float) -> list[float]:
+    """The workload's step times, shifted so their mean matches a measured consumer limit.
+
+    A sleeping step overshoots by a roughly constant amount, so the oracle is held
+    to the consumer the real runs had, not to the nominal one.
+    """
+    overshoot = max(0.0, 1 / limit - sum(wl.step_s) / len(wl.step_s))
+    return [s + overshoot for s in wl.step_s]
+
+
+def oracle_reference(
+    wl: Workload,
+    ours: list[Run],
+    baseline: list[Run],
+    front: dict,
+    num_workers: int,
+    tol: float = 0.03,
+) -> dict:
+    """What the best in-order loader could do (:mod:`.oracle`) beside the measured runs.
+
+    For each backpressure budget run, the oracle's throughput at that budget and
+    the run's fraction of it (both with the run's own measured steps); and the
+    smallest budget at which the oracle reaches the frontier's throughput (within
+    ``tol`` of the best DataLoader, with that run's steps), and the peak ratio it
+    would give: the best figure any in-order loader could print.
+    """
+    at_budget = []
+    for r in ours:
+        o = oracle_schedule(
+            wl.sizes, wl.produce_s, measured_steps(wl, r.limit), r.budget_bytes, num_workers
+        )
+        at_budget.append((r.setting, o.throughput, r.throughput / o.throughput))
+    best = max(baseline, key=lambda r: r.throughput)
+    least = oracle_budget_for(
+        wl.sizes,
+        wl.produce_s,
+        measured_steps(wl, best.limit),
+        (1 - tol) * best.throughput,
+        num_workers,
+    )
+    return {
+        "at_budget": at_budget,  # (setting, oracle items/s, measured / oracle)
+        "least_budget_bytes": least.budget_bytes if least else None,
+        "least_peak_bytes": least.peak_bytes if least else None,
+        "best_peak_ratio": front["dataloader"].peak_bytes / least.peak_bytes if least else None,
+    }
+
+
 def settling(run: Run, change_at: int, band: int = 1) -> dict:
     """How the depth target settles after the step change at item ``change_at``.
 
@@ -331,11 +384,21 @@ def run_workload(name: str, cfg: SuiteConfig, log: Callable[[str], None] = print
         run = combine_repeats(runs)
         log(format_run(run))
         (ours if kind == "bp" else baseline).append(run)
+    front = frontier(ours, baseline)
+    oracle = oracle_reference(wl, ours, baseline, front, cfg.num_workers)
+    log(
+        "  oracle (in order, knowing every size and time, no transfer cost), items/s at our "
+        "budgets and our fraction of it: "
+        + ", ".join(
+            f"{setting} {thr:.1f} ({frac:.3f})" for setting, thr, frac in oracle["at_budget"]
+        )
+    )
     result = {
         "workload": wl,
         "ours": ours,
         "dataloader": baseline,
-        "frontier": frontier(ours, baseline),
+        "frontier": front,
+        "oracle": oracle,
     }
     if wl.change_at is not None:
         result["settling"] = settling(max(ours, key=lambda r: r.budget_bytes), wl.change_at)
