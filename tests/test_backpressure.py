@@ -493,8 +493,10 @@ def test_notebook_quick_run_records_metrics(tmp_path, monkeypatch):
         "peak_in_flight_ratio_vs_dataloader",
         "throughput_vs_best_dataloader",
         "throughput_items_per_s",
+        "worst_throughput_vs_oracle",
     ):
         assert name in metrics, name
     assert metrics["budget_violations"] == 0
+    assert 0 < metrics["worst_throughput_vs_oracle"] <= 1.05  # the oracle is the fastest
     artifacts = [r for r in records if r["kind"] == "artifact"]
     assert artifacts and all(os.path.exists(a["path"]) for a in artifacts)
