@@ -124,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = run_workload(name, cfg)
 
     # The consumer-bound regime: heavy-tailed items, four producers outpace the consumer.
-    section("consumer-bound regime: heavy_tailed, budget 64 MB")
     wl = results["heavy_tailed"]["workload"]
     budget = int(64 * MB * cfg.scale)
+    section(f"consumer-bound regime: heavy_tailed, budget {budget / MB:g} MB")
     bound = {args.workers: max(results["heavy_tailed"]["ours"], key=lambda r: r.budget_bytes)}
     other = "thread" if args.workers == "process" else "process"
     bound[other] = combine_repeats(
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     print(
-        f"2. consumer-bound regime (heavy_tailed, budget 64 MB; target >= {THROUGHPUT_TARGET} of the "
+        f"2. consumer-bound regime (heavy_tailed, budget {budget / MB:g} MB; target >= {THROUGHPUT_TARGET} of the "
         f"consumer's limit, stall < {100 * STALL_TARGET:.0f}%):"
     )
     for kind, run in bound.items():
