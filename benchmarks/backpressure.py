@@ -6,9 +6,10 @@ On each, the backpressure loader runs at several byte budgets and the DataLoader
 at num_workers x prefetch_factor in {1, 2, 4, 8}^2, all driven by the same
 consumer loop. Each setting runs three times (interleaved) and is reported by its
 pass of median throughput, with the largest peak of its passes. Producer and
-consumer costs are sleeps; items are real tensors of their stated sizes. Both loaders use worker processes sending tensors
-through shared memory the same way; the backpressure loader is also run once with
-worker threads, the natural choice for I/O-like producers like these.
+consumer costs are sleeps; items are real tensors of their stated sizes. Both
+loaders use worker processes sending tensors through shared memory the same way;
+the backpressure loader is also run once with worker threads, the natural choice
+for I/O-like producers like these.
 
     python benchmarks/backpressure.py            # about 8 minutes on 2 CPU cores
     python benchmarks/backpressure.py --quick    # about 20 seconds: smaller items, one pass

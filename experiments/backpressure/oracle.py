@@ -114,13 +114,12 @@ def oracle_schedule(
             count += 1
             peak = max(peak, in_flight)
             next_start += 1
-        # Next event. Something is always pending: if the next item to take is not
-        # started, nothing is in flight, so it was started just above.
+        # Next event: a step end or a production end (the item the consumer waits
+        # for is still producing). Something is always pending: if the next item to
+        # take was not started, nothing was in flight, so it started just above.
         pending = [end[consuming]] if consuming is not None else []
         if producing:
             pending.append(producing[0])
-        if consuming is None and next_take < next_start:
-            pending.append(ready[next_take])
         t = max(t, min(pending))
     return OracleSchedule(budget_bytes, start, ready, got, end, peak)
 
