@@ -133,14 +133,19 @@ def init(
 
 def _fields(
     title=None, body=None, status=None, priority=None, estimate=None, tags=None, innovation=None,
-    practicality=None, feasibility=None, slug=None, kind=None,
+    practicality=None, feasibility=None, slug=None, kind=None, due=None, scheduled=None,
 ):
     from research.backlog import ItemFields
 
     return ItemFields(
         title=title, body=body, status=status, priority=priority, estimate=estimate, tags=tags,
         innovation=innovation, practicality=practicality, feasibility=feasibility, slug=slug, kind=kind,
+        due_date=due, scheduled_date=scheduled,
     )
+
+
+DueOpt = Annotated[str | None, typer.Option("--due", help="Due date YYYY-MM-DD ('' clears it).")]
+ScheduledOpt = Annotated[str | None, typer.Option("--scheduled", help="Scheduled date YYYY-MM-DD ('' clears it).")]
 
 
 @app.command()
@@ -157,13 +162,16 @@ def add(
     innovation: ScoreOpt = None,
     practicality: ScoreOpt = None,
     feasibility: ScoreOpt = None,
+    due: DueOpt = None,
+    scheduled: ScheduledOpt = None,
 ) -> None:
     """Add an item (or, with --task, a checklist task) to the backlog."""
     from research.backlog import add_item, resolve_item
 
     with _changes() as (session, log):
         parent_item = resolve_item(session, parent) if parent else None
-        fields = _fields(title, body, status, priority, estimate, tag, innovation, practicality, feasibility, slug, "task" if task else None)
+        fields = _fields(title, body, status, priority, estimate, tag, innovation, practicality, feasibility, slug,
+                         "task" if task else None, due, scheduled)
         item = add_item(session, log, fields, parent=parent_item)
         typer.echo(f"{item.id}\t{item.slug}")
 
@@ -175,6 +183,7 @@ def list_(
     tag: Annotated[str | None, typer.Option("--tag", "-t", help="Only items with this tag.")] = None,
     under: Annotated[str | None, typer.Option("--under", "-u", help="Only descendants of this item.")] = None,
     search: Annotated[str | None, typer.Option("--search", "-q", help="Text in the title or body.")] = None,
+    due_before: Annotated[str | None, typer.Option("--due-before", help="Only items due on or before this date (YYYY-MM-DD).")] = None,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Include done and dropped items.")] = False,
     tree: Annotated[bool, typer.Option("--tree", help="Show the hierarchy with checklist progress.")] = False,
     sort: Annotated[str, typer.Option("--sort", help="score, priority, updated or created.")] = "priority",
@@ -188,6 +197,7 @@ def list_(
     spec = ListFilter(
         statuses=status or [], priority=priority, tag=tag,
         under=backlog.find(under) if under else None, search=search, include_closed=all_,
+        due_before=_due_before(due_before),
     )
     keep = filter_items(backlog, spec)
     key = sort_key(sort)
@@ -204,6 +214,14 @@ def list_(
     else:
         rows = [backlog.row(item, 0) for item in sorted(keep, key=key)]
     render.write_items_table(rows, tree=tree)
+
+
+def _due_before(text: str | None) -> str | None:
+    if text is None:
+        return None
+    from research.vocab import check_date
+
+    return check_date(text, "date for --due-before")
 
 
 @app.command()
@@ -247,13 +265,17 @@ def edit(
     innovation: ScoreOpt = None,
     practicality: ScoreOpt = None,
     feasibility: ScoreOpt = None,
+    due: DueOpt = None,
+    scheduled: ScheduledOpt = None,
 ) -> None:
     """Change an item's fields (only the options given)."""
     from research.backlog import edit_item, resolve_item
 
     with _changes() as (session, log):
         item = resolve_item(session, item_id)
-        changed = edit_item(session, log, item, _fields(title, body, status, priority, estimate, tag, innovation, practicality, feasibility, slug))
+        fields = _fields(title, body, status, priority, estimate, tag, innovation, practicality, feasibility, slug,
+                         due=due, scheduled=scheduled)
+        changed = edit_item(session, log, item, fields)
         typer.echo(f"{item.id}\t{item.slug}\t{'changed' if changed else 'unchanged'}")
 
 
@@ -262,16 +284,22 @@ def mv(
     item_id: IdArg,
     parent: Annotated[str | None, typer.Option("--parent", "-p", help="New parent id or slug.")] = None,
     top: Annotated[bool, typer.Option("--top", help="Move to the top level.")] = False,
+    doc: Annotated[str | None, typer.Option("--doc", help="Move to the top level of this document.")] = None,
 ) -> None:
-    """Move an item (with its children) under another parent."""
-    from research.backlog import move_item, resolve_item
+    """Move an item (with its children) under another parent, or into a document."""
+    from research.backlog import INHERIT, move_item, resolve_item
 
-    if not parent and not top:
-        raise ResearchError("give --parent ID or --top")
+    if sum(bool(x) for x in (parent, top, doc)) != 1:
+        raise ResearchError("give one of --parent ID, --top or --doc NAME")
     with _changes() as (session, log):
         item = resolve_item(session, item_id)
         new_parent = resolve_item(session, parent) if parent else None
-        move_item(session, log, item, new_parent)
+        document_id = INHERIT
+        if doc:
+            from research.backlog.markdown.documents import resolve_document
+
+            document_id = resolve_document(session, doc).id
+        move_item(session, log, item, new_parent, document_id=document_id)
         typer.echo(f"{item.id}\t{item.slug}\tmoved")
 
 
@@ -443,18 +471,30 @@ def undo() -> None:
 @app.command("import")
 def import_(
     file: Annotated[Path, typer.Argument(help="A Markdown backlog.")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would change; change nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would become an item and what stays text; change nothing.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse the file if any value in it is not understood.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Import even if the file is older than the backlog's changes; the file wins conflicts.")] = False,
+    doc: Annotated[str | None, typer.Option("--doc", help="The known document this file is (when it moved).")] = None,
 ) -> None:
-    """Import (or re-import) a Markdown backlog; items are matched by their path of titles."""
-    from research.markdown_io import import_markdown, parse_markdown_file
+    """Import a Markdown backlog as a document (again: bring the file's edits in)."""
+    from research import render
+    from research.backlog.markdown import documents
 
-    document = parse_markdown_file(file)
     with _changes() as (session, log):
-        report = import_markdown(session, log, document)
+        report = documents.import_file(session, log, file, name=doc, strict=strict, force=force,
+                                       progress=None if dry_run else render.LateProgress(f"importing {file}"))
         if dry_run:
             session.rollback()
+    if dry_run:
+        from research.backlog.markdown.documents import read_document_file
+
+        _file, parsed = read_document_file(file)
+        render.write_outline(parsed)
+    for line in report.warnings:
+        typer.echo(line, err=True)
     prefix = "would import" if dry_run else "imported"
-    typer.echo(f"{prefix} {file}: {report.summary()}", err=True)
+    kind = " (new document)" if report.new_document else ""
+    typer.echo(f"{prefix} {file}{kind}: {report.summary()}", err=True)
     for line in report.details():
         typer.echo(f"  {line}", err=True)
 
@@ -462,22 +502,94 @@ def import_(
 @app.command()
 def export(
     format_: Annotated[str, typer.Option("--format", "-f", help="md or json.")] = "md",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout (a file it replaces is kept as FILE.bak).")] = None,
+    doc: Annotated[str | None, typer.Option("--doc", help="Which document (see `research docs`); needed when there are several.")] = None,
 ) -> None:
-    """Export the backlog as Markdown (the conventions it was imported with) or JSON."""
-    from research.markdown_io import export_json, export_markdown
+    """Export a document as Markdown, as it was written plus the backlog's changes (or all as JSON)."""
+    from research import render
+    from research.backlog import export_json
+    from research.backlog.markdown import documents
+    from research.files import check_writable_target, write_text_file
 
     if format_ not in ("md", "json"):
         raise ResearchError(f"unknown format {format_!r}; use md or json")
-    with _session() as session:
-        text = export_markdown(session) if format_ == "md" else export_json(session)
     if output:
-        tmp = output.with_name(output.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(output)
-        typer.echo(f"wrote {output}", err=True)
+        check_writable_target(output)
+    with _session() as session:
+        if format_ == "json":
+            text = export_json(session)
+        else:
+            text, chosen = documents.export_text(session, doc)
+            loose = documents.loose_items(session) if chosen is not None else 0
+    if output:
+        written = write_text_file(output, text, backup=True)
+        note = f" (previous version kept as {written.backup})" if written.backup else ""
+        typer.echo(f"wrote {written.path}{note}", err=True)
     else:
         sys.stdout.write(text)
+    if format_ == "md" and loose:
+        render.info(f"{loose} item(s) in no document are not in this export (`research mv ITEM --doc NAME` moves one in)")
+
+
+@app.command()
+def sync(
+    file: Annotated[Path, typer.Argument(help="An imported Markdown document.")],
+    prefer: Annotated[str | None, typer.Option("--prefer", help="Who wins a field changed on both sides: file or backlog.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would change on both sides; change nothing.")] = False,
+    doc: Annotated[str | None, typer.Option("--doc", help="The known document this file is (when it moved).")] = None,
+) -> None:
+    """Bring the file's edits into the backlog and write the backlog's changes into the file, in place."""
+    from research.backlog.markdown import documents
+
+    if prefer not in (None, "file", "backlog"):
+        raise ResearchError(f"--prefer must be file or backlog, not {prefer!r}")
+    with _changes() as (session, log):
+        report = documents.sync_file(session, log, file, prefer=prefer, name=doc, dry_run=dry_run)
+        if dry_run:
+            session.rollback()
+    for line in report.warnings:
+        typer.echo(line, err=True)
+    for conflict in report.conflicts:
+        typer.echo(f"conflict (the {prefer} wins): {conflict.line()}", err=True)
+    verb = "would sync" if dry_run else "synced"
+    typer.echo(f"{verb} {file}: from the file {report.summary()}", err=True)
+    for line in report.details():
+        typer.echo(f"  {line}", err=True)
+    if report.written:
+        extra = f" (previous version kept as {report.backup})" if report.backup else ""
+        typer.echo(f"wrote the backlog's changes into {report.written}{extra}", err=True)
+    elif not dry_run:
+        typer.echo("the file already says what the backlog says", err=True)
+    elif report.written_changes:
+        typer.echo("the backlog's changes would be written into the file", err=True)
+
+
+@app.command()
+def docs(
+    main: Annotated[str | None, typer.Option("--main", help="Make this document the main one (new top-level items join it).")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """List the imported Markdown documents."""
+    from research import render
+    from research.backlog.markdown import documents
+
+    if main:
+        with _changes() as (session, log):
+            documents.set_main(session, log, documents.resolve_document(session, main))
+    with _session() as session:
+        rows = documents.document_summaries(session)
+        loose = documents.loose_items(session)
+    if json_:
+        render.print_json(rows)
+        return
+    if not rows:
+        render.info("No documents: `research import FILE.md` brings one in.")
+    for row in rows:
+        mark = "*" if row["main"] else " "
+        since = f", {row['changes_since_sync']} change(s) since" if row["changes_since_sync"] else ""
+        typer.echo(f"{mark} {row['name']}\t{row['items']} items\t{row['title'] or ''}\tsynced {row['synced_at'][:16].replace('T', ' ')}{since}")
+    if loose:
+        render.info(f"{loose} item(s) in no document")
 
 
 # ---------------------------------------------------------------------------

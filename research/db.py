@@ -206,7 +206,46 @@ def _m002_runs(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_backlog, _m002_runs]
+def _m003_documents(conn: sqlite3.Connection) -> None:
+    _run_script(
+        conn,
+        """
+        CREATE TABLE document (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            path TEXT NOT NULL UNIQUE,
+            title TEXT,
+            text TEXT NOT NULL DEFAULT '',
+            sha256 TEXT NOT NULL DEFAULT '',
+            mtime REAL,
+            conventions JSON NOT NULL DEFAULT '{}',
+            layout JSON NOT NULL DEFAULT '{}',
+            meta JSON NOT NULL DEFAULT '{}',
+            is_main BOOLEAN NOT NULL DEFAULT 0,
+            imported_at TEXT NOT NULL,
+            synced_at TEXT NOT NULL
+        );
+
+        CREATE TABLE anchor (
+            id INTEGER PRIMARY KEY,
+            document_id INTEGER NOT NULL REFERENCES document(id),
+            table_name TEXT NOT NULL,
+            row_id INTEGER NOT NULL,
+            data JSON NOT NULL DEFAULT '{}',
+            UNIQUE (table_name, row_id)
+        );
+        CREATE INDEX ix_anchor_document_id ON anchor(document_id);
+
+        ALTER TABLE item ADD COLUMN document_id INTEGER REFERENCES document(id);
+        ALTER TABLE item ADD COLUMN due_date TEXT;
+        ALTER TABLE item ADD COLUMN scheduled_date TEXT;
+        ALTER TABLE item ADD COLUMN start_date TEXT;
+        CREATE INDEX ix_item_document_id ON item(document_id);
+        """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_backlog, _m002_runs, _m003_documents]
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

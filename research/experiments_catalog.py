@@ -80,6 +80,7 @@ def add_shipped_experiments(session, project_root: Path) -> list[str]:
             session,
             log,
             ItemFields(title=exp.title, body=exp.body, priority=exp.priority, tags=list(exp.tags), slug=exp.slug),
+            document_id=None,  # ours, not the user's: in no document until moved into one
         )
         link_experiment(session, log, item, exp, project_root)
         added.append(exp.slug)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from research.vocab import ITEM_KINDS, OPEN_STATUSES, OUTCOME_KINDS, PRIORITIES, STATUSES  # noqa: F401
@@ -41,6 +41,46 @@ class Item(SQLModel, table=True):
     updated_at: str
     started_at: str | None = None
     done_at: str | None = None
+    # The Markdown document the item belongs to (None: it belongs to none, as the
+    # shipped experiments do until moved into one).
+    document_id: int | None = Field(default=None, foreign_key="document.id", index=True)
+    due_date: str | None = None  # YYYY-MM-DD
+    scheduled_date: str | None = None
+    start_date: str | None = None
+
+
+class Document(SQLModel, table=True):
+    """An imported Markdown file: its text as last imported or synced, and its conventions.
+
+    Export writes ``text`` back with the backlog's changes edited into it; ``anchor`` rows
+    say where each item, note and outcome sits in that text.
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str  # the path as given at import
+    path: str = Field(unique=True)  # absolute
+    title: str | None = None
+    text: str = ""
+    sha256: str = ""  # of the file's bytes when imported or synced
+    mtime: float | None = None
+    conventions: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    layout: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    is_main: bool = False
+    imported_at: str
+    synced_at: str
+
+
+class Anchor(SQLModel, table=True):
+    """Where a row (an item, note or outcome) was read from in its document's text, and what it said."""
+
+    __table_args__ = (UniqueConstraint("table_name", "row_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    document_id: int = Field(foreign_key="document.id", index=True)
+    table_name: str
+    row_id: int
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
 class Note(SQLModel, table=True):

@@ -30,6 +30,47 @@ def info(message: str) -> None:
     sys.stderr.write(message + "\n")
 
 
+class LateProgress:
+    """A progress bar on stderr that appears only once the work has taken a second.
+
+    Quick commands print nothing; a long import shows how far it is. Nothing is drawn
+    when stderr is not a terminal (a pipe or a log file would fill with carriage returns).
+    """
+
+    def __init__(self, label: str, delay: float = 1.0, stream=None):
+        import time
+
+        self.label, self.delay = label, delay
+        self.stream = stream or sys.stderr
+        self.started = time.monotonic()
+        self.shown = False
+        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        import time
+
+        if not self.enabled or (not self.shown and time.monotonic() - self.started < self.delay):
+            return
+        self.shown = True
+        width = 30
+        filled = int(width * done / total) if total else width
+        bar = "█" * filled + "░" * (width - filled)
+        end = "\n" if done >= total else ""
+        self.stream.write(f"\r{self.label}: {bar} {done:,}/{total:,} {what}{end}")
+        self.stream.flush()
+
+
+def write_outline(parsed) -> None:
+    """``import --dry-run``: each stretch of the document and what it became, on stdout."""
+    names = {"item": "item", "task": "task", "note": "note", "text": "text", "notes section": "notes",
+             "matrix": "matrix", "front matter": "front matter", "title": "title"}
+    lines = []
+    for region in parsed.regions:
+        span = f"{region.start + 1}-{region.end}" if region.end - region.start > 1 else f"{region.start + 1}"
+        lines.append(f"{span:>11}  {names.get(region.what, region.what):<12} {region.label}")
+    sys.stdout.write("\n".join(lines) + ("\n" if lines else ""))
+
+
 def status_cell(status: str) -> str:
     return f"{STATUS_EMOJI.get(status, '')} {status}"
 
@@ -85,14 +126,16 @@ def write_items_table(rows, tree: bool = False) -> None:
     CJK text aligned by counting wide characters as two columns.
     """
     color = sys.stdout.isatty()
-    headers = ["ID", "Status", "Pri", "Title", "Done", "Est.", "Score", "Tags"]
-    limits = [None, None, None, 70, None, 14, None, 24]
+    rows = list(rows)
+    due = any(row.item.due_date for row in rows)
+    headers = ["ID", "Status", "Pri", "Title", "Done", "Est.", "Score", "Tags"] + (["Due"] if due else [])
+    limits = [None, None, None, 70, None, 14, None, 24, None]
     table = []
     for row in rows:
         item = row.item
         prefix = "  " * row.depth if tree else ""
         marker = ("☑ " if item.status == "done" else "☐ ") if item.kind == "task" else ""
-        table.append([
+        cells = [
             str(item.id),
             status_cell(item.status),
             priority_cell(item.priority),
@@ -101,7 +144,10 @@ def write_items_table(rows, tree: bool = False) -> None:
             item.estimate or "",
             f"{item.score:.1f}" if item.score is not None else "",
             ", ".join(item.tags),
-        ])
+        ]
+        if due:
+            cells.append(item.due_date or "")
+        table.append(cells)
     widths = [cell_width(h) for h in headers]
     cell_widths = []
     for cells in table:
@@ -192,6 +238,10 @@ def show_item(detail: dict[str, Any]) -> None:
         ("Created", detail["created_at"][:19].replace("T", " ")),
         ("Started", (detail["started_at"] or "")[:19].replace("T", " ")),
         ("Done", (detail["done_at"] or "")[:19].replace("T", " ")),
+        ("Due", detail.get("due_date") or ""),
+        ("Scheduled", detail.get("scheduled_date") or ""),
+        ("Starts", detail.get("start_date") or ""),
+        ("Document", detail.get("document") or ""),
     ]
     for name, value in fields:
         if value:

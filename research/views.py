@@ -19,6 +19,7 @@ ITEM_COLUMNS = (
     "id", "slug", "parent_id", "kind", "title", "body", "status", "priority", "estimate",
     "estimate_min_days", "estimate_max_days", "tags", "innovation", "practicality", "feasibility",
     "score", "position", "style", "created_at", "updated_at", "started_at", "done_at",
+    "document_id", "due_date", "scheduled_date", "start_date",
 )
 
 
@@ -47,6 +48,10 @@ class ItemRecord(NamedTuple):
     updated_at: str
     started_at: str | None
     done_at: str | None
+    document_id: int | None
+    due_date: str | None
+    scheduled_date: str | None
+    start_date: str | None
 
     @classmethod
     def from_row(cls, row: tuple) -> ItemRecord:
@@ -199,6 +204,7 @@ class ListFilter:
     under: Any | None = None
     search: str | None = None
     include_closed: bool = False
+    due_before: str | None = None  # YYYY-MM-DD, inclusive
 
 
 def filter_items(backlog: Backlog, spec: ListFilter) -> list:
@@ -220,6 +226,8 @@ def filter_items(backlog: Backlog, spec: ListFilter) -> list:
         if under is not None and item.id not in under:
             continue
         if needle and needle not in item.title.lower() and needle not in item.body.lower() and needle != item.slug:
+            continue
+        if spec.due_before and not (item.due_date and item.due_date <= spec.due_before):
             continue
         out.append(item)
     return out
@@ -248,6 +256,10 @@ def item_summary(item, backlog: Backlog | None = None) -> dict[str, Any]:
         "updated_at": item.updated_at,
         "started_at": item.started_at,
         "done_at": item.done_at,
+        "due_date": item.due_date,
+        "scheduled_date": item.scheduled_date,
+        "start_date": item.start_date,
+        "document_id": item.document_id,
     }
     if backlog is not None:
         done, total = backlog.progress(item.id)

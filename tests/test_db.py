@@ -98,10 +98,13 @@ def test_migrations_upgrade_without_losing_data(isolated):
         "INSERT INTO event (batch, ts, action, item_id, table_name, row_id, before, after) "
         "VALUES (1, '2025-01-01T00:00:00+00:00', 'created', 1, 'item', 1, NULL, '{}')"
     )
-    before = {t: list(conn.execute(f"SELECT * FROM {t}")) for t in ("item", "note", "event")}
+    columns = {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in ("item", "note", "event")}
+    before = {t: list(conn.execute(f"SELECT {', '.join(c)} FROM {t}")) for t, c in columns.items()}
     assert db.migrate(conn) == len(db.MIGRATIONS)
-    after = {t: list(conn.execute(f"SELECT * FROM {t}")) for t in ("item", "note", "event")}
+    after = {t: list(conn.execute(f"SELECT {', '.join(c)} FROM {t}")) for t, c in columns.items()}
     assert after == before
+    # Columns added later start empty on old rows.
+    assert list(conn.execute("SELECT document_id, due_date, scheduled_date, start_date FROM item")) == [(None,) * 4]
     conn.close()
     # The upgraded database works through the library too.
     from research.backlog import Backlog

@@ -18,6 +18,8 @@ from research import clock
 from research.errors import ResearchError
 from research.models import (
     OUTCOME_KINDS,
+    Anchor,
+    Document,
     Event,
     Item,
     Link,
@@ -29,6 +31,9 @@ from research.models import (
 )
 from research.views import Backlog, ItemRow, ListFilter, filter_items, item_summary, sort_key  # noqa: F401
 from research.vocab import (
+    OUTCOME_LOOKUP,
+    check_date,
+    clean_title,
     composite_score,
     normalize_priority,
     normalize_status,
@@ -38,7 +43,7 @@ from research.vocab import (
 
 # Tables whose rows events may refer to (undo looks models up here).
 TABLES: dict[str, type[SQLModel]] = {
-    m.__tablename__: m for m in (Item, Note, Outcome, Link, Run, Metric)
+    m.__tablename__: m for m in (Item, Note, Outcome, Link, Run, Metric, Document, Anchor)
 }
 # Rows that belong to an item and go (and come back) with it, in deletion order:
 # runs before the links they point to, so undo re-creates links first.
@@ -181,14 +186,14 @@ class ItemFields:
     feasibility: int | None = None
     slug: str | None = None
     kind: str | None = None
+    due_date: str | None = None  # "" clears
+    scheduled_date: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def changes(self, item: Item | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.title is not None:
-            if not self.title.strip():
-                raise ResearchError("title must not be empty")
-            out["title"] = self.title.strip()
+            out["title"] = clean_title(self.title)
         if self.body is not None:
             out["body"] = self.body
             if item is not None and item.style.get("tasks_at") is not None:
@@ -211,6 +216,10 @@ class ItemFields:
         if any(name in out for name in ("innovation", "practicality", "feasibility")):
             merged = {n: out.get(n, getattr(item, n) if item else None) for n in ("innovation", "practicality", "feasibility")}
             out["score"] = composite_score(**merged)
+        if self.due_date is not None:
+            out["due_date"] = check_date(self.due_date, "due date")
+        if self.scheduled_date is not None:
+            out["scheduled_date"] = check_date(self.scheduled_date, "scheduled date")
         if self.kind is not None:
             if self.kind not in ("item", "task"):
                 raise ResearchError(f"unknown kind {self.kind!r}; use item or task")
@@ -243,6 +252,9 @@ def _status_timestamps(item: Item | None, new_status: str) -> dict[str, Any]:
     return out
 
 
+INHERIT = "inherit"
+
+
 def add_item(
     session: Session,
     log: ChangeLog,
@@ -250,10 +262,15 @@ def add_item(
     parent: Item | None = None,
     position: int | None = None,
     created_at: str | None = None,
+    document_id: int | None | str = INHERIT,
 ) -> Item:
+    """A new item. It joins its parent's document; a top-level one joins the main document
+    (``document_id`` overrides: None keeps it in no document)."""
     if not fields.title or not fields.title.strip():
         raise ResearchError("title must not be empty")
     values = fields.changes()
+    if document_id == INHERIT:
+        document_id = parent.document_id if parent is not None else _main_document_id(session)
     now = clock.now_iso()
     slug = fields.slug and slugify(fields.slug)
     if slug and session.exec(select(Item.id).where(Item.slug == slug)).first() is not None:
@@ -266,6 +283,7 @@ def add_item(
         position=_next_position(session, parent.id if parent else None) if position is None else position,
         created_at=created_at or now,
         updated_at=now,
+        document_id=document_id,
         **values,
     )
     session.add(item)
@@ -299,18 +317,36 @@ def check_item(session: Session, log: ChangeLog, item: Item, checked: bool) -> b
     return set_status(session, log, item, "done" if checked else "planned", action="check" if checked else "uncheck")
 
 
-def move_item(session: Session, log: ChangeLog, item: Item, new_parent: Item | None) -> bool:
+def _main_document_id(session: Session) -> int | None:
+    from research.models import Document
+
+    rows = list(session.exec(select(Document.id, Document.is_main).order_by(Document.id)))
+    return next((i for i, main in rows if main), rows[0][0] if rows else None)
+
+
+def move_item(session: Session, log: ChangeLog, item: Item, new_parent: Item | None,
+              document_id: int | None | str = INHERIT) -> bool:
+    """Move ``item`` (with its subtree) under ``new_parent``, or to the top level.
+
+    It joins the new parent's document; at the top level it stays in its document unless
+    ``document_id`` names another (None: no document).
+    """
+    items = subtree(session, item)
     if new_parent is not None:
-        if new_parent.id == item.id or new_parent.id in {i.id for i in subtree(session, item)}:
+        if new_parent.id == item.id or new_parent.id in {i.id for i in items}:
             raise ResearchError("cannot move an item under itself or one of its descendants")
     new_parent_id = new_parent.id if new_parent else None
-    if new_parent_id == item.parent_id:
+    if document_id == INHERIT:
+        document_id = new_parent.document_id if new_parent is not None else item.document_id
+    if new_parent_id == item.parent_id and document_id == item.document_id:
         return False
-    return log.updated(
-        item,
-        {"parent_id": new_parent_id, "position": _next_position(session, new_parent_id)},
-        action="move",
-    )
+    changes: dict[str, Any] = {"document_id": document_id}
+    if new_parent_id != item.parent_id:
+        changes.update(parent_id=new_parent_id, position=_next_position(session, new_parent_id))
+    changed = log.updated(item, changes, action="move")
+    for child in items[1:]:
+        log.updated(child, {"document_id": document_id}, action="move")
+    return changed
 
 
 def delete_item(session: Session, log: ChangeLog, item: Item) -> int:
@@ -356,19 +392,10 @@ def add_outcome(session: Session, log: ChangeLog, item: Item, kind: str, ref: st
     return outcome
 
 
-_OUTCOME_ALIASES = {
-    "document": ["document", "doc", "report", "paper", "文档", "产出文档", "📄"],
-    "code": ["code", "repo", "implementation", "代码", "代码实现", "💻"],
-    "application": ["application", "app", "use", "实践应用", "应用", "🎯"],
-    "related": ["related", "link", "关联", "关联记录", "🔗"],
-}
-OUTCOME_LOOKUP = {a: k for k, aliases in _OUTCOME_ALIASES.items() for a in aliases}
-
-
 def normalize_outcome_kind(kind: str) -> str:
-    key = kind.strip().lower()
-    if key in OUTCOME_LOOKUP:
-        return OUTCOME_LOOKUP[key]
+    found = OUTCOME_LOOKUP.get(kind.strip().lower())
+    if found:
+        return found
     raise ResearchError(f"unknown outcome kind {kind!r}; use one of: {', '.join(OUTCOME_KINDS)}")
 
 
@@ -425,6 +452,8 @@ def item_detail(session: Session, item: Item) -> dict[str, Any]:
     data["body"] = item.body
     data["tasks_at"] = item.style.get("tasks_at")
     data["path"] = backlog.path(item)
+    document = session.get(Document, item.document_id) if item.document_id else None
+    data["document"] = document.name if document else None
     data["children"] = [
         {**item_summary(child), "progress": dict(zip(("done", "total"), backlog.progress(child.id), strict=True))}
         for child in backlog.children.get(item.id, [])
@@ -457,3 +486,28 @@ def set_meta(session: Session, key: str, value: str) -> None:
     else:
         row.value = value
         session.add(row)
+
+
+def export_json(session: Session) -> str:
+    """The whole backlog as JSON: every item (documents or not), note, outcome and document."""
+    import json
+
+    backlog = Backlog.load_rows(session)
+    items = []
+    for item, _depth in backlog.walk():
+        data = item_summary(item)
+        data["body"] = item.body
+        items.append(data)
+    documents = [
+        {k: v for k, v in d.model_dump().items() if k not in ("text", "layout")}
+        for d in session.exec(select(Document).order_by(Document.id))
+    ]
+    payload = {
+        "format": "research-backlog",
+        "version": 2,
+        "documents": documents,
+        "items": items,
+        "notes": [n.model_dump() for n in session.exec(select(Note).order_by(Note.id))],
+        "outcomes": [o.model_dump() for o in session.exec(select(Outcome).order_by(Outcome.id))],
+    }
+    return json.dumps(payload, ensure_ascii=False, indent=2) + "\n"
