@@ -222,6 +222,7 @@ def _m003_documents(conn: sqlite3.Connection) -> None:
             layout JSON NOT NULL DEFAULT '{}',
             meta JSON NOT NULL DEFAULT '{}',
             is_main BOOLEAN NOT NULL DEFAULT 0,
+            base_batch INTEGER NOT NULL DEFAULT 0,
             imported_at TEXT NOT NULL,
             synced_at TEXT NOT NULL
         );

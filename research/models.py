@@ -67,6 +67,9 @@ class Document(SQLModel, table=True):
     layout: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     is_main: bool = False
+    # The change (event batch) that last set ``text``: a document none of whose rows
+    # changed after it exports as ``text`` itself.
+    base_batch: int = 0
     imported_at: str
     synced_at: str
 

@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert
+from sqlalchemy import func
 from sqlmodel import Session, select
 
 from research import clock
@@ -229,12 +229,13 @@ def import_file(
         return report
     if not force:
         _refuse_older_file(session, doc, path, file.mtime)
+    pending = changed_since_base(session, doc) != (set(), False)
     merge = _Merge(session, log, doc, parsed, report)
     merge.match()
     if merge.report.conflicts and not force:
         raise ConflictError(merge.report)
     merge.apply(prefer="file")
-    merge.rebase(parsed, file.text, file.sha256, file.mtime, str(path.resolve()))
+    merge.rebase(parsed, file.text, file.sha256, file.mtime, str(path.resolve()), keep_base_batch=pending)
     return report
 
 
@@ -273,7 +274,7 @@ def _create_document(session, log: ChangeLog, path: Path, file, parsed: ParsedDo
     doc = Document(
         name=str(path), path=str(path.resolve()), title=parsed.title, text=parsed.text, sha256=file.sha256,
         mtime=file.mtime, conventions=parsed.conventions, layout=parsed.layout, meta=parsed.meta,
-        is_main=not has_main, imported_at=now, synced_at=now,
+        is_main=not has_main, base_batch=log.batch, imported_at=now, synced_at=now,
     )
     session.add(doc)
     log.created(doc, action="import")
@@ -381,9 +382,37 @@ class _BulkWriter:
         for model, rows in ((Item, self.items), (Note, self.notes), (Outcome, self.outcomes),
                             (Anchor, self.anchors), (Event, self.events)):
             if rows:
-                self.session.execute(insert(model.__table__), rows)
+                _insert_many(self.session, model, rows)
         self.log.count += len(self.events)
         self.items, self.notes, self.outcomes, self.anchors, self.events = [], [], [], [], []
+
+
+def _insert_many(session: Session, model, rows: list[dict]) -> None:
+    """One ``executemany`` of plain tuples, JSON columns encoded here.
+
+    SQLAlchemy's per-value type processing costs more than SQLite itself for tens of
+    thousands of rows; the columns and their JSON-ness come from the model, so the
+    statement cannot drift from the schema.
+    """
+    import json
+    from operator import itemgetter
+
+    from sqlalchemy import JSON
+
+    table = model.__table__
+    columns = [c.name for c in table.columns if c.name in rows[0]]
+    encoded = [i for i, name in enumerate(columns) if isinstance(table.columns[name].type, JSON)]
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    get = itemgetter(*columns)
+    data = []
+    for row in rows:
+        values = list(get(row))
+        for i in encoded:
+            if values[i] is not None:
+                values[i] = dumps(values[i])
+        data.append(tuple(values))
+    session.connection().exec_driver_sql(sql, data)
 
 
 def _walk(nodes: list[ParsedNode]):
@@ -432,44 +461,80 @@ def _anchors(session: Session, doc: Document, table: str) -> list[Anchor]:
     return list(session.exec(select(Anchor).where(Anchor.document_id == doc.id, Anchor.table_name == table)))
 
 
-def load_base(session: Session, doc: Document) -> Base:
-    rows = session.connection().execute(
-        select(Anchor.__table__.c.table_name, Anchor.__table__.c.row_id, Anchor.__table__.c.data)
-        .where(Anchor.__table__.c.document_id == doc.id)
-    )
+def load_base(session: Session, doc: Document, items: set[int] | None = None) -> Base:
+    """The document's text and its anchors: all of them, or those of ``items`` (with their
+    notes and outcomes, and the document's own notes) when only those may have changed."""
+    table = Anchor.__table__
+    query = select(table.c.table_name, table.c.row_id, table.c.data).where(table.c.document_id == doc.id)
+    if items is not None:
+        notes = _ids(session, select(Note.id).where(Note.item_id.in_(_json_ids(items)) | Note.item_id.is_(None)))
+        outcomes = _ids(session, select(Outcome.id).where(Outcome.item_id.in_(_json_ids(items))))
+        query = query.where(
+            ((table.c.table_name == "item") & table.c.row_id.in_(_json_ids(items)))
+            | ((table.c.table_name == "note") & table.c.row_id.in_(_json_ids(notes)))
+            | ((table.c.table_name == "outcome") & table.c.row_id.in_(_json_ids(outcomes)))
+        )
     base = Base(SourceLines.from_text(doc.text), dict(doc.conventions), dict(doc.layout))
-    for table, row_id, data in rows:
-        if table == "item":
+    for table_name, row_id, data in session.connection().execute(query):
+        if table_name == "item":
             node = node_from_anchor(data["node"])
             node.form["base_parent"] = data["parent"]
             base.nodes[row_id] = node
-        elif table == "note":
+        elif table_name == "note":
             base.notes[row_id] = (note_from_anchor(data["note"]), data["owner"])
-        elif table == "outcome":
+        elif table_name == "outcome":
             base.outcomes[row_id] = (outcome_from_anchor(data["outcome"]), data["owner"])
     return base
 
 
-def load_state(session: Session, doc: Document | None, main: bool, extra_ids: set[int] = frozenset()) -> State:
-    from research.views import Backlog
+def _json_ids(ids) -> Any:
+    """``IN (SELECT value FROM json_each(?))``: one bound parameter however many ids."""
+    import json
 
-    backlog = Backlog.load_rows(session)
+    from sqlalchemy import bindparam
+
+    values = func.json_each(bindparam(None, json.dumps(sorted(ids)), unique=True)).table_valued("value")
+    return select(values.c.value)
+
+
+def _ids(session: Session, query) -> set[int]:
+    return set(session.exec(query))
+
+
+def load_state(session: Session, doc: Document | None, main: bool, extra_ids: set[int] = frozenset(),
+               only: set[int] | None = None) -> State:
+    """The rows the document may show: all its items, or only ``only`` (and always ``extra_ids``)."""
     doc_id = doc.id if doc is not None else None
-    items = {i.id: i for i in backlog.items if i.document_id == doc_id or i.id in extra_ids}
+    table = Item.__table__
+    if only is None:
+        from research.views import Backlog
+
+        rows = Backlog.load_rows(session).items
+        known = {i.id for i in rows}
+    else:
+        rows = list(session.connection().execute(select(table).where(table.c.id.in_(_json_ids(only | set(extra_ids))))))
+        known = None
+    items = {i.id: i for i in rows if i.document_id == doc_id or i.id in extra_ids}
     children: dict[int | None, list[Any]] = defaultdict(list)
-    for item in backlog.items:
+    for item in rows:
         if item.document_id == doc_id:
-            parent = item.parent_id if item.parent_id in backlog.by_id else None
+            parent = item.parent_id if known is None or item.parent_id in known else None
             children[parent].append(item)
     for kids in children.values():
         kids.sort(key=lambda i: (i.position, i.id))
     wanted = set(items)
     notes: dict[int | None, list[Any]] = defaultdict(list)
-    for note in session.connection().execute(select(Note.__table__).order_by(Note.__table__.c.id)):
-        if note.item_id in wanted or (note.item_id is None):
+    note_query = select(Note.__table__).order_by(Note.__table__.c.id)
+    if only is not None:
+        note_query = note_query.where(Note.__table__.c.item_id.in_(_json_ids(wanted)) | Note.__table__.c.item_id.is_(None))
+    for note in session.connection().execute(note_query):
+        if note.item_id in wanted or note.item_id is None:
             notes[note.item_id].append(note)
     outcomes: dict[int, list[Any]] = defaultdict(list)
-    for outcome in session.connection().execute(select(Outcome.__table__).order_by(Outcome.__table__.c.id)):
+    outcome_query = select(Outcome.__table__).order_by(Outcome.__table__.c.id)
+    if only is not None:
+        outcome_query = outcome_query.where(Outcome.__table__.c.item_id.in_(_json_ids(wanted)))
+    for outcome in session.connection().execute(outcome_query):
         if outcome.item_id in wanted:
             outcomes[outcome.item_id].append(outcome)
     return State(document_id=doc_id, main=main, items=items, children=children, notes=notes, outcomes=outcomes,
@@ -480,12 +545,63 @@ def load_state(session: Session, doc: Document | None, main: bool, extra_ids: se
 # Export
 
 
+def changed_since_base(session: Session, doc: Document) -> tuple[set[int], bool]:
+    """Items whose rows (or notes, outcomes) changed since the document's text was set, and
+    whether the backlog's own notes or the main document did.
+
+    Every change goes through the event log, so a document with no event after its base
+    batch is exactly its text; an undone change still counts (it is compared, not trusted).
+    """
+    touched: set[int] = set()
+    backlog = False
+    for item_id, table_name in session.exec(
+        select(Event.item_id, Event.table_name).where(Event.batch > doc.base_batch)
+    ):
+        if item_id is not None:
+            touched.add(item_id)
+        elif table_name in ("note", "document"):
+            backlog = True
+    return touched, backlog
+
+
 def export_document(session: Session, doc: Document) -> str:
-    base = load_base(session, doc)
+    bom = "\ufeff" if doc.conventions.get("bom") else ""
+    touched, backlog_notes = changed_since_base(session, doc)
+    if not touched and not backlog_notes:
+        return bom + doc.text
     main = main_document(session)
-    state = load_state(session, doc, main is not None and main.id == doc.id, extra_ids=set(base.nodes))
-    text = plan_text(base, state)
-    return ("\ufeff" if doc.conventions.get("bom") else "") + text
+    is_main = main is not None and main.id == doc.id
+    # Plan around the changed rows only: their anchors, their parents' (where new children
+    # go) and, for what is written anew (moved or added), everything under them.
+    parents = {i.parent_id for i in session.exec(select(Item).where(Item.id.in_(_json_ids(touched)))) if i.parent_id}
+    anchored_parents = {
+        data["parent"] for data in session.exec(
+            select(Anchor.data).where(Anchor.document_id == doc.id, Anchor.table_name == "item",
+                                      Anchor.row_id.in_(_json_ids(touched)))
+        ) if data.get("parent")
+    }
+    relevant = touched | parents | anchored_parents
+    base = load_base(session, doc, relevant)
+    fresh = {i for i in touched if i not in base.nodes or _moved(session, base.nodes[i], i)}
+    state = load_state(session, doc, is_main, extra_ids=set(base.nodes), only=relevant | _descendants(session, fresh))
+    return bom + plan_text(base, state)
+
+
+def _moved(session: Session, node: ParsedNode, item_id: int) -> bool:
+    item = session.get(Item, item_id)
+    return item is None or item.parent_id != node.form.get("base_parent")
+
+
+def _descendants(session: Session, roots: set[int]) -> set[int]:
+    if not roots:
+        return set()
+    from sqlalchemy import text
+
+    rows = session.connection().execute(text(
+        "WITH RECURSIVE sub(id) AS (SELECT value FROM json_each(:ids) "
+        "UNION SELECT item.id FROM item JOIN sub ON item.parent_id = sub.id) SELECT id FROM sub"
+    ), {"ids": __import__("json").dumps(sorted(roots))})
+    return {row[0] for row in rows}
 
 
 def export_loose(session: Session) -> str:
@@ -558,7 +674,7 @@ class _Merge:
         self.moves: list[tuple[Item, int | None]] = []
 
     def match(self) -> None:
-        by_key = {_key(node.key): item_id for item_id, node in self.base.nodes.items()}
+        by_key = {key: item_id for item_id, key in _base_keys(self.base.nodes).items()}
         unmatched_base = dict(self.base.nodes)
         file_nodes = list(self.parsed.walk())
         leftovers = []
@@ -762,7 +878,7 @@ class _Merge:
                 self.log.deleted(row)
 
     def rebase(self, parsed: ParsedDocument, text: str, sha256: str, mtime: float | None, path: str,
-               mapping: dict[int, int] | None = None) -> None:
+               mapping: dict[int, int] | None = None, keep_base_batch: bool = False) -> None:
         """Make ``text`` the document's base, anchoring every item, note and outcome in it."""
         mapping = self.match_of if mapping is None else mapping
         for anchor in _all_anchors(self.session, self.doc):
@@ -794,11 +910,31 @@ class _Merge:
         self.log.updated(self.doc, {
             "text": text, "sha256": sha256, "mtime": mtime, "conventions": parsed.conventions,
             "layout": parsed.layout, "meta": parsed.meta, "title": parsed.title, "synced_at": now, "path": path,
+            # Changes the text does not carry yet keep the old base batch, so export still sees them.
+            "base_batch": self.doc.base_batch if keep_base_batch else self.log.batch,
         }, action="sync")
 
 
 def _all_anchors(session: Session, doc: Document) -> list[Anchor]:
     return list(session.exec(select(Anchor).where(Anchor.document_id == doc.id)))
+
+
+def _base_keys(nodes: dict[int, ParsedNode]) -> dict[int, tuple]:
+    """Each anchored item's path of (kind, title, occurrence), as the parser keys a file's nodes."""
+    children: dict[int | None, list[tuple[int, int, ParsedNode]]] = defaultdict(list)
+    for item_id, node in nodes.items():
+        children[node.form.get("base_parent")].append((node.line, item_id, node))
+    keys: dict[int, tuple] = {}
+    stack: list[tuple[int | None, tuple]] = [(None, ())]
+    while stack:
+        parent, prefix = stack.pop()
+        seen: dict[tuple, int] = defaultdict(int)
+        for _line, item_id, node in sorted(children.get(parent, [])):
+            ident = (node.kind, node.title)
+            keys[item_id] = (*prefix, (node.kind, node.title, seen[ident]))
+            seen[ident] += 1
+            stack.append((item_id, keys[item_id]))
+    return keys
 
 
 def _key(key: list) -> tuple:

@@ -99,41 +99,53 @@ class ParsedNode:
         return [c for c in self.carriers if c.field == name]
 
     def anchor(self) -> dict[str, Any]:
-        """This node alone (no children, notes or outcomes), as JSON-ready data.
+        """This node alone (no children, notes or outcomes), as compact JSON-ready data.
 
         Written by hand rather than with ``dataclasses.asdict``: an import stores one per
-        item, and asdict's deep copies would cost more than the parse.
+        item. Values equal to their default are left out, and the body keeps only its
+        source lines (its text is ``values["body"]``).
         """
-        values = {name: self.value(name) for name in FIELDS}
-        for k, v in self.values.items():
-            if k not in values:
-                values[k] = v
+        values = {k: v for k, v in self.values.items() if v != DEFAULTS.get(k, _MISSING)}
+        form = {k: v for k, v in self.form.items() if k in ANCHOR_FORM}
+        form["depth"] = len(self.key)
         return {
             "kind": self.kind, "title": self.title, "line": self.line, "end": self.end,
             "level": self.level, "values": values, "title_at": self.title_at,
             "carriers": [[c.field, c.form, c.line, c.start, c.end, c.raw, c.whole_line] for c in self.carriers],
-            "body": self.body,
-            "slots": {k: [s.line, s.indent, s.level, s.bullet, s.after_list] for k, s in self.slots.items()},
-            "form": self.form, "key": self.key,
+            "body": [i for i, _t in self.body],
+            "slots": {k: [s.line, s.indent, s.level, s.bullet, s.after_list] for k, s in self.slots.items() if k in ANCHOR_SLOTS},
+            "form": form,
         }
 
 
+_MISSING = object()
+# What planning an export needs of a node's form and slots (the parser keeps more).
+ANCHOR_FORM = frozenset({"in_list", "list_heading", "content_col", "body_indent", "mark_at", "marks_end", "head_end",
+                         "emoji_trailing", "bold", "child_number"})
+ANCHOR_SLOTS = frozenset({"meta", "body", "task", "item", "note", "outcome", "annotation"})
+
+
 def node_from_anchor(data: dict[str, Any]) -> ParsedNode:
+    values = data["values"]
+    texts = values.get("body", "").split("\n") if data["body"] else []
     return ParsedNode(
         kind=data["kind"], title=data["title"], line=data["line"], end=data["end"], level=data["level"],
-        values=data["values"], title_at=data["title_at"],
-        carriers=[Carrier(*c) for c in data["carriers"]], body=data["body"],
-        slots={k: Slot(*s) for k, s in data["slots"].items()}, form=data["form"], key=data["key"],
+        values=values, title_at=data["title_at"],
+        carriers=[Carrier(*c) for c in data["carriers"]], body=[[i, t] for i, t in zip(data["body"], texts, strict=True)],
+        slots={k: Slot(*s) for k, s in data["slots"].items()}, form=data["form"],
     )
 
 
 def note_anchor(note: ParsedNote) -> dict[str, Any]:
     return {"date": note.date, "title": note.title, "text": note.text, "line": note.line, "end": note.end,
-            "level": note.level, "form": note.form, "text_lines": note.text_lines}
+            "level": note.level, "form": note.form, "lines": [i for i, _t in note.text_lines]}
 
 
 def note_from_anchor(data: dict[str, Any]) -> ParsedNote:
-    return ParsedNote(**data)
+    data = dict(data)
+    lines = data.pop("lines", [])
+    texts = data["text"].split("\n") if lines else []
+    return ParsedNote(**data, text_lines=[[i, t] for i, t in zip(lines, texts, strict=True)])
 
 
 def outcome_anchor(outcome: ParsedOutcome) -> dict[str, Any]:

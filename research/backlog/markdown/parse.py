@@ -41,20 +41,35 @@ from research.backlog.markdown.model import (
 from research.backlog.markdown.source import SourceLines
 from research.vocab import OUTCOME_LOOKUP, composite_score, read_priority, read_status, split_tags
 
-_MARKDOWN = None
+_PARSERS: dict[frozenset, Any] = {}
+
+# Block rules that can only fire where their mark appears in the text. markdown-it tries
+# every rule at every line start; a rule whose construct provably cannot occur in this
+# document is switched off, which changes no result and saves a good part of the parse.
+_RULE_NEEDS = {
+    "fence": re.compile(r"^[ \t>*+\-\d.)]*(?:```|~~~)", re.M),
+    "html_block": re.compile(r"^[ \t>*+\-\d.)]*<", re.M),
+    "blockquote": re.compile(r">"),
+    "reference": re.compile(r"\]:"),
+    "table": re.compile(r"\|"),
+    # A setext underline needs a line with text right above it.
+    "lheading": re.compile(r"^[^\n]*\S[^\n]*\n[ \t>*+\-\d.)]*(?:=+|-+)[ \t]*$", re.M),
+}
 
 
-def _markdown():
-    """The parser, built once: CommonMark with tables and front matter, block rules only."""
-    global _MARKDOWN
-    if _MARKDOWN is None:
+def _markdown(text: str = ""):
+    """CommonMark with tables and front matter, block rules only, those ``text`` can need."""
+    off = frozenset(name for name, pattern in _RULE_NEEDS.items() if text and not pattern.search(text))
+    parser = _PARSERS.get(off)
+    if parser is None:
         from markdown_it import MarkdownIt
         from mdit_py_plugins.front_matter import front_matter_plugin
 
         # Inline parsing (emphasis, links) is never needed here: only block structure
         # and each block's source lines, so the inline core rule is switched off.
-        _MARKDOWN = MarkdownIt("commonmark").use(front_matter_plugin).enable("table").disable("inline")
-    return _MARKDOWN
+        parser = MarkdownIt("commonmark").use(front_matter_plugin).enable("table").disable(["inline", *off])
+        _PARSERS[off] = parser
+    return parser
 
 
 @dataclass
@@ -104,6 +119,11 @@ ESCAPED = re.compile(r"^([ \t]*(?:>[ \t]?)*[ \t]*(?:(?:[-*+]|\d{1,9}[.)])[ \t]+)
 _STATUS_EMOJI_ALT = "|".join(sorted(map(re.escape, d.HEADING_STATUS), key=len, reverse=True))
 HEADING_LEADING_STATUS = re.compile(rf"^({_STATUS_EMOJI_ALT})\ufe0f?[ \t]*")
 HEADING_TRAILING_STATUS = re.compile(rf"[ \t]+({_STATUS_EMOJI_ALT})\ufe0f?$")
+LIST_PREFIX = re.compile(r"^[ \t]*(?:>[ \t]?)*[ \t]*(?:[-*+]|\d{1,9}[.)])[ \t]+")
+BULLET_PREFIX = re.compile(r"^[ \t]*[-*+][ \t]+")
+QUOTE_PREFIX = re.compile(r"^[ \t]*(?:>[ \t]?)+")
+CONTENT_START = re.compile(r"^([ \t]*(?:>[ \t]?)*[ \t]*(?:[-*+]|\d{1,9}[.)]))([ \t]+)")
+NON_WORD = re.compile(r"[\W_]+")
 BOLD = re.compile(r"^(\*\*|__)(?P<inner>.+?)\1$")
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 TASK_NOTE = re.compile(r"^\*\*(?P<label>[^*]+?)\*\*[ \t]*(?:\(?(?P<date>\d{4}-\d{2}-\d{2})\)?)?[ \t]*[:：][ \t]*(?P<text>.*)$")
@@ -117,6 +137,8 @@ _HASHTAG = re.compile(r"[ \t]+#(?P<tag>[^\s#\[\]()]+)$")
 _FIRE = re.compile(r"[ \t]*(?P<mark>🔥🔥|🔥)$")
 _TRAILING_STATUS = re.compile(r"[ \t]+(?P<mark>" + "|".join(map(re.escape, d.TRAILING_STATUS)) + r")$")
 _SIGNIFIER_OTHER = re.compile("|".join(map(re.escape, d.OBSIDIAN_OTHER)))
+# Last characters a trailing mark can end with (emoji, and the variation selector after some).
+_MARK_ENDS = frozenset(m[-1] for m in [*d.OBSIDIAN_PRIORITY, *d.TRAILING_STATUS, "🔥", "\ufe0f"])
 _ANY_SIGNIFIER = re.compile(
     "|".join(map(re.escape, [*d.OBSIDIAN_DATES, *d.OBSIDIAN_PRIORITY, *d.OBSIDIAN_OTHER]))
 )
@@ -160,7 +182,7 @@ class _Parser:
     # ------------------------------------------------------------------ driver
 
     def run(self) -> ParsedDocument:
-        blocks = block_tree(_markdown().parse(self.text))
+        blocks = block_tree(_markdown(self.text).parse(self.text))
         self.literal = _literal_lines(blocks)
         if blocks and blocks[0].type == "front_matter":
             self._front_matter(blocks[0])
@@ -627,7 +649,7 @@ class _Parser:
         node.form["list_heading"] = True
         node.form["in_list"] = True
         node.form["content_col"] = _content_column(self.lines[entry.start])
-        prefix = re.match(r"^[ \t]*(?:>[ \t]?)*[ \t]*(?:[-*+]|\d{1,9}[.)])[ \t]+", self.lines[entry.start])
+        prefix = LIST_PREFIX.match(self.lines[entry.start])
         node.form["prefix"] = prefix.group(0) if prefix else ""
         node.end = self._trim_end(entry.start, entry.end)
         node.form["own_end"] = entry.end
@@ -712,9 +734,16 @@ class _Parser:
         """Title and trailing marks of a task line, from column ``start`` on."""
         line = node.line
         end = len(raw.rstrip())
+        # Most task lines carry no mark: look at the last character (and for '#' and the
+        # free-text signifiers at all) before trying any pattern.
+        hashes = "#" in raw
+        others = any(mark in raw for mark in d.OBSIDIAN_OTHER)
         while True:
             text = raw[start:end]
-            m = _SIGNIFIER_DATE.search(text)
+            last = text[-1:]
+            if not (last.isdigit() or last in _MARK_ENDS or hashes or others):
+                break
+            m = _SIGNIFIER_DATE.search(text) if last.isdigit() else None
             if m:
                 name = d.OBSIDIAN_DATES[m.group("mark")]
                 node.carriers.append(Carrier(name, "signifier", line, start + m.start(), start + m.end(), m.group(0)))
@@ -726,20 +755,20 @@ class _Parser:
                 self.conv["obsidian"] = True
                 end = start + m.start()
                 continue
-            m = _SIGNIFIER_PRIORITY.search(text)
+            m = _SIGNIFIER_PRIORITY.search(text) if last in _MARK_ENDS else None
             if m:
                 node.carriers.append(Carrier("priority", "signifier", line, start + m.start(), start + m.end(), m.group(0)))
                 node.values.setdefault("priority", d.OBSIDIAN_PRIORITY[m.group("mark")])
                 self.conv["obsidian"] = True
                 end = start + m.start()
                 continue
-            m = _HASHTAG.search(text)
+            m = _HASHTAG.search(text) if hashes else None
             if m:
                 node.carriers.append(Carrier("tags", "hashtag", line, start + m.start(), start + m.end(), m.group(0)))
                 node.values["tags"] = [m.group("tag"), *[t for t in node.values.get("tags", []) if t != m.group("tag")]]
                 end = start + m.start()
                 continue
-            m = _FIRE.search(text)
+            m = _FIRE.search(text) if last == "🔥" else None
             if m and m.start() > 0:
                 node.carriers.append(Carrier("priority", "trailing", line, start + m.start(), start + m.end(), m.group(0)))
                 # 🔥 marks are more precise than a Logseq [#A] (which cannot say critical).
@@ -747,7 +776,7 @@ class _Parser:
                     node.values["priority"] = d.FIRE_PRIORITY[m.group("mark")]
                 end = start + m.start()
                 continue
-            m = _TRAILING_STATUS.search(text)
+            m = _TRAILING_STATUS.search(text) if last in _MARK_ENDS else None
             if m:
                 mark = m.group("mark")
                 node.carriers.append(Carrier("status", "trailing", line, start + m.start(), start + m.end(), m.group(0)))
@@ -759,8 +788,9 @@ class _Parser:
                 end = start + m.start()
                 continue
             other = None
-            for found in _SIGNIFIER_OTHER.finditer(text):
-                other = found
+            if others:
+                for found in _SIGNIFIER_OTHER.finditer(text):
+                    other = found
             if other is not None and not _ANY_SIGNIFIER.search(text, other.end()):
                 cut = start + other.start()
                 while cut > start and raw[cut - 1] in " \t":
@@ -787,7 +817,7 @@ class _Parser:
         if not owner.form.get("in_list"):
             return False
         raw = self.lines[entry.start]
-        prefix = re.match(r"^[ \t]*[-*+][ \t]+", raw)
+        prefix = BULLET_PREFIX.match(raw)
         if not prefix:
             return False
         match = TASK_NOTE.match(raw[prefix.end() :])
@@ -829,7 +859,7 @@ class _Parser:
         """Where a new sub-task of ``node`` goes: after its last sub-task, else at its end."""
         tasks = [c for c in node.children if c.kind == "task"]
         raw = self.lines[entry.start]
-        quote = re.match(r"^[ \t]*(?:>[ \t]?)+", raw)
+        quote = QUOTE_PREFIX.match(raw)
         # Entries nested right under this one already set the indentation (tabs, in Logseq).
         nested = next((k for k in entry.children if k.type in ("bullet_list", "ordered_list") and k.children), None)
         if nested is not None:
@@ -928,6 +958,7 @@ class _Parser:
         if not self.matrix:
             return
         candidates = [n for n in self.all_nodes if n.kind == "item"]
+        grams_of: dict[int, set[str]] = {}
         taken: set[int] = set()
         for row in self.matrix["rows"]:
             topic = row.topic.strip()
@@ -941,7 +972,9 @@ class _Parser:
                     score = 1.5
                 else:
                     grams = _bigrams(topic)
-                    score = len(grams & _bigrams(node.title)) / len(grams) if grams else 0.0
+                    if id(node) not in grams_of:
+                        grams_of[id(node)] = _bigrams(node.title)
+                    score = len(grams & grams_of[id(node)]) / len(grams) if grams else 0.0
                 if score > best_score:
                     best, best_score = node, score
             if best is None or best_score < 0.5:
@@ -1259,7 +1292,7 @@ def _paragraphs(block: Block):
 
 def _content_column(raw: str) -> int:
     """The column where a list entry's text starts (after its bullet and the spaces after it)."""
-    match = re.match(r"^([ \t]*(?:>[ \t]?)*[ \t]*(?:[-*+]|\d{1,9}[.)]))([ \t]+)", raw)
+    match = CONTENT_START.match(raw)
     if not match:
         return 2
     return _width(match.group(1)) + min(_width(match.group(2)), 4) if _width(match.group(2)) <= 4 else _width(match.group(1)) + 1
@@ -1298,7 +1331,7 @@ def _count_stars(cell: str) -> int | None:
 
 
 def _bigrams(text: str) -> set[str]:
-    text = re.sub(r"[\W_]+", "", text.lower())
+    text = NON_WORD.sub("", text.lower())
     return {text[i : i + 2] for i in range(len(text) - 1)} or ({text} if text else set())
 
 

@@ -100,7 +100,8 @@ class _Planner:
             parent = node.form.get("base_parent")
             if item is None or item.document_id != doc or item.parent_id != parent or item.kind != node.kind:
                 continue
-            if parent is None or parent in self.kept:
+            # A parent not loaded is unchanged (only changed rows and their parents are loaded).
+            if parent is None or parent in self.kept or parent not in self.base.nodes:
                 self.kept.add(item_id)
 
     def _deletions(self) -> None:
@@ -111,7 +112,7 @@ class _Planner:
                 if carrier.form == "row":
                     self.edits.delete(carrier.line, carrier.line + 1)
             parent = node.form.get("base_parent")
-            if parent is None or parent in self.kept:
+            if parent is None or parent in self.kept or parent not in self.base.nodes:
                 self._delete_lines(node.line, node.end)
         for note_id, (note, owner) in self.base.notes.items():
             if (owner is None or owner in self.kept) and note_id not in self._note_ids(owner):
@@ -132,7 +133,7 @@ class _Planner:
         in the order of ``order``."""
         first = next((line for line in lines if line.strip()), "")
         width = len(first.expandtabs(4)) - len(first.expandtabs(4).lstrip())
-        depth = len(owner.key) if owner is not None else 0
+        depth = (len(owner.key) or owner.form.get("depth", 0)) if owner is not None else 0
         self.edits.insert(at, lines, (int(block), -width, -depth, *order), block=block)
 
     def _delete_lines(self, start: int, end: int) -> None:
