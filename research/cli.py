@@ -80,7 +80,7 @@ def _changes(write_message: str | None = None):
     """A write session plus a ChangeLog, for commands that change the backlog."""
     from contextlib import contextmanager
 
-    from research.backlog import ChangeLog
+    from research.backlog.items import ChangeLog
 
     @contextmanager
     def scope():
@@ -135,7 +135,7 @@ def _fields(
     title=None, body=None, status=None, priority=None, estimate=None, tags=None, innovation=None,
     practicality=None, feasibility=None, slug=None, kind=None, due=None, scheduled=None,
 ):
-    from research.backlog import ItemFields
+    from research.backlog.items import ItemFields
 
     return ItemFields(
         title=title, body=body, status=status, priority=priority, estimate=estimate, tags=tags,
@@ -166,7 +166,7 @@ def add(
     scheduled: ScheduledOpt = None,
 ) -> None:
     """Add an item (or, with --task, a checklist task) to the backlog."""
-    from research.backlog import add_item, resolve_item
+    from research.backlog.items import add_item, resolve_item
 
     with _changes() as (session, log):
         parent_item = resolve_item(session, parent) if parent else None
@@ -228,7 +228,7 @@ def _due_before(text: str | None) -> str | None:
 def show(item_id: IdArg, json_: JsonOpt = False) -> None:
     """Everything about an item: fields, checklist, runs, notes, outcomes, history."""
     from research import render
-    from research.backlog import item_detail, resolve_item
+    from research.backlog.items import item_detail, resolve_item
 
     _recover()
     with _session() as session:
@@ -269,7 +269,7 @@ def edit(
     scheduled: ScheduledOpt = None,
 ) -> None:
     """Change an item's fields (only the options given)."""
-    from research.backlog import edit_item, resolve_item
+    from research.backlog.items import edit_item, resolve_item
 
     with _changes() as (session, log):
         item = resolve_item(session, item_id)
@@ -287,7 +287,7 @@ def mv(
     doc: Annotated[str | None, typer.Option("--doc", help="Move to the top level of this document.")] = None,
 ) -> None:
     """Move an item (with its children) under another parent, or into a document."""
-    from research.backlog import INHERIT, move_item, resolve_item
+    from research.backlog.items import INHERIT, move_item, resolve_item
 
     if sum(bool(x) for x in (parent, top, doc)) != 1:
         raise ResearchError("give one of --parent ID, --top or --doc NAME")
@@ -309,7 +309,7 @@ def rm(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete an item with its children, notes and outcomes (`research undo` restores them)."""
-    from research.backlog import delete_item, resolve_item, subtree
+    from research.backlog.items import delete_item, resolve_item, subtree
 
     with _changes() as (session, log):
         item = resolve_item(session, item_id)
@@ -325,7 +325,7 @@ def rm(
 
 
 def _set_status(item_id: str, status: str, action: str = "status") -> None:
-    from research.backlog import resolve_item, set_status
+    from research.backlog.items import resolve_item, set_status
 
     with _changes() as (session, log):
         item = resolve_item(session, item_id)
@@ -353,7 +353,7 @@ def done(
     text: Annotated[str | None, typer.Option("--text", help="A sentence on what the outcome is.")] = None,
 ) -> None:
     """Mark an item done (✅), optionally recording what it produced."""
-    from research.backlog import add_outcome, parse_outcome_spec, resolve_item, set_status
+    from research.backlog.items import add_outcome, parse_outcome_spec, resolve_item, set_status
 
     with _changes() as (session, log):
         item = resolve_item(session, item_id)
@@ -394,7 +394,7 @@ def note(
     date: Annotated[str | None, typer.Option("--date", help="File the note under this date (YYYY-MM-DD).")] = None,
 ) -> None:
     """Write a dated note on an item, or on the backlog as a whole."""
-    from research.backlog import add_note, resolve_item
+    from research.backlog.items import add_note, resolve_item
 
     args = list(args or [])
     if date:
@@ -456,7 +456,7 @@ def _edit_text() -> str:
 @app.command()
 def undo() -> None:
     """Revert the last change (any command, an import or a delete included)."""
-    from research.backlog import undo_last
+    from research.backlog.items import undo_last
 
     with _changes() as (session, _log):
         batch, events = undo_last(session)
@@ -507,28 +507,46 @@ def export(
 ) -> None:
     """Export a document as Markdown, as it was written plus the backlog's changes (or all as JSON)."""
     from research import render
-    from research.backlog import export_json
-    from research.backlog.markdown import documents
     from research.files import check_writable_target, write_text_file
 
     if format_ not in ("md", "json"):
         raise ResearchError(f"unknown format {format_!r}; use md or json")
     if output:
         check_writable_target(output)
-    with _session() as session:
-        if format_ == "json":
+    loose = 0
+    if format_ == "json":
+        from research.backlog.items import export_json
+
+        with _session() as session:
             text = export_json(session)
-        else:
-            text, chosen = documents.export_text(session, doc)
-            loose = documents.loose_items(session) if chosen is not None else 0
+    else:
+        text, chosen, loose = _export_markdown(doc)
     if output:
         written = write_text_file(output, text, backup=True)
         note = f" (previous version kept as {written.backup})" if written.backup else ""
         typer.echo(f"wrote {written.path}{note}", err=True)
     else:
         sys.stdout.write(text)
-    if format_ == "md" and loose:
+    if loose:
         render.info(f"{loose} item(s) in no document are not in this export (`research mv ITEM --doc NAME` moves one in)")
+
+
+def _export_markdown(doc: str | None):
+    """Markdown export reads SQLite directly (no ORM), like `list`: it is run often."""
+    from research import clock
+    from research.backlog.markdown import reader
+    from research.backlog.markdown.export import export_text
+    from research.db import connect_raw, ensure_schema
+
+    path = db_path()
+    ensure_schema(path)
+    conn = connect_raw(path)
+    try:
+        text, chosen = export_text(conn, doc, clock.now().astimezone().date().isoformat())
+        loose = reader.loose_items(conn) if chosen is not None else 0
+    finally:
+        conn.close()
+    return text, chosen, loose
 
 
 @app.command()
@@ -621,7 +639,7 @@ def link(
     best: Annotated[str | None, typer.Option("--best", help="How to pick the best run, e.g. max:throughput.")] = None,
 ) -> None:
     """Link a notebook (with a cell tagged `parameters`) to an item, with default parameters."""
-    from research.backlog import resolve_item
+    from research.backlog.items import resolve_item
     from research.params import parse_assignments
     from research.runs import link_notebook
 
@@ -638,7 +656,7 @@ def unlink(
     name: Annotated[str | None, typer.Option("--name", help="Which linked notebook (needed when there are several).")] = None,
 ) -> None:
     """Remove a notebook link from an item (its runs are kept)."""
-    from research.backlog import resolve_item
+    from research.backlog.items import resolve_item
     from research.runs import unlink_notebook
 
     with _changes() as (session, log):
@@ -711,7 +729,7 @@ def run(
 def _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log_output, dry_run, worker,
          settings=None, wait: bool = True) -> None:
     from research import render
-    from research.backlog import resolve_item
+    from research.backlog.items import resolve_item
     from research.params import expand_grid, load_params_file, parse_assignments
     from research.runs import create_runs, plan_runs
 
@@ -820,7 +838,7 @@ def runs(
 ) -> None:
     """List runs (all, or an item's); `runs show RUN` for one in full; `runs rm RUN...` to delete; `runs cancel` to stop."""
     from research import render
-    from research.backlog import resolve_item
+    from research.backlog.items import resolve_item
     from research.runs import query_runs
 
     _recover()

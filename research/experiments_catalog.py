@@ -68,7 +68,7 @@ def add_shipped_experiments(session, project_root: Path) -> list[str]:
     """Add one item per shipped experiment that the backlog lacks; returns the slugs added."""
     from sqlmodel import select
 
-    from research.backlog import ChangeLog, ItemFields, add_item
+    from research.backlog.items import ChangeLog, ItemFields, add_item
     from research.models import Item
 
     log = ChangeLog(session)

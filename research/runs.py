@@ -23,7 +23,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from research import clock
-from research.backlog import ChangeLog, set_status
+from research.backlog.items import ChangeLog, set_status
 from research.db import project_root_of
 from research.errors import ResearchError
 from research.models import RUN_STATUSES, Item, Link, Metric, Run

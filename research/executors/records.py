@@ -39,7 +39,7 @@ def mark_submitted(
     db_path: Path, external: dict[int, str | None], sha256: dict[int, str] | None = None
 ) -> None:
     """Record external ids (and the notebook hash that was shipped); a planned item becomes active."""
-    from research.backlog import ChangeLog, set_status
+    from research.backlog.items import ChangeLog, set_status
 
     def write(session: Session):
         items = set()

@@ -19,7 +19,6 @@ import or a sync as a whole.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,28 +30,25 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from research import clock
-from research.backlog import (
+from research.backlog.items import (
     ChangeLog,
     _status_timestamps,
     add_note,
     add_outcome,
     delete_item,
-    row_dict,
-    set_meta,
 )
+from research.backlog.markdown import reader
+from research.backlog.markdown.export import pick_document
 from research.backlog.markdown.model import (
     FIELDS,
     ParsedDocument,
     ParsedNode,
     ParsedNote,
-    node_from_anchor,
     note_anchor,
-    note_from_anchor,
     outcome_anchor,
-    outcome_from_anchor,
 )
 from research.backlog.markdown.parse import parse_document
-from research.backlog.markdown.plan import Base, State, item_value, plan_text
+from research.backlog.markdown.plan import Base, item_value, plan_text
 from research.backlog.markdown.source import SourceLines
 from research.errors import ResearchError
 from research.files import read_text_file, write_text_file
@@ -140,19 +136,7 @@ def main_document(session: Session) -> Document | None:
 
 def resolve_document(session: Session, ref: str) -> Document:
     """A document by the path given at import, its file name, its full path or its id."""
-    docs = documents(session)
-    text = str(ref).strip()
-    full = str(Path(text).expanduser().resolve())
-    for doc in docs:
-        if text in (doc.name, doc.path, str(doc.id)) or full == doc.path:
-            return doc
-    by_name = [doc for doc in docs if Path(doc.path).name == text or Path(doc.name).name == text]
-    if len(by_name) == 1:
-        return by_name[0]
-    if len(by_name) > 1:
-        raise ResearchError(f"{text!r} names {len(by_name)} documents; give its path: {', '.join(d.name for d in by_name)}")
-    known = ", ".join(d.name for d in docs) or "none yet"
-    raise ResearchError(f"no document {text!r} (documents: {known})")
+    return pick_document(documents(session), ref)
 
 
 def _document_for_file(session: Session, path: Path, name: str | None) -> Document | None:
@@ -229,7 +213,7 @@ def import_file(
         return report
     if not force:
         _refuse_older_file(session, doc, path, file.mtime)
-    pending = changed_since_base(session, doc) != (set(), False)
+    pending = reader.changed_since_base(_raw(session), doc) != (set(), False)
     merge = _Merge(session, log, doc, parsed, report)
     merge.match()
     if merge.report.conflicts and not force:
@@ -461,197 +445,14 @@ def _anchors(session: Session, doc: Document, table: str) -> list[Anchor]:
     return list(session.exec(select(Anchor).where(Anchor.document_id == doc.id, Anchor.table_name == table)))
 
 
-def load_base(session: Session, doc: Document, items: set[int] | None = None) -> Base:
-    """The document's text and its anchors: all of them, or those of ``items`` (with their
-    notes and outcomes, and the document's own notes) when only those may have changed."""
-    table = Anchor.__table__
-    query = select(table.c.table_name, table.c.row_id, table.c.data).where(table.c.document_id == doc.id)
-    if items is not None:
-        notes = _ids(session, select(Note.id).where(Note.item_id.in_(_json_ids(items)) | Note.item_id.is_(None)))
-        outcomes = _ids(session, select(Outcome.id).where(Outcome.item_id.in_(_json_ids(items))))
-        query = query.where(
-            ((table.c.table_name == "item") & table.c.row_id.in_(_json_ids(items)))
-            | ((table.c.table_name == "note") & table.c.row_id.in_(_json_ids(notes)))
-            | ((table.c.table_name == "outcome") & table.c.row_id.in_(_json_ids(outcomes)))
-        )
-    base = Base(SourceLines.from_text(doc.text), dict(doc.conventions), dict(doc.layout))
-    for table_name, row_id, data in session.connection().execute(query):
-        if table_name == "item":
-            node = node_from_anchor(data["node"])
-            node.form["base_parent"] = data["parent"]
-            base.nodes[row_id] = node
-        elif table_name == "note":
-            base.notes[row_id] = (note_from_anchor(data["note"]), data["owner"])
-        elif table_name == "outcome":
-            base.outcomes[row_id] = (outcome_from_anchor(data["outcome"]), data["owner"])
-    return base
+def _raw(session: Session):
+    """The sqlite3 connection inside the session's transaction, for ``reader``."""
+    session.flush()
+    return session.connection().connection.driver_connection
 
 
-def _json_ids(ids) -> Any:
-    """``IN (SELECT value FROM json_each(?))``: one bound parameter however many ids."""
-    import json
-
-    from sqlalchemy import bindparam
-
-    values = func.json_each(bindparam(None, json.dumps(sorted(ids)), unique=True)).table_valued("value")
-    return select(values.c.value)
-
-
-def _ids(session: Session, query) -> set[int]:
-    return set(session.exec(query))
-
-
-def load_state(session: Session, doc: Document | None, main: bool, extra_ids: set[int] = frozenset(),
-               only: set[int] | None = None) -> State:
-    """The rows the document may show: all its items, or only ``only`` (and always ``extra_ids``)."""
-    doc_id = doc.id if doc is not None else None
-    table = Item.__table__
-    if only is None:
-        from research.views import Backlog
-
-        rows = Backlog.load_rows(session).items
-        known = {i.id for i in rows}
-    else:
-        rows = list(session.connection().execute(select(table).where(table.c.id.in_(_json_ids(only | set(extra_ids))))))
-        known = None
-    items = {i.id: i for i in rows if i.document_id == doc_id or i.id in extra_ids}
-    children: dict[int | None, list[Any]] = defaultdict(list)
-    for item in rows:
-        if item.document_id == doc_id:
-            parent = item.parent_id if known is None or item.parent_id in known else None
-            children[parent].append(item)
-    for kids in children.values():
-        kids.sort(key=lambda i: (i.position, i.id))
-    wanted = set(items)
-    notes: dict[int | None, list[Any]] = defaultdict(list)
-    note_query = select(Note.__table__).order_by(Note.__table__.c.id)
-    if only is not None:
-        note_query = note_query.where(Note.__table__.c.item_id.in_(_json_ids(wanted)) | Note.__table__.c.item_id.is_(None))
-    for note in session.connection().execute(note_query):
-        if note.item_id in wanted or note.item_id is None:
-            notes[note.item_id].append(note)
-    outcomes: dict[int, list[Any]] = defaultdict(list)
-    outcome_query = select(Outcome.__table__).order_by(Outcome.__table__.c.id)
-    if only is not None:
-        outcome_query = outcome_query.where(Outcome.__table__.c.item_id.in_(_json_ids(wanted)))
-    for outcome in session.connection().execute(outcome_query):
-        if outcome.item_id in wanted:
-            outcomes[outcome.item_id].append(outcome)
-    return State(document_id=doc_id, main=main, items=items, children=children, notes=notes, outcomes=outcomes,
-                 today=clock.now().astimezone().date().isoformat())
-
-
-# ---------------------------------------------------------------------------
-# Export
-
-
-def changed_since_base(session: Session, doc: Document) -> tuple[set[int], bool]:
-    """Items whose rows (or notes, outcomes) changed since the document's text was set, and
-    whether the backlog's own notes or the main document did.
-
-    Every change goes through the event log, so a document with no event after its base
-    batch is exactly its text; an undone change still counts (it is compared, not trusted).
-    """
-    touched: set[int] = set()
-    backlog = False
-    for item_id, table_name in session.exec(
-        select(Event.item_id, Event.table_name).where(Event.batch > doc.base_batch)
-    ):
-        if item_id is not None:
-            touched.add(item_id)
-        elif table_name in ("note", "document"):
-            backlog = True
-    return touched, backlog
-
-
-def export_document(session: Session, doc: Document) -> str:
-    bom = "\ufeff" if doc.conventions.get("bom") else ""
-    touched, backlog_notes = changed_since_base(session, doc)
-    if not touched and not backlog_notes:
-        return bom + doc.text
-    main = main_document(session)
-    is_main = main is not None and main.id == doc.id
-    # Plan around the changed rows only: their anchors, their parents' (where new children
-    # go) and, for what is written anew (moved or added), everything under them.
-    parents = {i.parent_id for i in session.exec(select(Item).where(Item.id.in_(_json_ids(touched)))) if i.parent_id}
-    anchored_parents = {
-        data["parent"] for data in session.exec(
-            select(Anchor.data).where(Anchor.document_id == doc.id, Anchor.table_name == "item",
-                                      Anchor.row_id.in_(_json_ids(touched)))
-        ) if data.get("parent")
-    }
-    relevant = touched | parents | anchored_parents
-    base = load_base(session, doc, relevant)
-    fresh = {i for i in touched if i not in base.nodes or _moved(session, base.nodes[i], i)}
-    state = load_state(session, doc, is_main, extra_ids=set(base.nodes), only=relevant | _descendants(session, fresh))
-    return bom + plan_text(base, state)
-
-
-def _moved(session: Session, node: ParsedNode, item_id: int) -> bool:
-    item = session.get(Item, item_id)
-    return item is None or item.parent_id != node.form.get("base_parent")
-
-
-def _descendants(session: Session, roots: set[int]) -> set[int]:
-    if not roots:
-        return set()
-    from sqlalchemy import text
-
-    rows = session.connection().execute(text(
-        "WITH RECURSIVE sub(id) AS (SELECT value FROM json_each(:ids) "
-        "UNION SELECT item.id FROM item JOIN sub ON item.parent_id = sub.id) SELECT id FROM sub"
-    ), {"ids": __import__("json").dumps(sorted(roots))})
-    return {row[0] for row in rows}
-
-
-def export_loose(session: Session) -> str:
-    """The backlog as one new document, for a backlog that has none (the seed's conventions)."""
-    from research.backlog import get_meta
-
-    state = load_state(session, None, main=True)
-    items = list(state.items.values())
-    legacy = _legacy_layout(get_meta(session, "layout", "{}"))
-    cjk = any(_CJK(i.title) for i in items[:200])
-    lang = legacy.get("lang") or ("zh" if cjk else "en")
-    title = legacy.get("title") or ("研究待办" if lang == "zh" else "Research backlog")
-    lines = [f"# {title}", ""]
-    if legacy.get("preamble"):
-        lines += [legacy["preamble"], ""]
-    scored = any(i.innovation or i.practicality or i.feasibility for i in items if i.kind == "item")
-    if scored:
-        from research.backlog.markdown.dialects import MATRIX_HEADER
-
-        header = MATRIX_HEADER[lang]
-        heading = (legacy.get("matrix") or {}).get("heading") or ("📊 研究优先级矩阵" if lang == "zh" else "Priority matrix")
-        lines += ["---", "", f"## {heading}", "", "| " + " | ".join(header) + " |",
-                  "|" + "|".join("-" * (len(h) * 2 + 2 if _CJK(h) else len(h) + 2) for h in header) + "|"]
-    skeleton = "\n".join(lines) + "\n"
-    parsed = parse_document(skeleton)
-    conventions = dict(parsed.conventions, lang=lang, section_rules=True, item_level=2)
-    layout = dict(parsed.layout)
-    layout["item"] = {"line": 2 + (2 if legacy.get("preamble") else 0), "level": 2, "after_items": False}
-    if state.notes.get(None):
-        notes_heading = (legacy.get("notes") or {}).get("heading") or ("📝 研究笔记" if lang == "zh" else "Research notes")
-        skeleton += f"\n---\n\n## {notes_heading}\n"
-        layout["notes"] = {"line": len(SourceLines.from_text(skeleton)), "level": 3, "descending": False}
-    base = Base(SourceLines.from_text(skeleton), conventions, layout)
-    return plan_text(base, state)
-
-
-def _CJK(text: str) -> bool:
-    import re
-
-    return bool(re.search(r"[\u4e00-\u9fff]", text or ""))
-
-
-def _legacy_layout(raw: str | None) -> dict[str, Any]:
-    import json
-
-    try:
-        data = json.loads(raw or "{}")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+def _today() -> str:
+    return clock.now().astimezone().date().isoformat()
 
 
 # ---------------------------------------------------------------------------
@@ -663,7 +464,7 @@ class _Merge:
 
     def __init__(self, session: Session, log: ChangeLog, doc: Document, parsed: ParsedDocument, report: Report):
         self.session, self.log, self.doc, self.parsed, self.report = session, log, doc, parsed, report
-        self.base = load_base(session, doc)
+        self.base = reader.load_base(_raw(session), doc)
         self.items: dict[int, Item] = {
             i.id: i for i in session.exec(select(Item).where((Item.document_id == doc.id) | Item.id.in_(list(self.base.nodes))))
         }
@@ -985,7 +786,8 @@ def sync_file(session: Session, log: ChangeLog, path: Path, *, prefer: str | Non
             if id(outcome) in merge.outcome_match:
                 base.outcomes[merge.outcome_match[id(outcome)]] = (outcome, merge.match_of.get(id(node)))
     main = main_document(session)
-    state = load_state(session, doc, main is not None and main.id == doc.id, extra_ids=set(base.nodes))
+    state = reader.load_state(_raw(session), doc.id, main is not None and main.id == doc.id, _today(),
+                              extra_ids=set(base.nodes))
     text = plan_text(base, state)
     report.written_changes = int(text != parsed.text)
     if dry_run:
@@ -1057,20 +859,3 @@ def _map_outcomes(session: Session, mapping: dict[int, int], parsed: ParsedDocum
             if row is not None:
                 out[id(outcome)] = row.id
     return out
-
-
-def export_text(session: Session, doc_ref: str | None) -> tuple[str, Document | None]:
-    """The Markdown to export: the named document, the only one, or the loose backlog."""
-    docs = documents(session)
-    if doc_ref:
-        doc = resolve_document(session, doc_ref)
-        return export_document(session, doc), doc
-    if not docs:
-        return export_loose(session), None
-    if len(docs) == 1:
-        return export_document(session, docs[0]), docs[0]
-    names = ", ".join(d.name for d in docs)
-    raise ResearchError(f"the backlog has {len(docs)} documents ({names}): give --doc NAME")
-
-
-_ = (time, row_dict, set_meta)

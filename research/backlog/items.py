@@ -1,0 +1,513 @@
+"""Backlog operations: the plain library behind the CLI's item commands.
+
+Every change goes through a ``ChangeLog``, which writes row-level events (before
+and after values) sharing one batch per command. ``undo`` reverts the latest
+batch generically from those rows, so any command, including an import or a
+recursive delete, is undone as a whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, SQLModel, select
+
+from research import clock
+from research.errors import ResearchError
+from research.models import (
+    OUTCOME_KINDS,
+    Anchor,
+    Document,
+    Event,
+    Item,
+    Link,
+    Meta,
+    Metric,
+    Note,
+    Outcome,
+    Run,
+)
+from research.views import Backlog, ItemRow, ListFilter, filter_items, item_summary, sort_key  # noqa: F401
+from research.vocab import (
+    OUTCOME_LOOKUP,
+    check_date,
+    clean_title,
+    composite_score,
+    normalize_priority,
+    normalize_status,
+    parse_estimate,
+    slugify,
+)
+
+# Tables whose rows events may refer to (undo looks models up here).
+TABLES: dict[str, type[SQLModel]] = {
+    m.__tablename__: m for m in (Item, Note, Outcome, Link, Run, Metric, Document, Anchor)
+}
+# Rows that belong to an item and go (and come back) with it, in deletion order:
+# runs before the links they point to, so undo re-creates links first.
+DEPENDENTS: list[tuple[type[SQLModel], str]] = [(Run, "item_id"), (Link, "item_id"), (Note, "item_id"), (Outcome, "item_id")]
+
+
+def row_dict(obj: SQLModel) -> dict[str, Any]:
+    return obj.model_dump()
+
+
+class ChangeLog:
+    """Records the events of one command under one batch number."""
+
+    def __init__(self, session: Session):
+        self.session = session
+        self._batch: int | None = None
+        self.count = 0
+
+    @property
+    def batch(self) -> int:
+        if self._batch is None:
+            last = self.session.exec(select(func.max(Event.batch))).one()
+            self._batch = (last or 0) + 1
+        return self._batch
+
+    def _add(self, action: str, table: str, row_id: int, item_id: int | None, before, after) -> None:
+        self.session.add(
+            Event(
+                batch=self.batch,
+                ts=clock.now_iso(),
+                action=action,
+                item_id=item_id,
+                table_name=table,
+                row_id=row_id,
+                before=before,
+                after=after,
+            )
+        )
+        self.count += 1
+
+    def created(self, obj: SQLModel, action: str = "created") -> None:
+        self.session.flush()
+        self._add(action, obj.__tablename__, obj.id, _item_id_of(obj), None, row_dict(obj))
+
+    def updated(self, obj: SQLModel, changes: dict[str, Any], action: str = "edited") -> bool:
+        """Apply ``changes`` to ``obj`` and record what changed; False when nothing did."""
+        before, after = {}, {}
+        for name, value in changes.items():
+            old = getattr(obj, name)
+            if old != value:
+                before[name], after[name] = old, value
+                setattr(obj, name, value)
+        if not after:
+            return False
+        if isinstance(obj, Item) and "updated_at" not in after:
+            before["updated_at"], after["updated_at"] = obj.updated_at, clock.now_iso()
+            obj.updated_at = after["updated_at"]
+        self.session.add(obj)
+        self.session.flush()
+        self._add(action, obj.__tablename__, obj.id, _item_id_of(obj), before, after)
+        return True
+
+    def deleted(self, obj: SQLModel, action: str = "delete") -> None:
+        self._add(action, obj.__tablename__, obj.id, _item_id_of(obj), row_dict(obj), None)
+        self.session.delete(obj)
+        self.session.flush()
+
+
+def _item_id_of(obj: SQLModel) -> int | None:
+    if isinstance(obj, Item):
+        return obj.id
+    return getattr(obj, "item_id", None)
+
+
+# ---------------------------------------------------------------------------
+# Looking items up
+
+
+def resolve_item(session: Session, ref: str | int) -> Item:
+    """An item by numeric id or slug."""
+    text = str(ref).strip()
+    item = None
+    if text.isdigit():
+        item = session.get(Item, int(text))
+    if item is None:
+        item = session.exec(select(Item).where(Item.slug == text)).first()
+    if item is None:
+        raise ResearchError(f"no item with id or slug {text!r}")
+    return item
+
+
+def unique_slug(session: Session, title: str, exclude_id: int | None = None, taken: set[str] | None = None) -> str:
+    base = slugify(title)
+    candidate, n = base, 1
+    while True:
+        clash = session.exec(select(Item.id).where(Item.slug == candidate)).first()
+        if (clash is None or clash == exclude_id) and not (taken and candidate in taken):
+            return candidate
+        n += 1
+        candidate = f"{base}-{n}"
+
+
+def children_of(session: Session, parent_id: int | None) -> list[Item]:
+    query = select(Item).where(Item.parent_id == parent_id) if parent_id else select(Item).where(Item.parent_id.is_(None))
+    return list(session.exec(query.order_by(Item.position, Item.id)))
+
+
+def subtree(session: Session, item: Item) -> list[Item]:
+    """The item and all its descendants, parents before children."""
+    out, frontier = [item], [item.id]
+    while frontier:
+        kids = list(session.exec(select(Item).where(Item.parent_id.in_(frontier)).order_by(Item.position, Item.id)))
+        out.extend(kids)
+        frontier = [k.id for k in kids]
+    return out
+
+
+def _next_position(session: Session, parent_id: int | None) -> int:
+    cond = Item.parent_id == parent_id if parent_id else Item.parent_id.is_(None)
+    last = session.exec(select(func.max(Item.position)).where(cond)).one()
+    return 0 if last is None else last + 1
+
+
+# ---------------------------------------------------------------------------
+# Creating and changing items
+
+
+@dataclass
+class ItemFields:
+    """Optional field values from `add` and `edit`; None means 'leave as is'."""
+
+    title: str | None = None
+    body: str | None = None
+    status: str | None = None
+    priority: str | None = None
+    estimate: str | None = None
+    tags: list[str] | None = None
+    innovation: int | None = None
+    practicality: int | None = None
+    feasibility: int | None = None
+    slug: str | None = None
+    kind: str | None = None
+    due_date: str | None = None  # "" clears
+    scheduled_date: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def changes(self, item: Item | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.title is not None:
+            out["title"] = clean_title(self.title)
+        if self.body is not None:
+            out["body"] = self.body
+            if item is not None and item.style.get("tasks_at") is not None:
+                out["style"] = {k: v for k, v in item.style.items() if k != "tasks_at"}
+        if self.status is not None:
+            out["status"] = normalize_status(self.status)
+        if self.priority is not None:
+            out["priority"] = normalize_priority(self.priority)
+        if self.estimate is not None:
+            out["estimate"] = self.estimate.strip() or None
+            out["estimate_min_days"], out["estimate_max_days"] = parse_estimate(self.estimate)
+        if self.tags is not None:
+            out["tags"] = _clean_tags(self.tags)
+        for name in ("innovation", "practicality", "feasibility"):
+            value = getattr(self, name)
+            if value is not None:
+                if not 1 <= value <= 5:
+                    raise ResearchError(f"{name} must be between 1 and 5, got {value}")
+                out[name] = value
+        if any(name in out for name in ("innovation", "practicality", "feasibility")):
+            merged = {n: out.get(n, getattr(item, n) if item else None) for n in ("innovation", "practicality", "feasibility")}
+            out["score"] = composite_score(**merged)
+        if self.due_date is not None:
+            out["due_date"] = check_date(self.due_date, "due date")
+        if self.scheduled_date is not None:
+            out["scheduled_date"] = check_date(self.scheduled_date, "scheduled date")
+        if self.kind is not None:
+            if self.kind not in ("item", "task"):
+                raise ResearchError(f"unknown kind {self.kind!r}; use item or task")
+            out["kind"] = self.kind
+        out.update(self.extra)
+        return out
+
+
+def _clean_tags(tags: list[str]) -> list[str]:
+    seen: list[str] = []
+    for tag in tags:
+        for part in str(tag).split(","):
+            part = part.strip().lstrip("#")
+            if part and part not in seen:
+                seen.append(part)
+    return seen
+
+
+def _status_timestamps(item: Item | None, new_status: str) -> dict[str, Any]:
+    """started_at is set on first start; done_at follows the done state."""
+    now = clock.now_iso()
+    out: dict[str, Any] = {}
+    if new_status in ("active", "done", "writing-up") and (item is None or not item.started_at):
+        out["started_at"] = now
+    if new_status == "done":
+        if item is None or item.status != "done" or not item.done_at:
+            out["done_at"] = now
+    elif item is not None and item.done_at:
+        out["done_at"] = None
+    return out
+
+
+INHERIT = "inherit"
+
+
+def add_item(
+    session: Session,
+    log: ChangeLog,
+    fields: ItemFields,
+    parent: Item | None = None,
+    position: int | None = None,
+    created_at: str | None = None,
+    document_id: int | None | str = INHERIT,
+) -> Item:
+    """A new item. It joins its parent's document; a top-level one joins the main document
+    (``document_id`` overrides: None keeps it in no document)."""
+    if not fields.title or not fields.title.strip():
+        raise ResearchError("title must not be empty")
+    values = fields.changes()
+    if document_id == INHERIT:
+        document_id = parent.document_id if parent is not None else _main_document_id(session)
+    now = clock.now_iso()
+    slug = fields.slug and slugify(fields.slug)
+    if slug and session.exec(select(Item.id).where(Item.slug == slug)).first() is not None:
+        raise ResearchError(f"slug {slug!r} is already taken")
+    values.setdefault("status", "planned")
+    values.update(_status_timestamps(None, values["status"]))
+    item = Item(
+        slug=slug or unique_slug(session, values["title"]),
+        parent_id=parent.id if parent else None,
+        position=_next_position(session, parent.id if parent else None) if position is None else position,
+        created_at=created_at or now,
+        updated_at=now,
+        document_id=document_id,
+        **values,
+    )
+    session.add(item)
+    log.created(item)
+    return item
+
+
+def edit_item(session: Session, log: ChangeLog, item: Item, fields: ItemFields) -> bool:
+    changes = fields.changes(item)
+    if fields.slug is not None:
+        slug = slugify(fields.slug)
+        clash = session.exec(select(Item.id).where(Item.slug == slug)).first()
+        if clash is not None and clash != item.id:
+            raise ResearchError(f"slug {slug!r} is already taken")
+        changes["slug"] = slug
+    status_changed = "status" in changes and changes["status"] != item.status
+    if status_changed:
+        changes.update(_status_timestamps(item, changes["status"]))
+    return log.updated(item, changes, action="status" if status_changed and len(changes) <= 4 else "edited")
+
+
+def set_status(session: Session, log: ChangeLog, item: Item, status: str, action: str = "status") -> bool:
+    status = normalize_status(status)
+    changes = {"status": status, **_status_timestamps(item, status)}
+    if status == item.status:
+        return False
+    return log.updated(item, changes, action=action)
+
+
+def check_item(session: Session, log: ChangeLog, item: Item, checked: bool) -> bool:
+    return set_status(session, log, item, "done" if checked else "planned", action="check" if checked else "uncheck")
+
+
+def _main_document_id(session: Session) -> int | None:
+    from research.models import Document
+
+    rows = list(session.exec(select(Document.id, Document.is_main).order_by(Document.id)))
+    return next((i for i, main in rows if main), rows[0][0] if rows else None)
+
+
+def move_item(session: Session, log: ChangeLog, item: Item, new_parent: Item | None,
+              document_id: int | None | str = INHERIT) -> bool:
+    """Move ``item`` (with its subtree) under ``new_parent``, or to the top level.
+
+    It joins the new parent's document; at the top level it stays in its document unless
+    ``document_id`` names another (None: no document).
+    """
+    items = subtree(session, item)
+    if new_parent is not None:
+        if new_parent.id == item.id or new_parent.id in {i.id for i in items}:
+            raise ResearchError("cannot move an item under itself or one of its descendants")
+    new_parent_id = new_parent.id if new_parent else None
+    if document_id == INHERIT:
+        document_id = new_parent.document_id if new_parent is not None else item.document_id
+    if new_parent_id == item.parent_id and document_id == item.document_id:
+        return False
+    changes: dict[str, Any] = {"document_id": document_id}
+    if new_parent_id != item.parent_id:
+        changes.update(parent_id=new_parent_id, position=_next_position(session, new_parent_id))
+    changed = log.updated(item, changes, action="move")
+    for child in items[1:]:
+        log.updated(child, {"document_id": document_id}, action="move")
+    return changed
+
+
+def delete_item(session: Session, log: ChangeLog, item: Item) -> int:
+    """Delete the item, its descendants and everything attached; returns items removed."""
+    items = subtree(session, item)
+    ids = [i.id for i in items]
+    # Dependents first, then items deepest first, so undo (which replays in
+    # reverse) re-creates parents before children and items before their notes.
+    run_ids = list(session.exec(select(Run.id).where(Run.item_id.in_(ids))))
+    if run_ids:
+        for metric in session.exec(select(Metric).where(Metric.run_id.in_(run_ids))):
+            log.deleted(metric)
+    for model, column in DEPENDENTS:
+        for row in session.exec(select(model).where(getattr(model, column).in_(ids))):
+            log.deleted(row)
+    for doomed in reversed(items):
+        log.deleted(doomed)
+    return len(items)
+
+
+def add_note(session: Session, log: ChangeLog, item: Item | None, text: str, date: str | None = None, title: str | None = None) -> Note:
+    if not text.strip() and not title:
+        raise ResearchError("note text must not be empty")
+    note = Note(
+        item_id=item.id if item else None,
+        date=date or clock.now().astimezone().date().isoformat(),
+        title=title,
+        text=text.strip("\n"),
+        created_at=clock.now_iso(),
+    )
+    session.add(note)
+    log.created(note, action="note")
+    if item is not None:
+        log.updated(item, {"updated_at": clock.now_iso()}, action="touched")
+    return note
+
+
+def add_outcome(session: Session, log: ChangeLog, item: Item, kind: str, ref: str = "", text: str = "") -> Outcome:
+    kind = normalize_outcome_kind(kind)
+    outcome = Outcome(item_id=item.id, kind=kind, ref=ref, text=text, created_at=clock.now_iso())
+    session.add(outcome)
+    log.created(outcome, action="outcome")
+    return outcome
+
+
+def normalize_outcome_kind(kind: str) -> str:
+    found = OUTCOME_LOOKUP.get(kind.strip().lower())
+    if found:
+        return found
+    raise ResearchError(f"unknown outcome kind {kind!r}; use one of: {', '.join(OUTCOME_KINDS)}")
+
+
+def parse_outcome_spec(spec: str) -> tuple[str, str]:
+    """'code:experiments/x.py' -> ('code', 'experiments/x.py')."""
+    kind, sep, ref = spec.partition(":")
+    if not sep:
+        raise ResearchError(f"outcome {spec!r} must look like KIND:REF (kinds: {', '.join(OUTCOME_KINDS)})")
+    return normalize_outcome_kind(kind), ref.strip()
+
+
+# ---------------------------------------------------------------------------
+# Undo
+
+
+def undo_last(session: Session) -> tuple[int, list[Event]]:
+    """Revert the most recent batch that is not undone; returns (batch, its events)."""
+    batch = session.exec(select(func.max(Event.batch)).where(Event.undone == False)).one()  # noqa: E712
+    if batch is None:
+        raise ResearchError("nothing to undo")
+    events = list(session.exec(select(Event).where(Event.batch == batch).order_by(Event.id.desc())))
+    for event in events:
+        model = TABLES.get(event.table_name)
+        if model is None:
+            raise ResearchError(f"cannot undo a change to table {event.table_name!r}")
+        if event.after is None:  # deleted: put it back
+            session.add(model(**event.before))
+        elif event.before is None:  # created: remove it
+            row = session.get(model, event.row_id)
+            if row is not None:
+                session.delete(row)
+        else:  # updated: restore old values
+            row = session.get(model, event.row_id)
+            if row is None:
+                raise ResearchError(f"cannot undo: {event.table_name} {event.row_id} no longer exists")
+            for name, value in event.before.items():
+                setattr(row, name, value)
+            session.add(row)
+        session.flush()
+        event.undone = True
+        session.add(event)
+    session.flush()
+    return batch, events
+
+
+# ---------------------------------------------------------------------------
+# Reading
+
+
+def item_detail(session: Session, item: Item) -> dict[str, Any]:
+    """Everything about one item, for `show`."""
+    backlog = Backlog.load_rows(session)
+    data = item_summary(item, backlog)
+    data["body"] = item.body
+    data["tasks_at"] = item.style.get("tasks_at")
+    data["path"] = backlog.path(item)
+    document = session.get(Document, item.document_id) if item.document_id else None
+    data["document"] = document.name if document else None
+    data["children"] = [
+        {**item_summary(child), "progress": dict(zip(("done", "total"), backlog.progress(child.id), strict=True))}
+        for child in backlog.children.get(item.id, [])
+    ]
+    data["notes"] = [
+        {"id": n.id, "date": n.date, "title": n.title, "text": n.text, "created_at": n.created_at}
+        for n in session.exec(select(Note).where(Note.item_id == item.id).order_by(Note.date, Note.id))
+    ]
+    data["outcomes"] = [
+        {"id": o.id, "kind": o.kind, "ref": o.ref, "text": o.text, "created_at": o.created_at}
+        for o in session.exec(select(Outcome).where(Outcome.item_id == item.id).order_by(Outcome.id))
+    ]
+    data["history"] = [
+        {"ts": e.ts, "action": e.action, "table": e.table_name, "before": e.before, "after": e.after, "undone": e.undone}
+        for e in session.exec(select(Event).where(Event.item_id == item.id).order_by(Event.id))
+        if e.action != "touched"
+    ]
+    return data
+
+
+def get_meta(session: Session, key: str, default: str | None = None) -> str | None:
+    row = session.get(Meta, key)
+    return row.value if row else default
+
+
+def set_meta(session: Session, key: str, value: str) -> None:
+    row = session.get(Meta, key)
+    if row is None:
+        session.add(Meta(key=key, value=value))
+    else:
+        row.value = value
+        session.add(row)
+
+
+def export_json(session: Session) -> str:
+    """The whole backlog as JSON: every item (documents or not), note, outcome and document."""
+    import json
+
+    backlog = Backlog.load_rows(session)
+    items = []
+    for item, _depth in backlog.walk():
+        data = item_summary(item)
+        data["body"] = item.body
+        items.append(data)
+    documents = [
+        {k: v for k, v in d.model_dump().items() if k not in ("text", "layout")}
+        for d in session.exec(select(Document).order_by(Document.id))
+    ]
+    payload = {
+        "format": "research-backlog",
+        "version": 2,
+        "documents": documents,
+        "items": items,
+        "notes": [n.model_dump() for n in session.exec(select(Note).order_by(Note.id))],
+        "outcomes": [o.model_dump() for o in session.exec(select(Outcome).order_by(Outcome.id))],
+    }
+    return json.dumps(payload, ensure_ascii=False, indent=2) + "\n"
