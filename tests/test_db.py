@@ -107,7 +107,7 @@ def test_migrations_upgrade_without_losing_data(isolated):
     assert list(conn.execute("SELECT document_id, due_date, scheduled_date, start_date FROM item")) == [(None,) * 4]
     conn.close()
     # The upgraded database works through the library too.
-    from research.backlog import Backlog
+    from research.backlog.items import Backlog
 
     with db.session_scope(path) as session:
         backlog = Backlog.load(session)

@@ -341,7 +341,8 @@ def move_item(session: Session, log: ChangeLog, item: Item, new_parent: Item | N
     if new_parent_id == item.parent_id and document_id == item.document_id:
         return False
     changes: dict[str, Any] = {"document_id": document_id}
-    if new_parent_id != item.parent_id:
+    if new_parent_id != item.parent_id or document_id != item.document_id:
+        # It goes last among its new siblings, where a document writes it.
         changes.update(parent_id=new_parent_id, position=_next_position(session, new_parent_id))
     changed = log.updated(item, changes, action="move")
     for child in items[1:]:

@@ -530,7 +530,9 @@ class _Parser:
         self.conv["lang_votes"][lang] += 1
         labels = self.conv["labels"]
         labels.setdefault(name, key)
-        if "label_form" not in self.conv:
+        # The form new labels are written in: the first unquoted one (a quoted block of
+        # fields belongs to its own item, whose new fields join it through its slot).
+        if "label_form" not in self.conv or (self.conv["label_form"].get("quoted") and not quoted):
             inner = meta.group("inner")
             colon = inner or meta.string[meta.end("key") + 2 :].lstrip(" \t")[:1] or ":"
             prefix = meta.group("prefix")
@@ -741,8 +743,8 @@ class _Parser:
         while True:
             text = raw[start:end]
             last = text[-1:]
-            if not (last.isdigit() or last in _MARK_ENDS or hashes or others):
-                break
+            if not (last.isdigit() or last in _MARK_ENDS or hashes or others) or text.endswith(("**", "__")):
+                break  # no mark to read, or a bold title (marks never sit inside the bold)
             m = _SIGNIFIER_DATE.search(text) if last.isdigit() else None
             if m:
                 name = d.OBSIDIAN_DATES[m.group("mark")]
@@ -1232,19 +1234,21 @@ class _Parser:
             last = top_tasks[-1]
             prefix = last.form["prefix"]
             layout["task"] = {"line": last.end, "indent": prefix[: len(prefix) - len(prefix.lstrip(" \t>"))], "bullet": _marker(last)}
+        # New notes of the backlog go beside its dated notes (after the last, or before the
+        # first when they run newest first), else at the end of its notes section.
+        dated = [note for note in self.doc_notes if note.form == "heading" and note.date]
         if self.notes_sections:
             section = self.notes_sections[0]
-            dated = [note for note in self.doc_notes if note.form == "heading" and section["line"] < note.line < section.get("end", n)]
-            if dated and conv["notes_descending"]:
-                at = dated[0].line
-            elif dated:
-                at = dated[-1].end
-            else:
-                at = self._trim_end(section["line"], section.get("end", n))
-            layout["notes"] = {"line": at, "level": conv["notes_level"], "descending": conv["notes_descending"] and bool(dated)}
-        elif self.doc_notes:
-            last = self.doc_notes[-1]
-            layout["notes"] = {"line": last.end, "level": last.level, "descending": False}
+            inside = [note for note in dated if section["line"] < note.line < section.get("end", n)]
+            dated = inside or dated
+        if dated:
+            descending = conv["notes_descending"]
+            at = dated[0].line if descending else dated[-1].end
+            layout["notes"] = {"line": at, "level": dated[0].level, "descending": descending}
+        elif self.notes_sections:
+            section = self.notes_sections[0]
+            at = self._trim_end(section["line"], section.get("end", n))
+            layout["notes"] = {"line": at, "level": conv["notes_level"], "descending": False}
         if self.matrix:
             layout["matrix"] = {"line": self.matrix["insert"], "columns": self.matrix["columns"], "header": self.matrix["header"]}
         return layout

@@ -178,7 +178,7 @@ class _Planner:
             if trailing is not None:
                 self.edits.replace(trailing.line, trailing.start, trailing.end, f" {want}" if want else "")
             elif want:
-                self._add_mark(node, want)
+                self._add_mark(node, want, after_title=True)
             self._done_date(node, old, new)
             return
         wrote = False
@@ -337,9 +337,14 @@ class _Planner:
         lines = [line, ""] if after and head else [line]
         self._put(slot.line, lines, (_META, order), owner=node)
 
-    def _add_mark(self, node: ParsedNode, text: str) -> None:
+    def _add_mark(self, node: ParsedNode, text: str, after_title: bool = False) -> None:
+        """A new trailing mark: at the end of the line (after the marks already there, as
+        Obsidian orders priority before dates), or right after the title (a status emoji)."""
         if text:
-            at = node.form.get("mark_at", node.title_at[2])  # after a bold title's closing **
+            if after_title:
+                at = node.form.get("mark_at", node.title_at[2])  # after a bold title's closing **
+            else:
+                at = node.form.get("marks_end", node.title_at[2])
             self.edits.replace(node.title_at[0], at, at, f" {text}")
 
     # ------------------------------------------------------------------ notes and outcomes
@@ -454,18 +459,23 @@ class _Planner:
                 # else: the parent is new too and writes its children itself
         for parent_id, items in by_slot.items():
             node = self.base.nodes[parent_id]
-            for n, item in enumerate(items):
+            tasks = [i for i in items if i.kind == "task"]
+            if tasks:
+                self._insert_tasks_under(node, tasks)
+            for n, item in enumerate(i for i in items if i.kind != "task"):
                 self._insert_under(node, item, n)
         for n, item in enumerate(tops):
             self._insert_top(item, n)
 
+    def _insert_tasks_under(self, node: ParsedNode, tasks: list[Any]) -> None:
+        """New checklist entries of ``node``: one list, after its last task or as a new list."""
+        slot = node.slots["task"]
+        lines: list[str] = []
+        for n, item in enumerate(tasks):
+            lines += self._task_lines(item, slot.indent, self._next_bullet(node, slot, n))
+        self._put(slot.line, lines, (_TASK, tasks[0].position, tasks[0].id), block=not slot.after_list, owner=node)
+
     def _insert_under(self, node: ParsedNode, item: Any, n: int) -> None:
-        if item.kind == "task":
-            slot = node.slots["task"]
-            bullet = self._next_bullet(node, slot, n)
-            lines = self._task_lines(item, slot.indent, bullet)
-            self._put(slot.line, lines, (_TASK, item.position, item.id), block=not slot.after_list, owner=node)
-            return
         if _in_list(node):
             slot = node.slots["task"]
             lines = self._list_heading_lines(item, min(max(node.level, 2) + 1, 6), slot.indent, slot.bullet or "-")
