@@ -126,7 +126,7 @@ def measure(n_items: int, repeats: int, folder: Path) -> dict:
 
 def library(source: Path, folder: Path, n_items: int, repeats: int) -> dict:
     """The library calls a command makes, timed inside one process (no start-up)."""
-    from research.backlog import ChangeLog
+    from research.backlog.items import ChangeLog
     from research.backlog.markdown import documents
     from research.backlog.markdown.parse import parse_document
     from research.db import create_database, dispose_engines, session_scope
@@ -167,7 +167,7 @@ def _change_some(db: Path, every: int) -> int:
     """Tick or untick one task in ``every`` and raise one heading's priority in ``every``."""
     from sqlmodel import select
 
-    from research.backlog import ChangeLog, set_status
+    from research.backlog.items import ChangeLog, set_status
     from research.db import session_scope
     from research.models import Item
 

@@ -188,6 +188,7 @@ _ITEM_FIELDS = (
     "updated_at",
     "started_at",
     "done_at",
+    "due_date",
 )
 
 
@@ -497,6 +498,7 @@ def build_review(db_path: Path, period: Period, stale_days: int = 14) -> dict[st
         "experiments": experiments,
         "notes": _notes(data),
         "stuck": _stuck(data, stale_days),
+        "due": _due(data, period),
         "next_focus": _next_focus(data),
         "charts": {"runs_per_day": _runs_per_day(data, period), "key_metrics": series},
     }
@@ -822,6 +824,36 @@ def _stuck(data: _Data, stale_days: int) -> dict[str, list[dict]]:
             waiting.append(entry)
     waiting.sort(key=lambda e: (PRIORITY_RANK[e["priority"]], -e["days_waiting"], e["id"]))
     return {"idle": idle, "not_started": waiting}
+
+
+def _due(data: _Data, period: Period) -> dict[str, list[dict]]:
+    """Items with a due date: overdue (still open, due before the period), due in the
+    period (open or not), and due in a span as long as the period after it."""
+    first, last = period.start.isoformat(), period.last_day.isoformat()
+    horizon = (period.last_day + (period.end - period.start)).isoformat()
+    out: dict[str, list[dict]] = {"overdue": [], "in_period": [], "upcoming": []}
+    for item in data.snapshot.values():
+        due = item.get("due_date")
+        if not due:
+            continue
+        open_ = item["status"] in OPEN_STATUSES
+        if due < first and open_:
+            group = "overdue"
+        elif first <= due <= last:
+            group = "in_period"
+        elif last < due <= horizon and open_:
+            group = "upcoming"
+        else:
+            continue
+        entry = _brief(data, item["id"])
+        entry.update(status=item["status"], priority=item["priority"], due_date=due)
+        out[group].append(entry)
+    for entries in out.values():
+        entries.sort(key=lambda e: (e["due_date"], PRIORITY_RANK.get(e["priority"], 9), e["id"]))
+    return out
+
+
+_DUE_GROUPS = (("overdue", "Overdue (still open)"), ("in_period", "Due in this period"), ("upcoming", "Due next"))
 
 
 def _next_focus(data: _Data) -> list[dict]:
@@ -1260,6 +1292,17 @@ def render_markdown(review: dict[str, Any], charts: list[tuple[str, str]] | None
                 ],
             )
             out.append("")
+    due = review.get("due") or {}
+    if any(due.values()):
+        out += ["## 📅 Due", ""]
+        for group, label in _DUE_GROUPS:
+            if due.get(group):
+                out += [f"{label}:", ""]
+                out += _table(
+                    ["Due", "Item", "Status", "Priority"],
+                    [[e["due_date"], _item_text(e), _status(e["status"]), _priority(e["priority"])] for e in due[group]],
+                )
+                out.append("")
     if review["next_focus"]:
         out += ["## 🎯 Next focus", ""]
         out += _table(
@@ -1547,6 +1590,19 @@ def render_html(review: dict[str, Any], charts: list[Chart] | None = None) -> st
                     {2},
                 )
             )
+    due = review.get("due") or {}
+    if any(due.values()):
+        parts.append("<h2>📅 Due</h2>")
+        for group, label in _DUE_GROUPS:
+            if due.get(group):
+                parts.append(f"<p>{_e(label)}:</p>")
+                parts.append(
+                    _html_table(
+                        ["Due", "Item", "Status", "Priority"],
+                        [[_e(e["due_date"]), _e(_item_text(e)), _e(_status(e["status"])), _e(_priority(e["priority"]))]
+                         for e in due[group]],
+                    )
+                )
     if review["next_focus"]:
         parts.append("<h2>🎯 Next focus</h2>")
         parts.append(

@@ -555,3 +555,15 @@ def test_a_failed_import_leaves_the_database_as_it_was(cli, isolated):
     cli("import", path, "--strict", ok=False)
     after = sqlite3.connect(isolated / "todo.db").execute("SELECT count(*) FROM event").fetchone()
     assert before == after and [i["title"] for i in cli.json("list", "--all")] == ["existing"]
+
+
+def test_due_dates_reach_the_review(cli, monkeypatch):
+    monkeypatch.setenv("RESEARCH_NOW", "2026-04-12T12:00:00+00:00")
+    cli("import", FIXTURES / "obsidian-tasks.md")
+    cli("edit", items_by_title(cli)["Port to JAX"]["id"], "--status", "planned", "--due", "2026-04-01")
+    review = json.loads(cli("review", "--since", "2026-04-06", "--until", "2026-04-12", "-f", "json").stdout)
+    due = {group: [e["title"] for e in entries] for group, entries in review["due"].items()}
+    assert due == {"overdue": ["Port to JAX"], "in_period": ["Rerun the ablation"],
+                   "upcoming": ["Weekly sync with the team"]}
+    text = cli("review", "--since", "2026-04-06", "--until", "2026-04-12").stdout
+    assert "## 📅 Due" in text and "| 2026-04-10 |" in text

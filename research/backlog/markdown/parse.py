@@ -59,6 +59,8 @@ _RULE_NEEDS = {
 
 def _markdown(text: str = ""):
     """CommonMark with tables and front matter, block rules only, those ``text`` can need."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")  # as markdown-it normalises it
     off = frozenset(name for name, pattern in _RULE_NEEDS.items() if text and not pattern.search(text))
     parser = _PARSERS.get(off)
     if parser is None:

@@ -144,6 +144,11 @@ class _Planner:
             before -= 1
         if (before < 0 or not self.lines[before].strip()) and end < len(self.lines) and not self.lines[end].strip():
             self.edits.delete(end, end + 1)
+        # An ordered list that now starts at 2 cannot interrupt the paragraph above it
+        # (CommonMark): it would run on into that paragraph. A blank line keeps it a list.
+        if before >= 0 and self.lines[before].strip() and end < len(self.lines) \
+                and _ORDERED_NOT_ONE.match(self.lines[end]):
+            self._put(end, [""], (_META, -1))
 
     # ------------------------------------------------------------------ fields
 
@@ -649,6 +654,9 @@ class _Planner:
             else:
                 cells.append(r.value_text(name, value, self.conv))
         return "| " + " | ".join(cells) + " |"
+
+
+_ORDERED_NOT_ONE = re.compile(r"^[ \t]*(?:>[ \t]?)*[ \t]*(?!1[.)])\d{1,9}[.)](?:[ \t]|$)")
 
 
 def _dedent_block(lines: list[str]) -> list[str]:
