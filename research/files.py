@@ -211,9 +211,13 @@ def write_text_file(
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be str, not {type(text).__name__}")
+    return write_bytes_file(path, _encode(text, encoding, _show(path)), backup=backup)
+
+
+def write_bytes_file(path: StrPath, data: bytes, *, backup: bool = False) -> Written:
+    """``write_text_file`` for bytes already encoded (a PNG chart, say)."""
     shown = _show(path)
     target = check_writable_target(path)
-    data = _encode(text, encoding, shown)
 
     existing = _lstat_or_none(target, shown)
     if existing is not None:

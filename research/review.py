@@ -1665,7 +1665,11 @@ def write_review(
     linked relatively; Markdown on stdout has no charts (nothing is written
     behind the reader's back), so ask for a file to get them.
     """
+    from research.files import check_writable_target, write_bytes_file, write_text_file
+
     written: list[Path] = []
+    if output is not None:
+        check_writable_target(output)  # refuse a folder, FIFO or missing folder before any work
     if fmt == "json":
         text = json.dumps(review, ensure_ascii=False, indent=2, default=str) + "\n"
     elif fmt == "html":
@@ -1675,13 +1679,9 @@ def write_review(
         if output is not None:
             for chart in chart_pngs(review):
                 path = output.with_name(f"{output.stem}-{chart.name}.png")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(chart.png)
-                written.append(path)
+                written.append(write_bytes_file(path, chart.png).path)
                 links.append((chart.title, path.name))
         text = render_markdown(review, links)
     if output is None:
         return text, written
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text, encoding="utf-8")
-    return None, [output, *written]
+    return None, [write_text_file(output, text).path, *written]

@@ -567,3 +567,52 @@ def test_due_dates_reach_the_review(cli, monkeypatch):
                    "upcoming": ["Weekly sync with the team"]}
     text = cli("review", "--since", "2026-04-06", "--until", "2026-04-12").stdout
     assert "## 📅 Due" in text and "| 2026-04-10 |" in text
+
+
+def test_reader_columns_match_the_models():
+    """The export reads SQLite without the ORM; its column lists must be the models' columns."""
+    from research.backlog.markdown import reader
+    from research.models import Document, Note, Outcome
+
+    for columns, model in ((reader.DOCUMENT_COLUMNS, Document), (reader.NOTE_COLUMNS, Note),
+                           (reader.OUTCOME_COLUMNS, Outcome)):
+        assert set(columns) == {c.name for c in model.__table__.columns}, model
+    assert reader.DocumentRecord._fields == reader.DOCUMENT_COLUMNS
+    assert reader.NoteRecord._fields == reader.NOTE_COLUMNS and reader.OutcomeRecord._fields == reader.OUTCOME_COLUMNS
+
+
+def test_exporting_does_not_import_the_orm(isolated, seed_todo):
+    import subprocess
+    import sys
+
+    cli = Cli()
+    cli("init", "--empty")
+    cli("import", seed_todo)
+    code = ("import sys\nfrom research.cli import app\n"
+            "app(['export', '-o', 'x.md'], standalone_mode=False)\n"
+            "print('sqlalchemy' in sys.modules, 'markdown_it' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=isolated, capture_output=True, text=True, check=True,
+                         env={**os.environ, "RESEARCH_DB": str(isolated / "todo.db")})
+    assert out.stdout.split() == ["False", "False"]
+    assert (isolated / "x.md").read_bytes() == seed_todo.read_bytes()
+
+
+def test_long_imports_show_a_progress_bar_on_a_terminal():
+    import io
+
+    from research.render import LateProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    quiet, shown = Terminal(), Terminal()
+    LateProgress("importing x.md", delay=60, stream=quiet)("items", 500, 1000)
+    late = LateProgress("importing x.md", delay=0, stream=shown)
+    late("items", 500, 1000)
+    late("items", 1000, 1000)
+    assert quiet.getvalue() == ""
+    assert shown.getvalue().startswith("\rimporting x.md: ") and "1,000/1,000 items\n" in shown.getvalue()
+    piped = io.StringIO()
+    LateProgress("importing x.md", delay=0, stream=piped)("items", 1, 2)
+    assert piped.getvalue() == ""

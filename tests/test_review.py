@@ -495,6 +495,9 @@ def test_markdown_report(cli, history, isolated):
     assert "  - code: `experiments/kv` — KV cache study" in text
     assert "![" not in text  # no charts on stdout
     # To a file: charts beside it, linked relatively.
+    missing = cli("review", "--week", "2025-W46", "-o", "reports/w46.md", ok=False)
+    assert missing.exit_code == 1 and "no such directory: reports" in missing.stderr
+    (isolated / "reports").mkdir()
     result = cli("review", "--week", "2025-W46", "-o", "reports/w46.md")
     assert result.stdout == ""
     report = (isolated / "reports" / "w46.md").read_text()
