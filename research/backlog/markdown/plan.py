@@ -311,8 +311,16 @@ class _Planner:
                 self._put(node.slots["body"].line, escaped, (_BODY, 0), block=True, owner=node)
             return
         matcher = difflib.SequenceMatcher(a=old_lines, b=new_lines, autojunk=False)
+        was_escaped = r.escape_body(old_lines)
+        now_escaped = r.escape_body(new_lines)
         for op, i1, i2, j1, j2 in matcher.get_opcodes():
             if op == "equal":
+                # An unchanged line keeps its bytes, unless what is around it changed how it
+                # reads (a code fence opened or closed above it): then it is written escaped.
+                for i, j in zip(range(i1, i2), range(j1, j2), strict=True):
+                    if sources[i] is not None and was_escaped[i] != now_escaped[j]:
+                        self.edits.delete(sources[i], sources[i] + 1)
+                        self._put(sources[i], [escaped[j]], (_BODY, j), owner=node)
                 continue
             for i in range(i1, i2):
                 if sources[i] is not None:
@@ -387,8 +395,16 @@ class _Planner:
             self._put(anchored.end, escaped, (_NOTE, note.id))
             return
         matcher = difflib.SequenceMatcher(a=old_lines, b=new_lines, autojunk=False)
+        was_escaped = r.escape_body(old_lines)
+        now_escaped = r.escape_body(new_lines)
         for op, i1, i2, j1, j2 in matcher.get_opcodes():
             if op == "equal":
+                # An unchanged line keeps its bytes, unless what is around it changed how it
+                # reads (a code fence opened or closed above it): then it is written escaped.
+                for i, j in zip(range(i1, i2), range(j1, j2), strict=True):
+                    if sources[i] is not None and was_escaped[i] != now_escaped[j]:
+                        self.edits.delete(sources[i], sources[i] + 1)
+                        self._put(sources[i], [escaped[j]], (_BODY, j), owner=node)
                 continue
             for i in range(i1, i2):
                 self.edits.delete(sources[i], sources[i] + 1)
