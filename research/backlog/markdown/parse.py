@@ -223,7 +223,7 @@ class _Parser:
         conventions = self._conventions()
         layout = self._layout(conventions)
         return ParsedDocument(
-            source=self.source, text=self.text, bom=self.bom, title=self.title or self.meta.get("title"),
+            source=self.source, text=self.text, bom=self.bom, title=self.meta.get("title") or self.title,
             meta=self.meta, nodes=self.nodes, notes=self.doc_notes, matrix=self.matrix,
             conventions=conventions, layout=layout, regions=sorted(self.regions, key=lambda r: r.start),
             warnings=sorted(self.warnings, key=lambda w: w.line),
