@@ -418,6 +418,9 @@ def undo_last(session: Session) -> tuple[int, list[Event]]:
     if batch is None:
         raise ResearchError("nothing to undo")
     events = list(session.exec(select(Event).where(Event.batch == batch).order_by(Event.id.desc())))
+    if events and all(e.before is None for e in events):
+        _undo_creations(session, batch, events)
+        return batch, events
     for event in events:
         model = TABLES.get(event.table_name)
         if model is None:
@@ -427,6 +430,8 @@ def undo_last(session: Session) -> tuple[int, list[Event]]:
         elif event.before is None:  # created: remove it
             row = session.get(model, event.row_id)
             if row is not None:
+                if isinstance(row, Document):
+                    _delete_anchors(session, [row.id])
                 session.delete(row)
         else:  # updated: restore old values
             row = session.get(model, event.row_id)
@@ -440,6 +445,52 @@ def undo_last(session: Session) -> tuple[int, list[Event]]:
         session.add(event)
     session.flush()
     return batch, events
+
+
+# Tables in the order their rows can go: rows that refer to others first.
+_DELETE_ORDER = ("metric", "run", "link", "anchor", "note", "outcome", "item", "document")
+
+
+def _delete_anchors(session: Session, document_ids: list[int]) -> None:
+    """A document's anchors are derived from its text: they go with it, with or without events."""
+    from sqlalchemy import delete
+
+    session.flush()
+    session.execute(delete(Anchor).where(Anchor.document_id.in_(document_ids)))
+
+
+def _undo_creations(session: Session, batch: int, events: list[Event]) -> None:
+    """Undo a batch that only created rows (an import of thousands of items) in a few statements."""
+    import json
+
+    from sqlalchemy import bindparam, text
+
+    by_table: dict[str, list[int]] = {}
+    for event in events:
+        if event.table_name not in TABLES:
+            raise ResearchError(f"cannot undo a change to table {event.table_name!r}")
+        by_table.setdefault(event.table_name, []).append(event.row_id)
+    if "document" in by_table:
+        _delete_anchors(session, by_table["document"])
+    session.flush()
+    conn = session.connection()
+    for table in _DELETE_ORDER:
+        ids = by_table.pop(table, None)
+        if ids:
+            # Children before parents: items refer to their parent item.
+            conn.execute(text(f"DELETE FROM {table} WHERE id IN (SELECT value FROM json_each(:ids))")
+                         .bindparams(bindparam("ids", json.dumps(sorted(ids, reverse=True)))))
+    for table, ids in by_table.items():  # any table not in the list above
+        model = TABLES[table]
+        for row_id in ids:
+            row = session.get(model, row_id)
+            if row is not None:
+                session.delete(row)
+    session.flush()
+    conn.execute(text("UPDATE event SET undone = 1 WHERE batch = :batch").bindparams(batch=batch))
+    for event in events:
+        event.undone = True
+    session.expire_all()
 
 
 # ---------------------------------------------------------------------------

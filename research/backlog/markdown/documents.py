@@ -262,7 +262,7 @@ def _create_document(session, log: ChangeLog, path: Path, file, parsed: ParsedDo
     )
     session.add(doc)
     log.created(doc, action="import")
-    writer = _BulkWriter(session, log, doc, now)
+    writer = _BulkWriter(session, log, doc, now, event_anchors=False)
     writer.add_tree(parsed.nodes, parent=None, report=report, progress=progress)
     writer.add_notes(None, parsed.notes)
     writer.flush()
@@ -280,8 +280,10 @@ class _BulkWriter:
     to rows not yet inserted.
     """
 
-    def __init__(self, session: Session, log: ChangeLog, doc: Document, now: str):
+    def __init__(self, session: Session, log: ChangeLog, doc: Document, now: str, event_anchors: bool = True):
         self.session, self.log, self.doc, self.now = session, log, doc, now
+        # A new document's anchors need no events: undoing its import removes them with it.
+        self.event_anchors = event_anchors
         self.items: list[dict] = []
         self.notes: list[dict] = []
         self.outcomes: list[dict] = []
@@ -358,8 +360,9 @@ class _BulkWriter:
     def anchor(self, table: str, row_id: int, data: dict) -> None:
         anchor_id = self._next(Anchor)
         self.anchors.append({"id": anchor_id, "document_id": self.doc.id, "table_name": table, "row_id": row_id, "data": data})
-        # Undoing a created row needs only its table and id; the anchor's data is not repeated.
-        self._event("anchor", "anchor", anchor_id, None, {"id": anchor_id, "table_name": table, "row_id": row_id})
+        if self.event_anchors:
+            # Undoing a created row needs only its table and id; the anchor's data is not repeated.
+            self._event("anchor", "anchor", anchor_id, None, {"id": anchor_id, "table_name": table, "row_id": row_id})
 
     def flush(self) -> None:
         self.session.flush()

@@ -52,16 +52,28 @@ _RULE_NEEDS = {
     "blockquote": re.compile(r">"),
     "reference": re.compile(r"\]:"),
     "table": re.compile(r"\|"),
-    # A setext underline needs a line with text right above it.
-    "lheading": re.compile(r"^[^\n]*\S[^\n]*\n[ \t>*+\-\d.)]*(?:=+|-+)[ \t]*$", re.M),
+    "lheading": re.compile(r"^[ \t>*+\-\d.)]*(?:=+|-+)[ \t]*$", re.M),  # see _may_have_setext
 }
+
+
+def _needs(name: str, text: str) -> bool:
+    pattern = _RULE_NEEDS[name]
+    if name != "lheading":
+        return pattern.search(text) is not None
+    # A setext underline needs a line with text right above it; most documents have
+    # thematic breaks (---) only after blank lines.
+    for match in pattern.finditer(text):
+        start = text.rfind("\n", 0, max(match.start() - 1, 0)) + 1
+        if match.start() > 0 and text[start : match.start() - 1].strip():
+            return True
+    return False
 
 
 def _markdown(text: str = ""):
     """CommonMark with tables and front matter, block rules only, those ``text`` can need."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")  # as markdown-it normalises it
-    off = frozenset(name for name, pattern in _RULE_NEEDS.items() if text and not pattern.search(text))
+    off = frozenset(name for name in _RULE_NEEDS if text and not _needs(name, text))
     parser = _PARSERS.get(off)
     if parser is None:
         from markdown_it import MarkdownIt
