@@ -583,7 +583,6 @@ class _Merge:
         writer.flush()
         self.report.notes_added += writer.notes_added
         self.report.outcomes_added += writer.outcomes_added
-        self.created_anchors = True
 
     def _add_children(self, writer: _BulkWriter, node: ParsedNode) -> None:
         parent_id = self.match_of[id(node)]

@@ -80,6 +80,7 @@ class _Planner:
         self.kept: set[int] = set()
         self.anchored_notes = {nid for nid in base.notes}
         self.anchored_outcomes = {oid for oid in base.outcomes}
+        self.notes_section_written = False  # a document without one gets one for its first new note
 
     # ------------------------------------------------------------------
 
@@ -404,7 +405,7 @@ class _Planner:
                 for i, j in zip(range(i1, i2), range(j1, j2), strict=True):
                     if sources[i] is not None and was_escaped[i] != now_escaped[j]:
                         self.edits.delete(sources[i], sources[i] + 1)
-                        self._put(sources[i], [escaped[j]], (_BODY, j), owner=node)
+                        self._put(sources[i], [escaped[j]], (_NOTE, note.id, j))
                 continue
             for i in range(i1, i2):
                 self.edits.delete(sources[i], sources[i] + 1)
@@ -435,8 +436,8 @@ class _Planner:
         at = len(self.lines)
         rule = self.conv.get("section_rules") and not self._rule_before(at)
         lines = [*(["---", ""] if rule else []), r.heading_line(level, heading, protect=False), ""]
-        if not self.base.layout.get("_notes_section_added"):
-            self.base.layout["_notes_section_added"] = True
+        if not self.notes_section_written:
+            self.notes_section_written = True
             self._put(at, lines, (_SECTION, -1), block=True)
         self._put(at, self._note_block(note, min(level + 1, 6)), (_SECTION, note.id), block=True)
 
