@@ -311,9 +311,18 @@ class _Planner:
             else:
                 self._put(node.slots["body"].line, escaped, (_BODY, 0), block=True, owner=node)
             return
+        self._rewrite_lines(sources, old_lines, new_lines, escaped, (_BODY,), node.slots["body"].line, owner=node)
+
+    def _rewrite_lines(self, sources: list, old_lines: list[str], new_lines: list[str], written: list[str],
+                       rank: tuple, fallback: int, owner: ParsedNode | None = None) -> None:
+        """Edit the source lines ``sources`` (which read as ``old_lines``) to read as ``new_lines``.
+
+        A line diff: lines kept keep their bytes; lines gone are deleted; new ones (``written``:
+        ``new_lines`` as they must be written) go where the diff puts them. ``None`` in
+        ``sources`` is a line with no source of its own (a blank line read between two blocks).
+        """
+        was_escaped, now_escaped = r.escape_body(old_lines), r.escape_body(new_lines)
         matcher = difflib.SequenceMatcher(a=old_lines, b=new_lines, autojunk=False)
-        was_escaped = r.escape_body(old_lines)
-        now_escaped = r.escape_body(new_lines)
         for op, i1, i2, j1, j2 in matcher.get_opcodes():
             if op == "equal":
                 # An unchanged line keeps its bytes, unless what is around it changed how it
@@ -321,22 +330,13 @@ class _Planner:
                 for i, j in zip(range(i1, i2), range(j1, j2), strict=True):
                     if sources[i] is not None and was_escaped[i] != now_escaped[j]:
                         self.edits.delete(sources[i], sources[i] + 1)
-                        self._put(sources[i], [escaped[j]], (_BODY, j), owner=node)
+                        self._put(sources[i], [written[j]], (*rank, j), owner=owner)
                 continue
             for i in range(i1, i2):
                 if sources[i] is not None:
                     self.edits.delete(sources[i], sources[i] + 1)
             if j2 > j1:
-                self._put(self._body_position(sources, i1, node), escaped[j1:j2], (_BODY, j1), owner=node)
-
-    def _body_position(self, sources: list, i: int, node: ParsedNode) -> int:
-        for k in range(i, len(sources)):
-            if sources[k] is not None:
-                return sources[k]
-        for k in range(i - 1, -1, -1):
-            if sources[k] is not None:
-                return sources[k] + 1
-        return node.slots["body"].line
+                self._put(_position(sources, i1, fallback), written[j1:j2], (*rank, j1), owner=owner)
 
     def _add_label(self, node: ParsedNode, name: str, value: Any) -> None:
         if _in_list(node):
@@ -395,23 +395,7 @@ class _Planner:
         if not old_lines:
             self._put(anchored.end, escaped, (_NOTE, note.id))
             return
-        matcher = difflib.SequenceMatcher(a=old_lines, b=new_lines, autojunk=False)
-        was_escaped = r.escape_body(old_lines)
-        now_escaped = r.escape_body(new_lines)
-        for op, i1, i2, j1, j2 in matcher.get_opcodes():
-            if op == "equal":
-                # An unchanged line keeps its bytes, unless what is around it changed how it
-                # reads (a code fence opened or closed above it): then it is written escaped.
-                for i, j in zip(range(i1, i2), range(j1, j2), strict=True):
-                    if sources[i] is not None and was_escaped[i] != now_escaped[j]:
-                        self.edits.delete(sources[i], sources[i] + 1)
-                        self._put(sources[i], [escaped[j]], (_NOTE, note.id, j))
-                continue
-            for i in range(i1, i2):
-                self.edits.delete(sources[i], sources[i] + 1)
-            if j2 > j1:
-                at = sources[i1] if i1 < len(sources) else sources[-1] + 1
-                self._put(at, escaped[j1:j2], (_NOTE, note.id, j1))
+        self._rewrite_lines(sources, old_lines, new_lines, escaped, (_NOTE, note.id), anchored.end)
 
     def _new_note(self, owner: int | None, note: Any) -> None:
         if owner is None:
@@ -674,6 +658,17 @@ class _Planner:
 
 
 _ORDERED_NOT_ONE = re.compile(r"^[ \t]*(?:>[ \t]?)*[ \t]*(?!1[.)])\d{1,9}[.)](?:[ \t]|$)")
+
+
+def _position(sources: list, i: int, fallback: int) -> int:
+    """Where a line inserted before the ``i``-th of ``sources`` goes in the text."""
+    for k in range(i, len(sources)):
+        if sources[k] is not None:
+            return sources[k]
+    for k in range(i - 1, -1, -1):
+        if sources[k] is not None:
+            return sources[k] + 1
+    return fallback
 
 
 def _dedent_block(lines: list[str]) -> list[str]:
