@@ -190,6 +190,15 @@ def test_github_task_lists(cli):
     assert "a plain bullet, not a task" not in items
 
 
+def test_a_task_body_is_edited_in_place(cli, isolated):
+    cli("import", FIXTURES / "github-tasklists.md")
+    reader = items_by_title(cli)["Streaming reader"]["id"]
+    cli("edit", reader, "--body", "- keep memory flat\n- and latency low")
+    text = export_file(cli, isolated).decode()
+    assert "1. [ ] Streaming reader\n   - keep memory flat\n   - and latency low\n2. [x] Benchmarks" in text
+    assert reimported_state(text, isolated, "again") == doc_state(cli)
+
+
 def test_obsidian_tasks(cli):
     cli("import", FIXTURES / "obsidian-tasks.md")
     items = items_by_title(cli)

@@ -311,7 +311,8 @@ class _Planner:
             else:
                 self._put(node.slots["body"].line, escaped, (_BODY, 0), block=True, owner=node)
             return
-        self._rewrite_lines(sources, old_lines, new_lines, escaped, (_BODY,), node.slots["body"].line, owner=node)
+        fallback = node.slots["body"].line if "body" in node.slots else node.line + 1
+        self._rewrite_lines(sources, old_lines, new_lines, escaped, (_BODY,), fallback, owner=node)
 
     def _rewrite_lines(self, sources: list, old_lines: list[str], new_lines: list[str], written: list[str],
                        rank: tuple, fallback: int, owner: ParsedNode | None = None) -> None:
