@@ -478,15 +478,23 @@ def import_(
 ) -> None:
     """Import a Markdown backlog as a document (again: bring the file's edits in)."""
     from research import render
-    from research.backlog.markdown import documents
 
-    with _changes() as (session, log):
-        report = documents.import_file(session, log, file, name=doc, strict=strict, force=force,
-                                       progress=None if dry_run else render.LateProgress(f"importing {file}"))
-        if dry_run:
-            session.rollback()
+    progress = None if dry_run else render.LateProgress(f"importing {file}")
+    report = None
+    if not dry_run and doc is None:
+        # A file the backlog does not know yet: written with plain sqlite3, no ORM to load.
+        from research.backlog.markdown.importer import import_new_file
+
+        report = import_new_file(db_path(), file, strict=strict, progress=progress)
+    if report is None:
+        from research.backlog.markdown import documents
+
+        with _changes() as (session, log):
+            report = documents.import_file(session, log, file, name=doc, strict=strict, force=force, progress=progress)
+            if dry_run:
+                session.rollback()
     if dry_run:
-        from research.backlog.markdown.documents import read_document_file
+        from research.backlog.markdown.importer import read_document_file
 
         _file, parsed = read_document_file(file)
         render.write_outline(parsed)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,12 +37,13 @@ from research.backlog.items import (
     delete_item,
 )
 from research.backlog.markdown import reader
+from research.backlog.markdown import writer as writer_module
 from research.backlog.markdown.export import pick_document
+from research.backlog.markdown.importer import Conflict, Report, read_document_file
 from research.backlog.markdown.model import (
     FIELDS,
     ParsedDocument,
     ParsedNode,
-    ParsedNote,
     note_anchor,
     outcome_anchor,
 )
@@ -51,74 +51,14 @@ from research.backlog.markdown.parse import parse_document
 from research.backlog.markdown.plan import Base, item_value, plan_text
 from research.backlog.markdown.source import SourceLines
 from research.errors import ResearchError
-from research.files import read_text_file, write_text_file
+from research.files import write_text_file
 from research.models import Anchor, Document, Event, Item, Note, Outcome
-from research.vocab import composite_score, parse_estimate, slugify
+from research.vocab import composite_score, parse_estimate
 
 Progress = Callable[[str, int, int], None]
 
 # Fields a file edit brings into the backlog (score follows the three it is made of).
 MERGED_FIELDS = tuple(f for f in FIELDS if f not in ("kind", "score"))
-
-
-@dataclass
-class Conflict:
-    item: str
-    field: str
-    file_value: Any
-    backlog_value: Any
-
-    def line(self) -> str:
-        return f"{self.item}: {self.field}: file {_show(self.file_value)}, backlog {_show(self.backlog_value)}"
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "(none)"
-    if isinstance(value, list):
-        return ", ".join(value) or "(none)"
-    text = str(value)
-    return repr(text if len(text) < 60 else text[:57] + "...")
-
-
-@dataclass
-class Report:
-    document: str
-    new_document: bool = False
-    added: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    unchanged: int = 0
-    notes_added: int = 0
-    notes_changed: int = 0
-    notes_removed: int = 0
-    outcomes_added: int = 0
-    written_changes: int = 0  # sync: backlog changes written into the file
-    warnings: list[str] = field(default_factory=list)
-    conflicts: list[Conflict] = field(default_factory=list)
-    written: Path | None = None
-    backup: Path | None = None
-
-    def summary(self) -> str:
-        parts = [f"{len(self.added)} added", f"{len(self.changed)} changed"]
-        if self.removed:
-            parts.append(f"{len(self.removed)} removed")
-        parts.append(f"{self.unchanged} unchanged")
-        parts.append(f"{self.notes_added} note(s) added")
-        if self.notes_changed:
-            parts.append(f"{self.notes_changed} note(s) changed")
-        if self.notes_removed:
-            parts.append(f"{self.notes_removed} note(s) removed")
-        if self.outcomes_added:
-            parts.append(f"{self.outcomes_added} outcome(s) added")
-        return ", ".join(parts)
-
-    def details(self, limit: int = 20) -> list[str]:
-        out = [f"changed: {p}" for p in self.changed[:limit]]
-        if len(self.changed) > limit:
-            out.append(f"... and {len(self.changed) - limit} more changed")
-        out += [f"removed: {p}" for p in self.removed[:limit]]
-        return out
 
 
 # ---------------------------------------------------------------------------
@@ -177,15 +117,6 @@ def loose_items(session: Session) -> int:
 
 # ---------------------------------------------------------------------------
 # Import
-
-
-def read_document_file(path: Path, *, strict: bool = False):
-    file = read_text_file(path)
-    parsed = parse_document(file.text, source=str(path), bom=file.bom)
-    if strict and parsed.warnings:
-        first = parsed.messages()[0]
-        raise ResearchError(f"{first} (refused: --strict)")
-    return file, parsed
 
 
 def import_file(
@@ -253,191 +184,16 @@ def _epoch(iso: str | None) -> float | None:
 
 def _create_document(session, log: ChangeLog, path: Path, file, parsed: ParsedDocument, report: Report,
                      progress: Progress | None) -> Document:
-    now = clock.now_iso()
-    has_main = session.exec(select(Document.id).where(Document.is_main == True)).first() is not None  # noqa: E712
-    doc = Document(
-        name=str(path), path=str(path.resolve()), title=parsed.title, text=parsed.text, sha256=file.sha256,
-        mtime=file.mtime, conventions=parsed.conventions, layout=parsed.layout, meta=parsed.meta,
-        is_main=not has_main, base_batch=log.batch, imported_at=now, synced_at=now,
-    )
-    session.add(doc)
-    log.created(doc, action="import")
-    writer = _BulkWriter(session, log, doc, now, event_anchors=False)
-    writer.add_tree(parsed.nodes, parent=None, report=report, progress=progress)
-    writer.add_notes(None, parsed.notes)
-    writer.flush()
+    document_id, writer = writer_module.create_document(
+        _raw(session), log.batch, str(path), str(path.resolve()), file, parsed, report.added, progress)
+    log.count += writer.events_written + 1
     report.notes_added = writer.notes_added
     report.outcomes_added = writer.outcomes_added
-    return doc
+    return session.get(Document, document_id)
 
 
-class _BulkWriter:
-    """Inserts a parsed document's items, notes, outcomes and anchors in bulk.
-
-    An import may bring tens of thousands of items: rows and their events go in with one
-    ``executemany`` per table instead of one ORM flush per row. Ids are allocated here
-    (the write transaction holds the database lock), so parents and anchors can refer
-    to rows not yet inserted.
-    """
-
-    def __init__(self, session: Session, log: ChangeLog, doc: Document, now: str, event_anchors: bool = True):
-        self.session, self.log, self.doc, self.now = session, log, doc, now
-        # A new document's anchors need no events: undoing its import removes them with it.
-        self.event_anchors = event_anchors
-        self.items: list[dict] = []
-        self.notes: list[dict] = []
-        self.outcomes: list[dict] = []
-        self.anchors: list[dict] = []
-        self.events: list[dict] = []
-        self.ids = {model: (session.exec(select(func.max(model.id))).one() or 0) for model in (Item, Note, Outcome, Anchor)}
-        self.slugs = set(session.exec(select(Item.slug)))
-        self.notes_added = self.outcomes_added = 0
-        self.top_position = (session.exec(select(func.max(Item.position)).where(Item.parent_id.is_(None))).one() or -1) + 1
-        self.node_ids: dict[int, int] = {}
-
-    def _next(self, model) -> int:
-        self.ids[model] += 1
-        return self.ids[model]
-
-    def _slug(self, title: str) -> str:
-        base = slugify(title)
-        candidate, n = base, 1
-        while candidate in self.slugs:
-            n += 1
-            candidate = f"{base}-{n}"
-        self.slugs.add(candidate)
-        return candidate
-
-    def _event(self, action: str, table: str, row_id: int, item_id: int | None, after: dict) -> None:
-        self.events.append({"batch": self.log.batch, "ts": self.now, "action": action, "item_id": item_id,
-                            "table_name": table, "row_id": row_id, "before": None, "after": after, "undone": False})
-
-    def add_tree(self, nodes: list[ParsedNode], parent: int | None, report: Report, progress: Progress | None) -> None:
-        """Every node, in document order (parents before children), under ``parent``."""
-        total = sum(1 for _ in _walk(nodes))
-        first = self.top_position if parent is None else 0
-        stack = [(node, parent, first + i) for i, node in reversed(list(enumerate(nodes)))]
-        done = 0
-        while stack:
-            node, parent_id, position = stack.pop()
-            item_id = self.add_node(node, parent_id, position)
-            report.added.append(" › ".join(k[1] for k in node.key))
-            stack.extend((child, item_id, i) for i, child in reversed(list(enumerate(node.children))))
-            done += 1
-            if progress and done % 500 == 0:
-                progress("items", done, total)
-        if progress:
-            progress("items", total, total)
-
-    def add_node(self, node: ParsedNode, parent_id: int | None, position: int) -> int:
-        item_id = self._next(Item)
-        self.node_ids[id(node)] = item_id
-        row = item_row(node, item_id, parent_id, position, self._slug(node.title), self.doc.id, self.now)
-        self.items.append(row)
-        self._event("created", "item", item_id, item_id, row)
-        self.anchor("item", item_id, {"node": node.anchor(), "parent": parent_id})
-        self.add_notes(item_id, node.notes)
-        for outcome in node.outcomes:
-            outcome_id = self._next(Outcome)
-            orow = {"id": outcome_id, "item_id": item_id, "kind": outcome.kind, "ref": outcome.ref,
-                    "text": outcome.text, "created_at": self.now}
-            self.outcomes.append(orow)
-            self._event("outcome", "outcome", outcome_id, item_id, orow)
-            self.anchor("outcome", outcome_id, {"outcome": outcome_anchor(outcome), "owner": item_id})
-            self.outcomes_added += 1
-        return item_id
-
-    def add_notes(self, item_id: int | None, notes: list[ParsedNote]) -> None:
-        for note in notes:
-            note_id = self._next(Note)
-            row = {"id": note_id, "item_id": item_id, "date": note.date, "title": note.title, "text": note.text,
-                   "created_at": self.now}
-            self.notes.append(row)
-            self._event("note", "note", note_id, item_id, row)
-            self.anchor("note", note_id, {"note": note_anchor(note), "owner": item_id})
-            self.notes_added += 1
-
-    def anchor(self, table: str, row_id: int, data: dict) -> None:
-        anchor_id = self._next(Anchor)
-        self.anchors.append({"id": anchor_id, "document_id": self.doc.id, "table_name": table, "row_id": row_id, "data": data})
-        if self.event_anchors:
-            # Undoing a created row needs only its table and id; the anchor's data is not repeated.
-            self._event("anchor", "anchor", anchor_id, None, {"id": anchor_id, "table_name": table, "row_id": row_id})
-
-    def flush(self) -> None:
-        self.session.flush()
-        for model, rows in ((Item, self.items), (Note, self.notes), (Outcome, self.outcomes),
-                            (Anchor, self.anchors), (Event, self.events)):
-            if rows:
-                _insert_many(self.session, model, rows)
-        self.log.count += len(self.events)
-        self.items, self.notes, self.outcomes, self.anchors, self.events = [], [], [], [], []
-
-
-def _insert_many(session: Session, model, rows: list[dict]) -> None:
-    """One ``executemany`` of plain tuples, JSON columns encoded here.
-
-    SQLAlchemy's per-value type processing costs more than SQLite itself for tens of
-    thousands of rows; the columns and their JSON-ness come from the model, so the
-    statement cannot drift from the schema.
-    """
-    import json
-    from operator import itemgetter
-
-    from sqlalchemy import JSON
-
-    table = model.__table__
-    columns = [c.name for c in table.columns if c.name in rows[0]]
-    encoded = [i for i, name in enumerate(columns) if isinstance(table.columns[name].type, JSON)]
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-    get = itemgetter(*columns)
-    data = []
-    for row in rows:
-        values = list(get(row))
-        for i in encoded:
-            if values[i] is not None:
-                values[i] = dumps(values[i])
-        data.append(tuple(values))
-    session.connection().exec_driver_sql(sql, data)
-
-
-def _walk(nodes: list[ParsedNode]):
-    for node in nodes:
-        yield node
-        yield from _walk(node.children)
-
-
-def item_row(node: ParsedNode, item_id: int, parent_id: int | None, position: int, slug: str,
-             document_id: int | None, now: str) -> dict[str, Any]:
-    values = {name: node.value(name) for name in FIELDS}
-    status = values["status"]
-    started = now if status in ("active", "done", "writing-up") else None
-    done = (_local_day(node.values["done_on"]) if node.values.get("done_on") else now) if status == "done" else None
-    created = _local_day(node.values["created"]) if node.values.get("created") else now
-    low, high = parse_estimate(values["estimate"])
-    score = values["score"]
-    if score is None:
-        score = composite_score(values["innovation"], values["practicality"], values["feasibility"])
-    return {
-        "id": item_id, "slug": slug, "parent_id": parent_id, "kind": node.kind, "title": node.title,
-        "body": values["body"], "status": status, "priority": values["priority"], "estimate": values["estimate"],
-        "estimate_min_days": low, "estimate_max_days": high, "tags": list(values["tags"] or []),
-        "innovation": values["innovation"], "practicality": values["practicality"], "feasibility": values["feasibility"],
-        "score": score, "position": position, "style": {}, "created_at": created, "updated_at": now,
-        "started_at": started, "done_at": done, "document_id": document_id, "due_date": values["due_date"],
-        "scheduled_date": values["scheduled_date"], "start_date": values["start_date"],
-    }
-
-
-def _local_day(text: str) -> str:
-    """A date (or local date-time) written in a file, as a UTC timestamp."""
-    from research.clock import UTC
-
-    value = datetime.fromisoformat(text)
-    if value.tzinfo is None:
-        value = value.astimezone()
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
+def _writer(session: Session, log: ChangeLog, doc: Document, event_anchors: bool = True) -> writer_module.BulkWriter:
+    return writer_module.BulkWriter(_raw(session), log.batch, doc.id, clock.now_iso(), event_anchors)
 
 
 # ---------------------------------------------------------------------------
@@ -567,8 +323,7 @@ class _Merge:
         self.report.unchanged = max(0, len(self.match_of) - len(self.report.changed))
 
     def _new_items(self) -> None:
-        now = clock.now_iso()
-        writer = _BulkWriter(self.session, self.log, self.doc, now)
+        writer = _writer(self.session, self.log, self.doc)
         new_ids = {id(n) for n in self.new_nodes}
         for node in self.new_nodes:
             if node.parent is not None and id(node.parent) in new_ids:
@@ -584,7 +339,7 @@ class _Merge:
         self.report.notes_added += writer.notes_added
         self.report.outcomes_added += writer.outcomes_added
 
-    def _add_children(self, writer: _BulkWriter, node: ParsedNode) -> None:
+    def _add_children(self, writer: writer_module.BulkWriter, node: ParsedNode) -> None:
         parent_id = self.match_of[id(node)]
         for position, child in enumerate(node.children):
             item_id = writer.add_node(child, parent_id, position)
@@ -687,7 +442,7 @@ class _Merge:
         for anchor in _all_anchors(self.session, self.doc):
             self.log.deleted(anchor, action="anchor")
         self.session.flush()
-        writer = _BulkWriter(self.session, self.log, self.doc, clock.now_iso())
+        writer = _writer(self.session, self.log, self.doc)
         for node in parsed.walk():
             item_id = mapping.get(id(node))
             if item_id is None:

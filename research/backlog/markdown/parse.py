@@ -1036,7 +1036,10 @@ class _Parser:
                 lines = sorted(i for i in own if i < own_end)
             while lines and not self.lines[lines[-1]].strip():
                 lines.pop()
-            if lines and node.kind == "item" and RULE.match(self.lines[lines[-1]]):
+            if lines and node.kind == "item" and RULE.match(self.lines[lines[-1]]) \
+                    and lines[-1] == self._last_text_line(node):
+                # A thematic break closing the item's own content separates it from what
+                # follows; it is layout, not body (one between its text and its tasks is body).
                 node.form["rule_line"] = lines.pop()
                 while lines and not self.lines[lines[-1]].strip():
                     lines.pop()
@@ -1064,6 +1067,13 @@ class _Parser:
             node.body = body
             node.values["body"] = "\n".join(t for _i, t in body)
             self._node_slots(node)
+
+    def _last_text_line(self, node: ParsedNode) -> int:
+        end = node.form.get("own_end", node.end) if not node.form.get("list_heading") else node.end
+        i = end - 1
+        while i > node.line and not self.lines[i].strip():
+            i -= 1
+        return i
 
     def _node_slots(self, node: ParsedNode) -> None:
         if not node.form.get("in_list"):

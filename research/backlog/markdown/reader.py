@@ -25,6 +25,12 @@ DOCUMENT_COLUMNS = ("id", "name", "path", "title", "text", "sha256", "mtime", "c
                     "is_main", "base_batch", "imported_at", "synced_at")
 NOTE_COLUMNS = ("id", "item_id", "date", "title", "text", "created_at")
 OUTCOME_COLUMNS = ("id", "item_id", "kind", "ref", "text", "created_at")
+ANCHOR_COLUMNS = ("id", "document_id", "table_name", "row_id", "data")
+EVENT_COLUMNS = ("id", "batch", "ts", "action", "item_id", "table_name", "row_id", "before", "after", "undone")
+COLUMNS = {"item": ITEM_COLUMNS, "note": NOTE_COLUMNS, "outcome": OUTCOME_COLUMNS, "anchor": ANCHOR_COLUMNS,
+           "event": EVENT_COLUMNS, "document": DOCUMENT_COLUMNS}
+JSON_COLUMNS = {"item": {"tags", "style"}, "note": set(), "outcome": set(), "anchor": {"data"},
+                "event": {"before", "after"}, "document": {"conventions", "layout", "meta"}}
 
 
 class DocumentRecord(NamedTuple):
