@@ -126,22 +126,21 @@ def measure(n_items: int, repeats: int, folder: Path) -> dict:
 
 def library(source: Path, folder: Path, n_items: int, repeats: int) -> dict:
     """The library calls a command makes, timed inside one process (no start-up)."""
-    from research.backlog.items import ChangeLog
-    from research.backlog.markdown import documents
+    from research.backlog.markdown.importer import cycle_collector_paused, import_new_file
     from research.backlog.markdown.parse import parse_document
-    from research.db import create_database, dispose_engines, session_scope
+    from research.db import create_database, dispose_engines
 
     text = source.read_text(encoding="utf-8")
     parse_times, import_times, export_times, edited_times = [], [], [], []
     for r in range(repeats):
-        start = time.perf_counter()
-        parse_document(text)
-        parse_times.append(time.perf_counter() - start)
+        with cycle_collector_paused():  # as `research import` parses
+            start = time.perf_counter()
+            parse_document(text)
+            parse_times.append(time.perf_counter() - start)
         db = folder / f"lib{n_items}-{r}.db"
         create_database(db)
         start = time.perf_counter()
-        with session_scope(db, write=True) as session:
-            documents.import_file(session, ChangeLog(session), source)
+        import_new_file(db, source)  # what `research import` of a new file runs
         import_times.append(time.perf_counter() - start)
         start = time.perf_counter()
         exported = _export(db)

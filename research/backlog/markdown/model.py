@@ -9,6 +9,7 @@ needs no second parse.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +87,17 @@ class ParsedNode:
     notes: list[ParsedNote] = field(default_factory=list)
     outcomes: list[ParsedOutcome] = field(default_factory=list)
     key: list = field(default_factory=list)  # the path of (kind, title, occurrence) from the top
-    parent: ParsedNode | None = field(default=None, repr=False, compare=False)
+    # The parent is held weakly: a tree without cycles is freed as soon as it is dropped,
+    # rather than left for the cycle collector to walk (a tenth of an import's time).
+    _parent: weakref.ref | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def parent(self) -> ParsedNode | None:
+        return self._parent() if self._parent is not None else None
+
+    @parent.setter
+    def parent(self, node: ParsedNode | None) -> None:
+        self._parent = weakref.ref(node) if node is not None else None
 
     def value(self, name: str) -> Any:
         if name == "title":

@@ -80,8 +80,8 @@ def _markdown(text: str = ""):
         from mdit_py_plugins.front_matter import front_matter_plugin
 
         # Inline parsing (emphasis, links) is never needed here: only block structure
-        # and each block's source lines, so the inline core rule is switched off.
-        parser = MarkdownIt("commonmark").use(front_matter_plugin).enable("table").disable(["inline", *off])
+        # and each block's source lines, so the inline core rules are switched off.
+        parser = MarkdownIt("commonmark").use(front_matter_plugin).enable("table").disable(["inline", "text_join", *off])
         _PARSERS[off] = parser
     return parser
 
@@ -397,7 +397,8 @@ class _Parser:
         return node
 
     def _has_matrix(self, blocks: list[Block], index: int) -> bool:
-        for block in blocks[index + 1 :]:
+        for i in range(index + 1, len(blocks)):  # (not a slice: this runs for every heading)
+            block = blocks[i]
             if block.type == "heading":
                 return False
             if block.type == "table":

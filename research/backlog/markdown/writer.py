@@ -34,6 +34,7 @@ from research.vocab import composite_score, parse_estimate, slugify
 Progress = Callable[[str, int, int], None]
 CREATED_FIELDS = ("id", "slug", "title", "kind", "parent_id", "status", "priority", "document_id", "created_at")
 _DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_EMPTY_JSON = {list: "[]", dict: "{}", str: '""'}
 
 
 def insert_many(conn: sqlite3.Connection, table: str, rows: list[dict]) -> None:
@@ -47,8 +48,9 @@ def insert_many(conn: sqlite3.Connection, table: str, rows: list[dict]) -> None:
     for row in rows:
         values = list(get(row))
         for i in encoded:
-            if values[i] is not None:
-                values[i] = _DUMPS(values[i])
+            value = values[i]
+            if value is not None:
+                values[i] = _EMPTY_JSON[type(value)] if not value and type(value) in _EMPTY_JSON else _DUMPS(value)
         data.append(tuple(values))
     conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", data)
 
