@@ -27,8 +27,8 @@ from _project import compile_bytecode  # noqa: E402
 def build_backlog(db_path: Path, n_items: int) -> None:
     """10,000 items: directions with topics with checklist tasks, as a real backlog nests them."""
     from research import clock
-    from research.db import create_database, session_scope
-    from research.models import Item
+    from research.store.db import create_database, session_scope
+    from research.store.models import Item
 
     create_database(db_path)
     now = clock.now_iso()

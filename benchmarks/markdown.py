@@ -128,7 +128,7 @@ def library(source: Path, folder: Path, n_items: int, repeats: int) -> dict:
     """The library calls a command makes, timed inside one process (no start-up)."""
     from research.backlog.markdown.importer import cycle_collector_paused, import_new_file
     from research.backlog.markdown.parse import parse_document
-    from research.db import create_database, dispose_engines
+    from research.store.db import create_database, dispose_engines
 
     text = source.read_text(encoding="utf-8")
     parse_times, import_times, export_times, edited_times = [], [], [], []
@@ -163,7 +163,7 @@ def library(source: Path, folder: Path, n_items: int, repeats: int) -> dict:
 def _export(db: Path) -> str:
     """What `research export` does after start-up: plain SQLite, no ORM."""
     from research.backlog.markdown.export import export_text
-    from research.db import connect_raw
+    from research.store.db import connect_raw
 
     conn = connect_raw(db)
     try:
@@ -177,8 +177,8 @@ def _change_some(db: Path, every: int) -> int:
     from sqlmodel import select
 
     from research.backlog.items import ChangeLog, set_status
-    from research.db import session_scope
-    from research.models import Item
+    from research.store.db import session_scope
+    from research.store.models import Item
 
     changed = 0
     with session_scope(db, write=True) as session:

@@ -35,7 +35,7 @@ TARGET_S = 5.0
 
 
 def build(db_path: Path, n_items: int, n_runs: int, seed: int = 0) -> None:
-    from research.db import connect_raw, create_database
+    from research.store.db import connect_raw, create_database
 
     rng = random.Random(seed)
     create_database(db_path)

@@ -15,10 +15,10 @@ def main() -> None:
     try:
         cli_main()
     finally:
-        if "research.db" in sys.modules:
+        if "research.store.db" in sys.modules:
             # Close the database cleanly (SQLite folds its WAL back in on the last close)
             # before freezing the heap keeps the pool's connections from being collected.
-            sys.modules["research.db"].dispose_engines()
+            sys.modules["research.store.db"].dispose_engines()
         gc.freeze()  # nothing left to free: skip the final collection at exit
 
 

@@ -65,13 +65,13 @@ def _global(
 
 
 def db_path() -> Path:
-    from research.db import find_database
+    from research.store.db import find_database
 
     return find_database(state.db)
 
 
 def _session(write: bool = False):
-    from research.db import session_scope
+    from research.store.db import session_scope
 
     return session_scope(db_path(), write=write)
 
@@ -110,14 +110,14 @@ def init(
     empty: Annotated[bool, typer.Option("--empty", help="Do not add the shipped experiments to the backlog.")] = False,
 ) -> None:
     """Create ./todo.db (idempotent: an existing database is kept and upgraded)."""
-    from research.db import create_database, init_target
+    from research.store.db import create_database, init_target
 
     path = init_target(state.db)
     created = create_database(path)
     added: list[str] = []
     if not empty:
-        from research.db import session_scope
         from research.experiments_catalog import add_shipped_experiments
+        from research.store.db import session_scope
 
         with session_scope(path, write=True) as session:
             added = add_shipped_experiments(session, project_root=path.resolve().parent)
@@ -191,7 +191,7 @@ def list_(
 ) -> None:
     """List open items (all with --all), as a table, a tree or JSON."""
     from research import render
-    from research.views import Backlog, ListFilter, filter_items, item_summary, sort_key
+    from research.backlog.views import Backlog, ListFilter, filter_items, item_summary, sort_key
 
     backlog = Backlog.load_file(db_path())
     spec = ListFilter(
@@ -544,7 +544,7 @@ def _export_markdown(doc: str | None):
     from research import clock
     from research.backlog.markdown import reader
     from research.backlog.markdown.export import export_text
-    from research.db import connect_raw, ensure_schema
+    from research.store.db import connect_raw, ensure_schema
 
     path = db_path()
     ensure_schema(path)
@@ -625,7 +625,7 @@ ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="key=v
 
 
 def _project_root() -> Path:
-    from research.db import project_root_of
+    from research.store.db import project_root_of
 
     return project_root_of(db_path())
 
@@ -821,7 +821,7 @@ def rerun(
     _recover()
     root = _project_root()
     with _session(write=True) as session:
-        from research.models import Item, Link
+        from research.store.models import Item, Link
 
         old = resolve_run(session, run_id)
         specs = inspect_notebook(root / old.notebook)

@@ -69,7 +69,7 @@ def add_shipped_experiments(session, project_root: Path) -> list[str]:
     from sqlmodel import select
 
     from research.backlog.items import ChangeLog, ItemFields, add_item
-    from research.models import Item
+    from research.store.models import Item
 
     log = ChangeLog(session)
     added = []

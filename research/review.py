@@ -411,7 +411,7 @@ def _final_metrics(entries: list[dict]) -> dict[str, Any]:
 def recover_stale_runs(db_path: Path) -> int:
     """Marks runs whose runner died as interrupted, as `research runs` does; the ORM
     is imported only when some run is still queued or running."""
-    from research.db import connect_raw, ensure_schema
+    from research.store.db import connect_raw, ensure_schema
 
     ensure_schema(db_path)
     conn = connect_raw(db_path)
@@ -444,7 +444,7 @@ def _to_status(event: dict) -> str | None:
 
 def build_review(db_path: Path, period: Period, stale_days: int = 14) -> dict[str, Any]:
     """The review of ``period`` as plain data (the JSON output)."""
-    from research.db import connect_raw, ensure_schema
+    from research.store.db import connect_raw, ensure_schema
 
     if stale_days < 0:
         raise ResearchError("--stale-days must not be negative")

@@ -24,9 +24,9 @@ from sqlmodel import Session, select
 
 from research import clock
 from research.backlog.items import ChangeLog, set_status
-from research.db import project_root_of
 from research.errors import ResearchError
-from research.models import RUN_STATUSES, Item, Link, Metric, Run
+from research.store.db import project_root_of
+from research.store.models import RUN_STATUSES, Item, Link, Metric, Run
 
 RUNS_DIR = "runs"
 OUTPUT_NOTEBOOK = "output.ipynb"
@@ -235,7 +235,7 @@ class RunResult:
 
 
 def _write(db_path: Path, fn: Callable[[Session], Any]):
-    from research.db import session_scope
+    from research.store.db import session_scope
 
     with session_scope(db_path, write=True) as session:
         return fn(session)
@@ -407,7 +407,7 @@ def run_record(run: Run, metrics=None) -> dict[str, Any]:
 
 def recover_stale_runs(db_path: Path) -> int:
     """Mark runs whose runner is gone as interrupted; returns how many. Cheap when none are open."""
-    from research.db import connect_raw
+    from research.store.db import connect_raw
 
     conn = connect_raw(db_path)
     try:

@@ -20,7 +20,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.delenv("RESEARCH_DEBUG", raising=False)
     monkeypatch.delenv("RESEARCH_RUN_DIR", raising=False)
     yield tmp_path
-    from research.db import dispose_engines
+    from research.store.db import dispose_engines
 
     dispose_engines()
 
@@ -51,7 +51,7 @@ class Cli:
 
 @pytest.fixture
 def cli(isolated):
-    from research.db import dispose_engines
+    from research.store.db import dispose_engines
 
     runner = Cli()
     runner("init", "--empty")

@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from research import db
 from research.errors import ResearchError
+from research.store import db, migrations
 
 
 def test_resolution_order(isolated, monkeypatch):
@@ -88,7 +88,7 @@ def test_not_a_database(isolated):
 def test_migrations_upgrade_without_losing_data(isolated):
     path = isolated / "old.db"
     conn = db.connect_raw(path)
-    assert db.migrate(conn, target=1) == 1
+    assert migrations.migrate(conn, target=1) == 1
     conn.execute(
         "INSERT INTO item (id, slug, title, body, tags, style, created_at, updated_at, status, priority) "
         "VALUES (1, 'a', 'A', 'body', '[\"t\"]', '{}', '2025-01-01T00:00:00+00:00', '2025-01-01T00:00:00+00:00', 'active', 'high')"
@@ -100,7 +100,7 @@ def test_migrations_upgrade_without_losing_data(isolated):
     )
     columns = {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in ("item", "note", "event")}
     before = {t: list(conn.execute(f"SELECT {', '.join(c)} FROM {t}")) for t, c in columns.items()}
-    assert db.migrate(conn) == len(db.MIGRATIONS)
+    assert migrations.migrate(conn) == len(migrations.MIGRATIONS)
     after = {t: list(conn.execute(f"SELECT {', '.join(c)} FROM {t}")) for t, c in columns.items()}
     assert after == before
     # Columns added later start empty on old rows.
@@ -117,7 +117,7 @@ def test_migrations_upgrade_without_losing_data(isolated):
 def test_migrated_schema_matches_models(isolated):
     from sqlmodel import SQLModel
 
-    import research.models  # noqa: F401  (registers the tables)
+    import research.store.models  # noqa: F401  (registers the tables)
 
     path = isolated / "fresh.db"
     db.create_database(path)
@@ -138,7 +138,7 @@ def test_migrated_schema_matches_models(isolated):
 def test_newer_schema_is_refused(isolated):
     path = isolated / "future.db"
     conn = db.connect_raw(path)
-    conn.execute(f"PRAGMA user_version = {len(db.MIGRATIONS) + 5}")
+    conn.execute(f"PRAGMA user_version = {len(migrations.MIGRATIONS) + 5}")
     conn.close()
     with pytest.raises(ResearchError, match="newer"):
         db.ensure_schema(path)

@@ -581,7 +581,7 @@ def test_due_dates_reach_the_review(cli, monkeypatch):
 def test_reader_columns_match_the_models():
     """The export reads SQLite without the ORM; its column lists must be the models' columns."""
     from research.backlog.markdown import reader
-    from research.models import Document, Note, Outcome
+    from research.store.models import Document, Note, Outcome
 
     for columns, model in ((reader.DOCUMENT_COLUMNS, Document), (reader.NOTE_COLUMNS, Note),
                            (reader.OUTCOME_COLUMNS, Outcome)):

@@ -61,8 +61,8 @@ class History:
         return int(self.cli("add", title, *options).stdout.split("\t")[0])
 
     def link(self, item_id: int, best: str) -> int:
-        from research.db import session_scope
-        from research.models import Link
+        from research.store.db import session_scope
+        from research.store.models import Link
 
         with session_scope(self.db, write=True) as session:
             row = Link(
@@ -89,8 +89,8 @@ class History:
         error=None,
         link_id=None,
     ) -> int:
-        from research.db import session_scope
-        from research.models import Metric, Run
+        from research.store.db import session_scope
+        from research.store.models import Metric, Run
 
         with session_scope(self.db, write=True) as session:
             run = Run(
@@ -635,8 +635,8 @@ def test_final_metrics_match_the_runner():
 def test_dead_running_run_is_marked_interrupted(cli, monkeypatch, utc_plus_8):
     h = History(cli, monkeypatch)
     item = h.add("Exp")
-    from research.db import session_scope
-    from research.models import Run
+    from research.store.db import session_scope
+    from research.store.models import Run
 
     with session_scope(h.db, write=True) as session:
         session.add(

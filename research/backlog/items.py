@@ -15,8 +15,16 @@ from sqlalchemy import func
 from sqlmodel import Session, SQLModel, select
 
 from research import clock
+from research.backlog.views import (  # noqa: F401
+    Backlog,
+    ItemRow,
+    ListFilter,
+    filter_items,
+    item_summary,
+    sort_key,
+)
 from research.errors import ResearchError
-from research.models import (
+from research.store.models import (
     OUTCOME_KINDS,
     Anchor,
     Document,
@@ -29,7 +37,6 @@ from research.models import (
     Outcome,
     Run,
 )
-from research.views import Backlog, ItemRow, ListFilter, filter_items, item_summary, sort_key  # noqa: F401
 from research.vocab import (
     OUTCOME_LOOKUP,
     check_date,
@@ -318,7 +325,7 @@ def check_item(session: Session, log: ChangeLog, item: Item, checked: bool) -> b
 
 
 def _main_document_id(session: Session) -> int | None:
-    from research.models import Document
+    from research.store.models import Document
 
     rows = list(session.exec(select(Document.id, Document.is_main).order_by(Document.id)))
     return next((i for i, main in rows if main), rows[0][0] if rows else None)

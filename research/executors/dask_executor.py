@@ -30,11 +30,11 @@ import time
 import uuid
 from pathlib import Path
 
-from research.db import project_root_of
 from research.errors import ResearchError
 from research.execute import KILL_GRACE_S
 from research.executors import Executor, ExecutorSettings, Update
 from research.executors.remote import CANCEL_EVENT_PREFIX, SPARES, build_task, dask_task
+from research.store.db import project_root_of
 
 LOST_SCHEDULER_S = 60.0  # a client without its scheduler for this long gives its runs up
 REASON_LIMIT = 300

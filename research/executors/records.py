@@ -18,17 +18,17 @@ from typing import Any
 from sqlmodel import Session, select
 
 from research import clock
-from research.db import project_root_of
 from research.errors import ResearchError
 from research.executors import Update
-from research.models import Item, Run
 from research.runs import RunResult, _write
+from research.store.db import project_root_of
+from research.store.models import Item, Run
 
 OPEN = ("queued", "running")
 
 
 def load_runs(db_path: Path, run_ids: list[int]) -> list[Run]:
-    from research.db import session_scope
+    from research.store.db import session_scope
 
     with session_scope(db_path) as session:
         rows = {r.id: r.model_copy() for r in session.exec(select(Run).where(Run.id.in_(run_ids)))}
@@ -128,8 +128,8 @@ def apply_update(db_path: Path, update: Update) -> RunResult | None:
 
 def closed_result(db_path: Path, run_id: int) -> RunResult | None:
     """The result of a run that is already closed (someone else collected it)."""
-    from research.db import session_scope
     from research.runs import run_metrics
+    from research.store.db import session_scope
 
     with session_scope(db_path) as session:
         run = session.get(Run, run_id)
@@ -160,7 +160,7 @@ class SyncReport:
 
 
 def _open_remote(db_path: Path) -> list[tuple]:
-    from research.db import connect_raw
+    from research.store.db import connect_raw
 
     conn = connect_raw(db_path)
     try:
@@ -286,8 +286,8 @@ def cancel_runs(db_path: Path, run_ids: list[int], wait_s: float = 20.0) -> list
 
 
 def _cancel_local(db_path: Path, runs: list[Run]) -> list[int]:
-    from research.db import connect_raw
     from research.runs import _pid_alive
+    from research.store.db import connect_raw
 
     wanted = {r.id for r in runs}
     by_pid: dict[int, list[Run]] = {}

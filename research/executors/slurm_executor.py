@@ -25,11 +25,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from research.db import project_root_of
 from research.errors import ResearchError
 from research.execute import KILL_GRACE_S
 from research.executors import Executor, ExecutorSettings, Update
 from research.executors.remote import build_task, run_remote
+from research.store.db import project_root_of
 
 SUBMITIT_DIR = "runs/.submitit"
 LOCAL_PREFIX = "local:"

@@ -52,7 +52,7 @@ from research.backlog.markdown.plan import Base, item_value, plan_text
 from research.backlog.markdown.source import SourceLines
 from research.errors import ResearchError
 from research.files import write_text_file
-from research.models import Anchor, Document, Event, Item, Note, Outcome
+from research.store.models import Anchor, Document, Event, Item, Note, Outcome
 from research.vocab import composite_score, parse_estimate
 
 Progress = Callable[[str, int, int], None]

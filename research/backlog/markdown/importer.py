@@ -112,7 +112,7 @@ def import_new_file(db_path: Path, path: Path, *, strict: bool = False, progress
 
 
 def _import_new_file(db_path: Path, path: Path, strict: bool, progress) -> Report | None:
-    from research.db import connect_raw, ensure_schema
+    from research.store.db import connect_raw, ensure_schema
 
     file, parsed = read_document_file(path, strict=strict)
     ensure_schema(db_path)

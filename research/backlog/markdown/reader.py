@@ -2,10 +2,10 @@
 
 `research export` runs often and should cost about what `research list` costs, so it
 reads the document, its anchors and the rows it shows with the standard library's
-sqlite3, like ``research.views`` does for `list`. The column lists below are the one
+sqlite3, like ``research.backlog.views`` does for `list`. The column lists below are the one
 copy of the schema this takes; a test checks them against the models.
 
-Every function takes a DB-API connection: the CLI's own (``research.db.connect_raw``), or
+Every function takes a DB-API connection: the CLI's own (``research.store.db.connect_raw``), or
 the one inside an ORM session's transaction (``driver_connection``), so import and sync
 read through the same code.
 """
@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from research.backlog.markdown.model import node_from_anchor, note_from_anchor, outcome_from_anchor
 from research.backlog.markdown.plan import Base, State
 from research.backlog.markdown.source import SourceLines
-from research.views import ITEM_COLUMNS, ItemRecord
+from research.backlog.views import ITEM_COLUMNS, ItemRecord
 
 DOCUMENT_COLUMNS = ("id", "name", "path", "title", "text", "sha256", "mtime", "conventions", "layout", "meta",
                     "is_main", "base_batch", "imported_at", "synced_at")

@@ -95,7 +95,7 @@ class Backlog:
         """Loads ORM objects, for code that changes items."""
         from sqlmodel import select
 
-        from research.models import Item
+        from research.store.models import Item
 
         return cls(list(session.exec(select(Item))))
 
@@ -104,14 +104,14 @@ class Backlog:
         """Loads read-only rows inside a session: much faster than ORM objects."""
         from sqlmodel import select
 
-        from research.models import Item
+        from research.store.models import Item
 
         return cls(list(session.connection().execute(select(Item.__table__))))
 
     @classmethod
     def load_file(cls, path: Path) -> Backlog:
         """Loads read-only rows straight from the file, without importing the ORM at all."""
-        from research.db import connect_raw, ensure_schema
+        from research.store.db import connect_raw, ensure_schema
 
         ensure_schema(path)
         conn = connect_raw(path)

@@ -1,0 +1,154 @@
+"""Where the database lives, how it is opened, and how its schema evolves.
+
+Resolution order: ``--db PATH``, then ``$RESEARCH_DB``, then the nearest
+``todo.db`` found walking up from the current directory (as git finds ``.git``).
+The schema's history (``PRAGMA user_version``) lives in ``store.migrations``,
+applied on open.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from research.errors import ResearchError
+from research.store.migrations import migrate
+
+DB_FILENAME = "todo.db"
+DB_ENV = "RESEARCH_DB"
+BUSY_TIMEOUT_MS = 30_000
+
+
+def project_root_of(db_path: Path) -> Path:
+    """The folder holding the database is the project root: notebooks and runs/ are relative to it."""
+    return Path(db_path).resolve().parent
+
+
+def find_database(explicit: str | os.PathLike | None = None, start: Path | None = None) -> Path:
+    """The database to use, or a ResearchError saying none was found."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.exists():
+            raise ResearchError(f"no database at {path} (run `research init --db {path}` to create it)")
+        return path
+    from_env = os.environ.get(DB_ENV)
+    if from_env:
+        path = Path(from_env).expanduser()
+        if not path.exists():
+            raise ResearchError(f"no database at {path} (from ${DB_ENV}; run `research init` to create it)")
+        return path
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / DB_FILENAME
+        if candidate.is_file():
+            return candidate
+    raise ResearchError(f"no {DB_FILENAME} found here or in any parent folder (run `research init`)")
+
+
+def init_target(explicit: str | os.PathLike | None = None) -> Path:
+    """Where `research init` creates the database."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get(DB_ENV):
+        return Path(os.environ[DB_ENV]).expanduser()
+    return Path.cwd() / DB_FILENAME
+
+
+def connect_raw(path: Path) -> sqlite3.Connection:
+    """A plain sqlite3 connection in autocommit mode with our pragmas applied."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    _apply_pragmas(conn)
+    return conn
+
+
+def _apply_pragmas(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        # WAL is unavailable on some filesystems; fall back quietly to the default.
+        pass
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = NORMAL")
+
+
+def ensure_schema(path: Path) -> None:
+    conn = None
+    try:
+        conn = connect_raw(path)
+        migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        raise ResearchError(f"{path} is not a research database ({exc})") from None
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+# ---------------------------------------------------------------------------
+# The engine (one per process) and sessions (one per command).
+
+_engines: dict[Path, object] = {}
+
+
+def get_engine(path: Path):
+    """The process's engine for ``path``, created on first use (schema migrated)."""
+    path = Path(path).resolve()
+    engine = _engines.get(path)
+    if engine is not None:
+        return engine
+    from sqlalchemy import event
+    from sqlmodel import create_engine
+
+    ensure_schema(path)
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # Let SQLAlchemy, not the driver, decide when transactions begin (see _on_begin).
+        dbapi_conn.isolation_level = None
+        _apply_pragmas(dbapi_conn)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # Writers take the write lock up front: a deferred transaction that later
+        # upgrades to a write fails with "database is locked" without waiting.
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    _engines[path] = engine
+    return engine
+
+
+def dispose_engines() -> None:
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+
+
+@contextmanager
+def session_scope(path: Path, write: bool = False) -> Iterator:
+    """A session for one command; writes commit at the end or roll back on error."""
+    from sqlmodel import Session
+
+    engine = get_engine(path)
+    bind = engine.execution_options(sqlite_begin="IMMEDIATE") if write else engine
+    with Session(bind, expire_on_commit=False) as session:
+        try:
+            yield session
+            if write:
+                session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def create_database(path: Path) -> bool:
+    """Create (or migrate) the database at ``path``; True when it was new."""
+    existed = path.exists() and path.stat().st_size > 0
+    if path.exists() and path.is_dir():
+        raise ResearchError(f"{path} is a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_schema(path)
+    return not existed
