@@ -246,7 +246,7 @@ def show(item_id: IdArg, json_: JsonOpt = False) -> None:
 def _attach_runs(session, item, detail) -> None:
     """Adds the item's runs to `show` once the runner's tables exist."""
     try:
-        from research.runs import runs_for_show
+        from research.runs.query import runs_for_show
     except ImportError:
         return
     runs_for_show(session, item, detail)
@@ -631,7 +631,7 @@ def _project_root() -> Path:
 
 
 def _recover() -> None:
-    from research.runs import recover_stale_runs
+    from research.runs.lifecycle import recover_stale_runs
 
     count = recover_stale_runs(db_path())
     if count:
@@ -649,7 +649,7 @@ def link(
     """Link a notebook (with a cell tagged `parameters`) to an item, with default parameters."""
     from research.backlog.items import resolve_item
     from research.params import parse_assignments
-    from research.runs import link_notebook
+    from research.runs.links import link_notebook
 
     root = _project_root()
     with _changes() as (session, log):
@@ -665,7 +665,7 @@ def unlink(
 ) -> None:
     """Remove a notebook link from an item (its runs are kept)."""
     from research.backlog.items import resolve_item
-    from research.runs import unlink_notebook
+    from research.runs.links import unlink_notebook
 
     with _changes() as (session, log):
         item = resolve_item(session, item_id)
@@ -677,7 +677,7 @@ def unlink(
 def notebooks(json_: JsonOpt = False) -> None:
     """List the notebooks under notebooks/ with their parameters, types and defaults."""
     from research import render
-    from research.runs import list_notebooks
+    from research.runs.links import list_notebooks
 
     try:
         root = _project_root()
@@ -739,7 +739,7 @@ def _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log
     from research import render
     from research.backlog.items import resolve_item
     from research.params import expand_grid, load_params_file, parse_assignments
-    from research.runs import create_runs, plan_runs
+    from research.runs.plan import create_runs, plan_runs
 
     _recover()
     root = _project_root()
@@ -816,7 +816,8 @@ def rerun(
 ) -> None:
     """Run a past run's notebook again with the same parameters (some overridden with -p)."""
     from research.params import inspect_notebook, parse_assignments, resolve_parameters
-    from research.runs import RunPlan, create_runs, resolve_run
+    from research.runs.plan import RunPlan, create_runs
+    from research.runs.query import resolve_run
 
     _recover()
     root = _project_root()
@@ -847,7 +848,7 @@ def runs(
     """List runs (all, or an item's); `runs show RUN` for one in full; `runs rm RUN...` to delete; `runs cancel` to stop."""
     from research import render
     from research.backlog.items import resolve_item
-    from research.runs import query_runs
+    from research.runs.query import query_runs
 
     _recover()
     _sync_remote(verbose=sync)
@@ -887,7 +888,7 @@ def _sync_remote(verbose: bool = False) -> None:
 def _runs_cancel(refs: list[str], sweep: str | None) -> None:
     from research import render
     from research.executors.records import cancel_runs
-    from research.runs import query_runs, resolve_run
+    from research.runs.query import query_runs, resolve_run
 
     if bool(refs) == bool(sweep):
         raise ResearchError("usage: research runs cancel RUN... | research runs cancel --sweep ID")
@@ -907,7 +908,7 @@ def _runs_cancel(refs: list[str], sweep: str | None) -> None:
 
 def _runs_show(run_ref: str, json_: bool) -> None:
     from research import render
-    from research.runs import resolve_run, run_detail
+    from research.runs.query import resolve_run, run_detail
 
     with _session() as session:
         detail = run_detail(session, resolve_run(session, run_ref))
@@ -918,7 +919,7 @@ def _runs_show(run_ref: str, json_: bool) -> None:
 
 
 def _runs_rm(refs: list[str], yes: bool) -> None:
-    from research.runs import delete_run, resolve_run
+    from research.runs.query import delete_run, resolve_run
 
     if not refs:
         raise ResearchError("usage: research runs rm RUN...")
@@ -942,7 +943,7 @@ def compare(
 ) -> None:
     """Params and metrics of several runs side by side."""
     from research import render
-    from research.runs import compare_runs, resolve_run
+    from research.runs.query import compare_runs, resolve_run
 
     if len(run_ids) < 2:
         raise ResearchError("compare needs at least two runs")

@@ -90,7 +90,7 @@ def add_shipped_experiments(session, project_root: Path) -> list[str]:
 def link_experiment(session, log, item, exp: ShippedExperiment, project_root: Path) -> None:
     """Link the item to its notebook once the runner's tables exist."""
     try:
-        from research.runs import link_notebook
+        from research.runs.links import link_notebook
     except ImportError:
         return
     notebook = project_root / exp.notebook

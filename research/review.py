@@ -398,7 +398,7 @@ class _Data:
 
 
 def _final_metrics(entries: list[dict]) -> dict[str, Any]:
-    """The last value of each metric by step, then time: ``research.runs.final_metrics``
+    """The last value of each metric by step, then time: ``research.runs.lifecycle.final_metrics``
     without importing the ORM (that import alone costs more than building a review)."""
     latest: dict[str, tuple] = {}
     for entry in entries:
@@ -423,7 +423,7 @@ def recover_stale_runs(db_path: Path) -> int:
         conn.close()
     if not open_runs:
         return 0
-    from research.runs import recover_stale_runs as recover
+    from research.runs.lifecycle import recover_stale_runs as recover
 
     return recover(db_path)
 

@@ -103,7 +103,7 @@ def test_engine_problems_are_reported_before_any_row_is_written(cli, project):
 
 def test_runs_of_a_dask_client_that_died_end_interrupted(cli, project):
     from research.backlog.items import resolve_item
-    from research.runs import create_runs, plan_runs
+    from research.runs.plan import create_runs, plan_runs
     from research.store.db import session_scope
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -615,7 +615,7 @@ def test_html_renders_in_headless_chromium(cli, history, isolated):
 
 def test_final_metrics_match_the_runner():
     from research.review import _final_metrics
-    from research.runs import final_metrics
+    from research.runs.lifecycle import final_metrics
 
     entries = [
         {"name": "loss", "value": 2.0, "step": 0, "time": 1.0},

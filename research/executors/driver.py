@@ -22,7 +22,7 @@ from research.executors.records import (
     mark_ended,
     mark_submitted,
 )
-from research.runs import RunResult
+from research.runs.lifecycle import RunResult
 
 POLL_S = 0.2
 CHECK_S = 2.0

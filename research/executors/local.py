@@ -44,7 +44,8 @@ class LocalExecutor(Executor):
         self._error: BaseException | None = None
 
     def submit(self, runs: list) -> dict[int, str | None]:
-        from research.runs import execute_run, run_in_parallel
+        from research.runs.lifecycle import execute_run
+        from research.runs.pool import run_in_parallel
 
         run_ids = [run.id for run in runs]
         self._spares = spares = _SpareWorkers(self.worker, len(run_ids), self.jobs)

@@ -20,7 +20,7 @@ from sqlmodel import Session, select
 from research import clock
 from research.errors import ResearchError
 from research.executors import Update
-from research.runs import RunResult, _write
+from research.runs.lifecycle import RunResult, _write
 from research.store.db import project_root_of
 from research.store.models import Item, Run
 
@@ -94,7 +94,7 @@ def mark_ended(db_path: Path, run_id: int, status: str, reason: str | None) -> R
 def ingest_payload(db_path: Path, run_id: int, payload: dict[str, Any]) -> RunResult | None:
     """Write a remote run's files under runs/<id>/ and close its row like a local run."""
     from research.executors.remote import outcome_from_payload, write_payload_files
-    from research.runs import finish_run
+    from research.runs.lifecycle import finish_run
 
     root = project_root_of(db_path)
     run = load_runs(db_path, [run_id])
@@ -128,7 +128,7 @@ def apply_update(db_path: Path, update: Update) -> RunResult | None:
 
 def closed_result(db_path: Path, run_id: int) -> RunResult | None:
     """The result of a run that is already closed (someone else collected it)."""
-    from research.runs import run_metrics
+    from research.runs.query import run_metrics
     from research.store.db import session_scope
 
     with session_scope(db_path) as session:
@@ -173,11 +173,11 @@ def _open_remote(db_path: Path) -> list[tuple]:
 
 
 def _client_alive(pid: int | None, host: str | None) -> bool:
-    from research.runs import _pid_alive
+    from research.runs.lifecycle import pid_alive
 
     if host and host != socket.gethostname():
         return True  # cannot tell from here
-    return bool(pid) and _pid_alive(pid)
+    return bool(pid) and pid_alive(pid)
 
 
 def sync_runs(db_path: Path) -> SyncReport:
@@ -286,7 +286,7 @@ def cancel_runs(db_path: Path, run_ids: list[int], wait_s: float = 20.0) -> list
 
 
 def _cancel_local(db_path: Path, runs: list[Run]) -> list[int]:
-    from research.runs import _pid_alive
+    from research.runs.lifecycle import pid_alive
     from research.store.db import connect_raw
 
     wanted = {r.id for r in runs}
@@ -315,7 +315,7 @@ def _cancel_local(db_path: Path, runs: list[Run]) -> list[int]:
         conn.close()
     waiting = []
     for pid, group in by_pid.items():
-        if pid and pid != os.getpid() and _pid_alive(pid):
+        if pid and pid != os.getpid() and pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
             waiting += [r.id for r in group]
         else:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 PAYLOAD_VERSION = 1
-OUTPUT_NOTEBOOK = "output.ipynb"  # as research.runs names it (not imported: workers skip the ORM)
+OUTPUT_NOTEBOOK = "output.ipynb"  # as research.runs.lifecycle names it (not imported: workers skip the ORM)
 CANCEL_EVENT_PREFIX = "research-cancel-"
 CANCEL_POLL_S = 1.0
 

@@ -202,7 +202,7 @@ def _log_tail(job) -> str:
 
 def _local_state(job) -> str:
     """RUNNING, or how a submitit-local job's controller ended: FINISHED, KILLED or GONE."""
-    from research.runs import _pid_alive
+    from research.runs.lifecycle import pid_alive
 
     process = getattr(job, "_process", None)
     if process is not None:
@@ -210,7 +210,7 @@ def _local_state(job) -> str:
         if code is None:
             return "RUNNING"
         return "KILLED" if code < 0 else "FINISHED"
-    return "RUNNING" if _pid_alive(int(job.job_id)) else "GONE"
+    return "RUNNING" if pid_alive(int(job.job_id)) else "GONE"
 
 
 def job_updates(
@@ -334,13 +334,13 @@ def cancel_jobs(project_root: Path, external_ids: list[str], force: bool = False
     import os
     import signal
 
-    from research.runs import _pid_alive
+    from research.runs.lifecycle import pid_alive
 
     slurm_ids = [e for e in external_ids if e and not e.startswith(LOCAL_PREFIX)]
     for external_id in external_ids:
         if external_id and external_id.startswith(LOCAL_PREFIX):
             pid = int(external_id[len(LOCAL_PREFIX) :])
-            if _pid_alive(pid):
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGINT if force else signal.SIGTERM)
     if slurm_ids:
         if shutil.which("scancel") is None:
