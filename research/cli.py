@@ -648,8 +648,8 @@ def link(
 ) -> None:
     """Link a notebook (with a cell tagged `parameters`) to an item, with default parameters."""
     from research.backlog.items import resolve_item
-    from research.params import parse_assignments
     from research.runs.links import link_notebook
+    from research.runs.params import parse_assignments
 
     root = _project_root()
     with _changes() as (session, log):
@@ -717,8 +717,8 @@ def run(
     no_wait: Annotated[bool, typer.Option("--no-wait", help="slurm: submit and return; `research runs` collects the results.")] = False,
 ) -> None:
     """Run an item's linked notebook(s) with checked parameters; --grid sweeps; --executor dask|slurm runs them elsewhere."""
-    from research.execute import discard_worker, start_worker
     from research.executors import load_settings
+    from research.runs.child import discard_worker, start_worker
 
     settings = load_settings(_project_root(), executor, scheduler, executor_option)
     if settings.executor != "local" and log_output:
@@ -738,7 +738,7 @@ def _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log
          settings=None, wait: bool = True) -> None:
     from research import render
     from research.backlog.items import resolve_item
-    from research.params import expand_grid, load_params_file, parse_assignments
+    from research.runs.params import expand_grid, load_params_file, parse_assignments
     from research.runs.plan import create_runs, plan_runs
 
     _recover()
@@ -780,9 +780,9 @@ def _execute(run_ids: list[int], jobs: int, timeout: float | None, log_output: b
              executor=None, wait: bool = True) -> None:
     """Submit the runs to ``executor`` (default: the local pool) and follow them to their end."""
     from research import render
-    from research.execute import handle_interrupts
     from research.executors.driver import follow, submit
     from research.executors.local import LocalExecutor
+    from research.runs.child import handle_interrupts
 
     path = db_path()
     if executor is None:
@@ -815,7 +815,7 @@ def rerun(
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="End the run as 'timeout' after this many seconds.")] = None,
 ) -> None:
     """Run a past run's notebook again with the same parameters (some overridden with -p)."""
-    from research.params import inspect_notebook, parse_assignments, resolve_parameters
+    from research.runs.params import inspect_notebook, parse_assignments, resolve_parameters
     from research.runs.plan import RunPlan, create_runs
     from research.runs.query import resolve_run
 
@@ -878,7 +878,7 @@ def runs(
 
 
 def _sync_remote(verbose: bool = False) -> None:
-    from research.executors.records import sync_runs
+    from research.executors.control import sync_runs
 
     report = sync_runs(db_path())
     if verbose or report.collected:
@@ -887,7 +887,7 @@ def _sync_remote(verbose: bool = False) -> None:
 
 def _runs_cancel(refs: list[str], sweep: str | None) -> None:
     from research import render
-    from research.executors.records import cancel_runs
+    from research.executors.control import cancel_runs
     from research.runs.query import query_runs, resolve_run
 
     if bool(refs) == bool(sweep):

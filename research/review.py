@@ -46,11 +46,19 @@ from typing import Any
 
 from research import clock
 from research.errors import ResearchError
-from research.vocab import OPEN_STATUSES, PRIORITY_FIRE, PRIORITY_RANK, STATUS_EMOJI
+from research.vocab import (
+    ENDED_RUN_STATUSES,
+    FAILED_RUN_STATUSES,
+    OPEN_RUN_STATUSES,
+    OPEN_RUNS_SQL,
+    OPEN_STATUSES,
+    PRIORITY_FIRE,
+    PRIORITY_RANK,
+    STATUS_EMOJI,
+)
 
 FORMATS = ("md", "html", "json")
-FAILED_RUN_STATUSES = ("failed", "timeout", "interrupted")
-CHART_STATUSES = ("succeeded", "failed", "timeout", "interrupted", "running", "queued")
+CHART_STATUSES = (*ENDED_RUN_STATUSES, *reversed(OPEN_RUN_STATUSES))
 NEXT_FOCUS_LIMIT = 10
 SWEEP_ROWS_SHOWN = 20  # rows of a sweep table in Markdown and HTML (JSON has them all)
 METRIC_CHARTS = 6  # experiments drawn in the key-metric chart
@@ -417,7 +425,7 @@ def recover_stale_runs(db_path: Path) -> int:
     conn = connect_raw(db_path)
     try:
         open_runs = conn.execute(
-            "SELECT 1 FROM run WHERE status IN ('queued', 'running') LIMIT 1"
+            f"SELECT 1 FROM run WHERE status IN {OPEN_RUNS_SQL} LIMIT 1"
         ).fetchone()
     finally:
         conn.close()

@@ -17,6 +17,13 @@ PRIORITIES = ("low", "medium", "high", "critical")
 ITEM_KINDS = ("item", "task")  # a heading-level item, or a checklist task
 OUTCOME_KINDS = ("document", "code", "application", "related")
 
+# A run is open (queued, then running) until it ends in one of the ended statuses.
+OPEN_RUN_STATUSES = ("queued", "running")
+ENDED_RUN_STATUSES = ("succeeded", "failed", "timeout", "interrupted")
+FAILED_RUN_STATUSES = ("failed", "timeout", "interrupted")
+RUN_STATUSES = OPEN_RUN_STATUSES + ENDED_RUN_STATUSES
+OPEN_RUNS_SQL = "(" + ", ".join(f"'{s}'" for s in OPEN_RUN_STATUSES) + ")"  # for `status IN ...`
+
 STATUS_EMOJI = {
     "planned": "📋",
     "active": "🚀",

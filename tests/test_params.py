@@ -1,4 +1,4 @@
-"""Notebook parameter inspection and typed parsing (research.params); no kernels run here."""
+"""Notebook parameter inspection and typed parsing (research.runs.params); no kernels run here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from research.errors import ResearchError
-from research.params import (
+from research.runs.params import (
     ParamSpec,
     coerce_value,
     expand_grid,
@@ -266,7 +266,7 @@ def test_expand_grid():
 
 def test_engine_modules_import_nothing_heavy():
     code = (
-        "import sys, research.params, research.execute, research.environment\n"
+        "import sys, research.runs.params, research.runs.child, research.runs.environment\n"
         "heavy = ['papermill', 'nbclient', 'jupyter_client', 'nbformat', 'yaml', 'torch', 'psutil']\n"
         "print([m for m in heavy if m in sys.modules])"
     )

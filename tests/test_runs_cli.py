@@ -216,7 +216,7 @@ def test_sigint_during_a_sweep_stops_the_spare_worker_and_its_kernel_too(cli, pr
     runner = _sleeping_runner(cli, project, "--grid", "seconds=60,61,62")
 
     def workers():
-        return [p for p in _processes_of(project) if "research._worker" in " ".join(p.cmdline())]
+        return [p for p in _processes_of(project) if "research.runs.papermill_child" in " ".join(p.cmdline())]
 
     _wait_for(lambda: len(workers()) == 2)  # the first run's, and a spare for the next one
     runner.send_signal(signal.SIGINT)

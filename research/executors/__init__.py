@@ -11,8 +11,8 @@
 
 The database stays with the client. ``driver.drive`` submits, follows the
 executor's updates into the database, and on Ctrl-C cancels on the engine;
-``records.sync_runs`` collects what finished while nobody waited, and
-``records.cancel_runs`` stops runs from another process. Engines are imported
+``control.sync_runs`` collects what finished while nobody waited, and
+``control.cancel_runs`` stops runs from another process. Engines are imported
 only inside the executor that needs them, so the CLI starts fast.
 """
 

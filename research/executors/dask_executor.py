@@ -31,9 +31,9 @@ import uuid
 from pathlib import Path
 
 from research.errors import ResearchError
-from research.execute import KILL_GRACE_S
 from research.executors import Executor, ExecutorSettings, Update
 from research.executors.remote import CANCEL_EVENT_PREFIX, SPARES, build_task, dask_task
+from research.runs.child import KILL_GRACE_S
 from research.store.db import project_root_of
 
 LOST_SCHEDULER_S = 60.0  # a client without its scheduler for this long gives its runs up
@@ -127,7 +127,7 @@ class DaskExecutor(Executor):
     # ------------------------------------------------------------------ interface
 
     def submit(self, runs: list) -> dict[int, str | None]:
-        from research.environment import git_state
+        from research.runs.environment import git_state
 
         if self.client is None:
             self.start()

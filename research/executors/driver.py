@@ -1,6 +1,6 @@
 """Submit queued runs to an executor and follow them into the database until they end.
 
-The caller (the CLI) wraps ``drive`` in ``execute.handle_interrupts()``: a first
+The caller (the CLI) wraps ``drive`` in ``child.handle_interrupts()``: a first
 Ctrl-C or SIGTERM cancels the open runs on the engine and waits up to the
 executor's ``cancel_grace_s`` for them to report (with their notebook so far);
 a second one stops waiting. Whatever has not reported by then is marked
@@ -15,14 +15,9 @@ from pathlib import Path
 
 from research.errors import ResearchError
 from research.executors import Executor
-from research.executors.records import (
-    apply_update,
-    closed_result,
-    load_runs,
-    mark_ended,
-    mark_submitted,
-)
-from research.runs.lifecycle import RunResult
+from research.executors.control import apply_update
+from research.runs.lifecycle import RunResult, closed_result, load_runs, mark_ended, mark_submitted
+from research.vocab import OPEN_RUN_STATUSES
 
 POLL_S = 0.2
 CHECK_S = 2.0
@@ -82,7 +77,7 @@ def follow(
         if time.monotonic() >= next_check:  # rows another process closed (`research runs cancel`)
             next_check = time.monotonic() + CHECK_S
             for run in load_runs(db_path, list(open_ids)):
-                if run.status not in ("queued", "running"):
+                if run.status not in OPEN_RUN_STATUSES:
                     done(
                         run.id,
                         closed_result(db_path, run.id)

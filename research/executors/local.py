@@ -37,7 +37,7 @@ class LocalExecutor(Executor):
         self.timeout = timeout
         self.log_output = log_output
         self.on_progress = on_progress
-        self.worker = worker  # a started execute.start_worker() for the first run
+        self.worker = worker  # a started runs.child.start_worker() for the first run
         self._spares: _SpareWorkers | None = None
         self._done: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -88,7 +88,7 @@ class LocalExecutor(Executor):
         return updates
 
     def cancel(self, run_ids: list[int], reason: str) -> None:
-        from research.execute import INTERRUPTS
+        from research.runs.child import INTERRUPTS
 
         if not INTERRUPTS.is_set():
             INTERRUPTS.trigger("cancel request")
@@ -112,7 +112,7 @@ class _SpareWorkers:
 
     def take(self):
         """A started worker for the run about to start (None: it starts its own)."""
-        from research.execute import INTERRUPTS, start_worker
+        from research.runs.child import INTERRUPTS, start_worker
 
         with self._lock:
             self._to_start -= 1
@@ -126,7 +126,7 @@ class _SpareWorkers:
         return worker
 
     def discard(self) -> None:
-        from research.execute import discard_worker
+        from research.runs.child import discard_worker
 
         with self._lock:
             self._closed = True

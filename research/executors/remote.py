@@ -34,7 +34,7 @@ CANCEL_POLL_S = 1.0
 
 
 class SparePool:
-    """Runner processes started ahead of their run (``execute.start_worker``), so that importing
+    """Runner processes started ahead of their run (``runs.child.start_worker``), so that importing
     papermill overlaps the previous run. Used by the Dask executor's in-process LocalCluster,
     whose workers are threads of this process; anywhere else ``take`` returns None."""
 
@@ -52,7 +52,7 @@ class SparePool:
             self._refill()
 
     def _refill(self) -> None:
-        from research.execute import start_worker
+        from research.runs.child import start_worker
 
         while len(self._spares) < min(self._size, self._expected):
             self._spares.append(start_worker())
@@ -67,7 +67,7 @@ class SparePool:
             return worker
 
     def clear(self) -> None:
-        from research.execute import discard_worker
+        from research.runs.child import discard_worker
 
         with self._lock:
             spares, self._spares, self._expected = self._spares, [], 0
@@ -112,8 +112,8 @@ def run_remote(task: dict[str, Any]) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     from research import clock
-    from research.environment import capture_environment
-    from research.execute import InterruptSignals, execute_notebook, read_records
+    from research.runs.child import InterruptSignals, execute_notebook, read_records
+    from research.runs.environment import capture_environment
 
     interrupts = InterruptSignals()
     stop_watching = _watch_cancel(task.get("cancel_event"), interrupts)
@@ -285,7 +285,7 @@ def _relocate_records(data: bytes, worker_dir: str, local_dir: str) -> bytes:
 def outcome_from_payload(payload: dict[str, Any]):
     from dataclasses import fields
 
-    from research.execute import ExecutionOutcome
+    from research.runs.child import ExecutionOutcome
 
     known = {f.name for f in fields(ExecutionOutcome)}
     data = {k: v for k, v in (payload.get("outcome") or {}).items() if k in known}

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 from research.errors import ResearchError
-from research.execute import KILL_GRACE_S
 from research.executors import Executor, ExecutorSettings, Update
 from research.executors.remote import build_task, run_remote
+from research.runs.child import KILL_GRACE_S
 from research.store.db import project_root_of
 
 SUBMITIT_DIR = "runs/.submitit"
@@ -117,7 +117,7 @@ class SlurmExecutor(Executor):
     # ------------------------------------------------------------------ interface
 
     def submit(self, runs: list) -> dict[int, str | None]:
-        from research.environment import git_state
+        from research.runs.environment import git_state
 
         if self.executor is None:
             self.start()

@@ -126,10 +126,6 @@ class Meta(SQLModel, table=True):
     value: str = ""
 
 
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "timeout", "interrupted")
-FINISHED_RUN_STATUSES = ("succeeded", "failed", "timeout", "interrupted")
-
-
 class Link(SQLModel, table=True):
     """A notebook linked to an item, with default parameters and how to pick the best run."""
 

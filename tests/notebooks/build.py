@@ -1,4 +1,4 @@
-"""Write the tiny fixture notebooks used by tests/test_params.py and tests/test_execute.py.
+"""Write the tiny fixture notebooks used by tests/test_params.py and tests/test_child.py.
 
 Run ``python tests/notebooks/build.py`` after changing a notebook here; the
 ``.ipynb`` files are committed so the tests need no build step.

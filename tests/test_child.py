@@ -1,4 +1,4 @@
-"""Real papermill runs of the tiny notebooks in tests/notebooks (research.execute).
+"""Real papermill runs of the tiny notebooks in tests/notebooks (research.runs.child).
 
 Every run checks that no kernel (or runner) process is left behind: we look for
 live processes whose environment names the run's directory.
@@ -18,8 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from research.environment import capture_environment, sha256_file
-from research.execute import (
+from research.record import RUN_DIR_ENV
+from research.runs.child import (
     INTERRUPTS,
     ExecutionOutcome,
     InterruptSignals,
@@ -27,7 +27,7 @@ from research.execute import (
     handle_interrupts,
     read_records,
 )
-from research.record import RUN_DIR_ENV
+from research.runs.environment import capture_environment, sha256_file
 
 NOTEBOOKS = Path(__file__).parent / "notebooks"
 
@@ -209,7 +209,7 @@ def test_runner_killed_with_sigkill_leaves_no_kernel(tmp_path):
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from research.execute import execute_notebook\n"
+        "from research.runs.child import execute_notebook\n"
         "nb, run_dir = Path(sys.argv[1]), Path(sys.argv[2])\n"
         "execute_notebook(nb, run_dir / 'out.ipynb', {}, run_dir, run_dir)\n"
     )
@@ -357,7 +357,7 @@ def test_capture_environment(tmp_path):
 
 
 def test_detect_device_reads_nvidia_smi(tmp_path, monkeypatch):
-    from research import environment
+    from research.runs import environment
 
     fake = tmp_path / "nvidia-smi"
     fake.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3'\necho 'NVIDIA A100-SXM4-40GB'\n")

@@ -1,9 +1,10 @@
-"""The database side of executors: submitted, running, finished, collected, cancelled.
+"""Following and stopping runs on their executors, from any process.
 
-All writes are short transactions, like the local runner's, so a waiting
-`research run`, a `research runs` that syncs and a `research runs cancel` can
-work on the same rows at once; a result collected twice is ingested once
-(``finish_run(only_open=True)``).
+``apply_update`` writes what an engine reports (through ``runs.lifecycle``); ``sync_runs``
+asks each remote engine about its open runs; ``cancel_runs`` stops runs wherever they
+execute. All writes are short transactions, like the local runner's, so a waiting
+`research run`, a `research runs sync` and a `research runs cancel` can work on the same
+rows at once; a result collected twice is ingested once (``finish_run(only_open=True)``).
 """
 
 from __future__ import annotations
@@ -15,80 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session, select
-
-from research import clock
 from research.errors import ResearchError
 from research.executors import Update
-from research.runs.lifecycle import RunResult, _write
+from research.runs.lifecycle import RunResult, load_runs, mark_ended, mark_running
 from research.store.db import project_root_of
-from research.store.models import Item, Run
-
-OPEN = ("queued", "running")
-
-
-def load_runs(db_path: Path, run_ids: list[int]) -> list[Run]:
-    from research.store.db import session_scope
-
-    with session_scope(db_path) as session:
-        rows = {r.id: r.model_copy() for r in session.exec(select(Run).where(Run.id.in_(run_ids)))}
-    return [rows[rid] for rid in run_ids if rid in rows]
-
-
-def mark_submitted(
-    db_path: Path, external: dict[int, str | None], sha256: dict[int, str] | None = None
-) -> None:
-    """Record external ids (and the notebook hash that was shipped); a planned item becomes active."""
-    from research.backlog.items import ChangeLog, set_status
-
-    def write(session: Session):
-        items = set()
-        for run_id, external_id in external.items():
-            run = session.get(Run, run_id)
-            if run is None:
-                continue
-            run.external_id = external_id
-            if sha256 and run_id in sha256:
-                run.notebook_sha256 = sha256[run_id]
-            run.heartbeat_at = clock.now_iso()
-            session.add(run)
-            items.add(run.item_id)
-        for item_id in items:
-            item = session.get(Item, item_id)
-            if item is not None and item.status == "planned":
-                set_status(session, ChangeLog(session), item, "active")
-
-    _write(db_path, write)
-
-
-def mark_running(db_path: Path, run_id: int, started_at: str | None = None) -> bool:
-    def write(session: Session):
-        run = session.get(Run, run_id)
-        if run is None or run.status != "queued":
-            return False
-        run.status = "running"
-        run.started_at = started_at or clock.now_iso()
-        run.heartbeat_at = clock.now_iso()
-        session.add(run)
-        return True
-
-    return _write(db_path, write)
-
-
-def mark_ended(db_path: Path, run_id: int, status: str, reason: str | None) -> RunResult | None:
-    """Close an open run the engine ended without a result (lost worker, cancelled job)."""
-
-    def write(session: Session):
-        run = session.get(Run, run_id)
-        if run is None or run.status not in OPEN:
-            return None
-        run.status = status
-        run.reason = reason
-        run.ended_at = clock.now_iso()
-        session.add(run)
-        return RunResult(run_id, status, reason, run.duration_s or 0.0)
-
-    return _write(db_path, write)
+from research.store.models import Run
+from research.vocab import OPEN_RUN_STATUSES, OPEN_RUNS_SQL
 
 
 def ingest_payload(db_path: Path, run_id: int, payload: dict[str, Any]) -> RunResult | None:
@@ -98,7 +31,7 @@ def ingest_payload(db_path: Path, run_id: int, payload: dict[str, Any]) -> RunRe
 
     root = project_root_of(db_path)
     run = load_runs(db_path, [run_id])
-    if not run or run[0].status not in OPEN:
+    if not run or run[0].status not in OPEN_RUN_STATUSES:
         return None
     write_payload_files(root / run[0].run_dir, payload)
     return finish_run(
@@ -126,24 +59,6 @@ def apply_update(db_path: Path, update: Update) -> RunResult | None:
     raise ValueError(f"unknown update kind {update.kind!r}")
 
 
-def closed_result(db_path: Path, run_id: int) -> RunResult | None:
-    """The result of a run that is already closed (someone else collected it)."""
-    from research.runs.query import run_metrics
-    from research.store.db import session_scope
-
-    with session_scope(db_path) as session:
-        run = session.get(Run, run_id)
-        if run is None or run.status in OPEN:
-            return None
-        return RunResult(
-            run_id,
-            run.status,
-            run.reason,
-            run.duration_s or 0.0,
-            run_metrics(session, [run_id])[run_id],
-        )
-
-
 # --------------------------------------------------------------------------- sync
 
 
@@ -166,7 +81,7 @@ def _open_remote(db_path: Path) -> list[tuple]:
     try:
         return conn.execute(
             "SELECT id, executor, external_id, pid, host, status FROM run "
-            "WHERE status IN ('queued', 'running') AND executor NOT IN ('local') ORDER BY id"
+            f"WHERE status IN {OPEN_RUNS_SQL} AND executor NOT IN ('local') ORDER BY id"
         ).fetchall()
     finally:
         conn.close()
@@ -235,7 +150,7 @@ def cancel_runs(db_path: Path, run_ids: list[int], wait_s: float = 20.0) -> list
     import time
 
     sync_runs(db_path)  # what already finished keeps its result
-    runs = [r for r in load_runs(db_path, run_ids) if r.status in OPEN]
+    runs = [r for r in load_runs(db_path, run_ids) if r.status in OPEN_RUN_STATUSES]
     if not runs:
         return []
     reason = "cancelled (research runs cancel)"
@@ -271,7 +186,7 @@ def cancel_runs(db_path: Path, run_ids: list[int], wait_s: float = 20.0) -> list
         if slurm:
             sync_runs(db_path)
         for run in load_runs(db_path, waiting):
-            if run.status not in OPEN:
+            if run.status not in OPEN_RUN_STATUSES:
                 waiting.remove(run.id)
                 results.append(RunResult(run.id, run.status, run.reason, run.duration_s or 0.0))
     for run in load_runs(db_path, waiting):  # the engine did not answer in time
@@ -301,7 +216,7 @@ def _cancel_local(db_path: Path, runs: list[Run]) -> list[int]:
             others = [
                 rid
                 for (rid,) in conn.execute(
-                    "SELECT id FROM run WHERE pid = ? AND executor = 'local' AND status IN ('queued', 'running')",
+                    f"SELECT id FROM run WHERE pid = ? AND executor = 'local' AND status IN {OPEN_RUNS_SQL}",
                     (pid,),
                 )
                 if rid not in wanted

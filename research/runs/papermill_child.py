@@ -1,6 +1,6 @@
-"""Child process that runs one notebook with papermill; started by ``research.execute``.
+"""Child process that runs one notebook with papermill; started by ``research.runs.child``.
 
-Run as ``python -m research._worker``. Protocol with the parent:
+Run as ``python -m research.runs.papermill_child``. Protocol with the parent:
 
 * stdin: one JSON line, the job; the parent then keeps stdin open. End of file on
   stdin means the parent is gone, and ends the run as SIGTERM does.
@@ -463,7 +463,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     # While the parent is still preparing the job (the job waits in the pipe): a
-    # worker started early (see execute.start_worker) then costs no start-up time.
+    # worker started early (see runs.child.start_worker) then costs no start-up time.
     _prepare()
     job = _read_job()
     if not job:

@@ -1,6 +1,6 @@
 """Execute one notebook run with papermill in a child process.
 
-``execute_notebook`` starts ``python -m research._worker`` (its own session, so
+``execute_notebook`` starts ``python -m research.runs.papermill_child`` (its own session, so
 a Ctrl-C at the terminal reaches only this process), hands it the job on stdin
 and follows its JSON-lines reports: kernel pid, cells done, and the result. The
 child is what runs papermill; keeping it out of this process is what lets a
@@ -39,8 +39,8 @@ from pathlib import Path
 
 from research.errors import ResearchError
 from research.record import METRICS_FILE, RUN_DIR_ENV
+from research.vocab import ENDED_RUN_STATUSES
 
-STATUSES = ("succeeded", "failed", "timeout", "interrupted")
 KILL_GRACE_S = 10.0  # how long a stopped child may take to save and shut its kernel down
 STDERR_TAIL_LINES = 200
 _POLL_S = 0.05
@@ -50,7 +50,7 @@ _POLL_S = 0.05
 class ExecutionOutcome:
     """How one notebook run ended."""
 
-    status: str  # one of STATUSES
+    status: str  # one of vocab.ENDED_RUN_STATUSES
     reason: str | None = None  # one line; None when it succeeded
     error: dict | None = None  # cell_index, execution_count, ename, evalue, traceback, source
     duration_s: float = 0.0
@@ -145,7 +145,7 @@ def _worker_command() -> list[str]:
     cmd = [sys.executable]
     if sys.version_info >= (3, 11):
         cmd.append("-P")  # do not put the working directory first on sys.path
-    return [*cmd, "-m", "research._worker"]
+    return [*cmd, "-m", "research.runs.papermill_child"]
 
 
 def _worker_env(run_dir: Path | None) -> dict[str, str]:
@@ -466,7 +466,7 @@ def execute_notebook(
         return outcome("succeeded", None, **common)  # it finished as it was being stopped
     if stopped_for is not None:
         return outcome(stopped_for, stop_reason, **common)
-    if result is not None and result.get("status") in STATUSES:
+    if result is not None and result.get("status") in ENDED_RUN_STATUSES:
         return outcome(result["status"], result.get("reason"), error=result.get("error"), **common)
     return outcome("failed", _describe_child_exit(proc.returncode, tail), **common)
 
@@ -532,7 +532,6 @@ __all__ = [
     "ExecutionOutcome",
     "INTERRUPTS",
     "InterruptSignals",
-    "STATUSES",
     "execute_notebook",
     "handle_interrupts",
     "read_records",

@@ -1,0 +1,356 @@
+"""Every state change of a run: queued, running, ended (succeeded, failed, interrupted, cancelled).
+
+Each run moves to ``running`` and to its final status in short transactions of its own, so
+parallel runs and other `research` processes share the database safely. Everything a run
+produces lives under ``runs/<run id>/`` next to the database. A runner that died (SIGKILL,
+power loss) leaves rows behind: ``recover_stale_runs`` ends them."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, select
+
+from research import clock
+from research.backlog.items import ChangeLog, set_status
+from research.errors import ResearchError
+from research.store.db import project_root_of
+from research.store.models import Item, Metric, Run
+from research.vocab import OPEN_RUN_STATUSES, OPEN_RUNS_SQL
+
+RUNS_DIR = "runs"
+OUTPUT_NOTEBOOK = "output.ipynb"
+RUN_JSON = "run.json"
+STALE_HEARTBEAT = timedelta(minutes=2)  # a runner on another host is presumed dead after this
+
+# ---------------------------------------------------------------------------
+# Executing
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    status: str
+    reason: str | None
+    duration_s: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _start_items(session: Session, item_ids: set[int]) -> None:
+    """The first run of a planned item starts it; finishing stays the researcher's call."""
+    for item_id in item_ids:
+        item = session.get(Item, item_id)
+        if item is not None and item.status == "planned":
+            set_status(session, ChangeLog(session), item, "active")
+
+
+def _write(db_path: Path, fn: Callable[[Session], Any]):
+    from research.store.db import session_scope
+
+    with session_scope(db_path, write=True) as session:
+        return fn(session)
+
+
+def execute_run(
+    db_path: Path,
+    run_id: int,
+    timeout: float | None = None,
+    log_output: bool = False,
+    on_progress: Callable[[int, int, int], None] | None = None,
+    worker=None,
+) -> RunResult:
+    """Run one queued run to its end and record everything about it.
+
+    ``worker`` is an already started ``child.start_worker()`` process to use.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from research.runs.child import execute_notebook
+    from research.runs.environment import capture_environment, sha256_file
+
+    project_root = project_root_of(db_path)
+
+    def start(session: Session):
+        run = session.get(Run, run_id)
+        if run is None or run.status != "queued":
+            raise ResearchError(f"run {run_id} is not queued")
+        now = clock.now_iso()
+        changes = {"status": "running", "started_at": now, "heartbeat_at": now, "pid": os.getpid()}
+        for name, value in changes.items():
+            setattr(run, name, value)
+        notebook = project_root / run.notebook
+        run.notebook_sha256 = sha256_file(notebook) if notebook.is_file() else None
+        session.add(run)
+        _start_items(session, {run.item_id})
+        return run.model_copy()
+
+    run = _write(db_path, start)
+    run_dir = project_root / run.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # git and nvidia-smi take a moment: ask them while the notebook runs.
+    env_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="environment")
+    environment_future = env_pool.submit(capture_environment, project_root)
+    env_pool.shutdown(wait=False)
+    last_beat = [0.0]
+
+    def heartbeat():
+        now = time.monotonic()
+        if now - last_beat[0] < 1.0:
+            return
+        last_beat[0] = now
+
+        def beat(session: Session):
+            row = session.get(Run, run_id)
+            if row is not None and row.status == "running":
+                row.heartbeat_at = clock.now_iso()
+                session.add(row)
+
+        _write(db_path, beat)
+
+    def progress(done: int, total: int):
+        if on_progress:
+            on_progress(run_id, done, total)
+
+    outcome = execute_notebook(
+        notebook=project_root / run.notebook,
+        output=project_root / run.output_path,
+        parameters=run.params,
+        run_dir=run_dir,
+        cwd=project_root,
+        kernel_name=run.kernel,
+        timeout=timeout,
+        log_output=log_output,
+        on_progress=progress,
+        on_heartbeat=heartbeat,
+        worker=worker,
+    )
+    return finish_run(db_path, run_id, outcome, environment_future.result())
+
+
+def finish_run(
+    db_path: Path,
+    run_id: int,
+    outcome,
+    environment: dict,
+    *,
+    started_at: str | None = None,
+    ended_at: str | None = None,
+    only_open: bool = False,
+) -> RunResult | None:
+    """Ingest the run's metrics and artifacts and close its row; writes run.json.
+
+    Runs done elsewhere (Dask, Slurm) pass the times the worker saw, and ``only_open``
+    so that a result collected twice (two `research` processes) is ingested once:
+    then a row already closed is left alone and None comes back.
+    """
+    from research.runs.child import read_records
+
+    project_root = project_root_of(db_path)
+
+    def finish(session: Session):
+        run = session.get(Run, run_id)
+        if only_open and (run is None or run.status not in OPEN_RUN_STATUSES):
+            return None
+        run_dir = project_root / run.run_dir
+        metrics, artifacts = read_records(run_dir)
+        for entry in metrics:
+            session.add(_metric_row(run_id, entry))
+        run.status = outcome.status
+        run.reason = outcome.reason
+        run.error = outcome.error
+        run.kernel = outcome.kernel_name or run.kernel
+        run.started_at = started_at or run.started_at
+        run.ended_at = ended_at or clock.now_iso()
+        run.duration_s = outcome.duration_s
+        run.environment = environment
+        run.artifacts = [a.get("path") for a in artifacts if a.get("path")]
+        session.add(run)
+        session.flush()
+        record = run_record(run, metrics)
+        record["cells_done"], record["cells_total"] = outcome.cells_done, outcome.cells_total
+        (run_dir / RUN_JSON).write_text(json.dumps(record, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
+        return RunResult(run_id, run.status, run.reason, outcome.duration_s, final_metrics(metrics))
+
+    return _write(db_path, finish)
+
+
+def _metric_row(run_id: int, entry: dict) -> Metric:
+    value = entry.get("value")
+    number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return Metric(
+        run_id=run_id,
+        name=str(entry.get("name")),
+        value=number,
+        value_json=None if number is not None else value,
+        step=entry.get("step") if isinstance(entry.get("step"), int) else None,
+        ts=entry.get("time"),
+    )
+
+
+def final_metrics(entries) -> dict[str, Any]:
+    """The last recorded value of each metric (by step, then time)."""
+    latest: dict[str, tuple] = {}
+    for entry in entries:
+        if isinstance(entry, Metric):
+            name, value, step, ts = entry.name, entry.value if entry.value is not None else entry.value_json, entry.step, entry.ts
+        else:
+            name, value, step, ts = entry.get("name"), entry.get("value"), entry.get("step"), entry.get("time")
+        key = (step if step is not None else -1, ts or 0)
+        if name not in latest or key >= latest[name][0]:
+            latest[name] = (key, value)
+    return {name: value for name, (_key, value) in latest.items()}
+
+
+def run_record(run: Run, metrics=None) -> dict[str, Any]:
+    data = run.model_dump()
+    if metrics is not None:
+        data["metrics"] = final_metrics(metrics)
+    return data
+
+
+# ---------------------------------------------------------------------------
+# Stale runs: a runner that died (SIGKILL, power loss) leaves rows behind.
+
+
+def recover_stale_runs(db_path: Path) -> int:
+    """Mark runs whose runner is gone as interrupted; returns how many. Cheap when none are open."""
+    from research.store.db import connect_raw
+
+    conn = connect_raw(db_path)
+    try:
+        rows = conn.execute(
+            f"SELECT id, pid, host, heartbeat_at, executor FROM run WHERE status IN {OPEN_RUNS_SQL}"
+        ).fetchall()
+        if not rows:
+            return 0
+        host = socket.gethostname()
+        now = datetime.now(UTC)
+        dead = []
+        for run_id, pid, run_host, heartbeat, executor in rows:
+            if executor not in (None, "local"):
+                continue  # remote executors are reconciled by their own engines
+            if run_host == host and pid:
+                alive = pid_alive(pid)
+            else:
+                alive = bool(heartbeat) and now - clock.parse_iso(heartbeat) < STALE_HEARTBEAT
+            if not alive:
+                dead.append((run_id, heartbeat))
+        if dead:
+            conn.execute("BEGIN IMMEDIATE")
+            for run_id, heartbeat in dead:
+                conn.execute(
+                    "UPDATE run SET status = 'interrupted', ended_at = ?, reason = ? "
+                    f"WHERE id = ? AND status IN {OPEN_RUNS_SQL}",
+                    (clock.now_iso(), f"runner died (last heartbeat {heartbeat or 'never'})", run_id),
+                )
+            conn.execute("COMMIT")
+        return len(dead)
+    finally:
+        conn.close()
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+# ---------------------------------------------------------------------------
+# Runs that another engine executes (Dask, Slurm): the same states, written from outside.
+
+
+def load_runs(db_path: Path, run_ids: list[int]) -> list[Run]:
+    from research.store.db import session_scope
+
+    with session_scope(db_path) as session:
+        rows = {r.id: r.model_copy() for r in session.exec(select(Run).where(Run.id.in_(run_ids)))}
+    return [rows[rid] for rid in run_ids if rid in rows]
+
+
+def mark_submitted(
+    db_path: Path, external: dict[int, str | None], sha256: dict[int, str] | None = None
+) -> None:
+    """Record external ids (and the notebook hash that was shipped); a planned item becomes active."""
+    def write(session: Session):
+        items = set()
+        for run_id, external_id in external.items():
+            run = session.get(Run, run_id)
+            if run is None:
+                continue
+            run.external_id = external_id
+            if sha256 and run_id in sha256:
+                run.notebook_sha256 = sha256[run_id]
+            run.heartbeat_at = clock.now_iso()
+            session.add(run)
+            items.add(run.item_id)
+        _start_items(session, items)
+
+    _write(db_path, write)
+
+
+def mark_running(db_path: Path, run_id: int, started_at: str | None = None) -> bool:
+    def write(session: Session):
+        run = session.get(Run, run_id)
+        if run is None or run.status != "queued":
+            return False
+        run.status = "running"
+        run.started_at = started_at or clock.now_iso()
+        run.heartbeat_at = clock.now_iso()
+        session.add(run)
+        return True
+
+    return _write(db_path, write)
+
+
+def mark_ended(db_path: Path, run_id: int, status: str, reason: str | None) -> RunResult | None:
+    """Close an open run the engine ended without a result (lost worker, cancelled job)."""
+
+    def write(session: Session):
+        run = session.get(Run, run_id)
+        if run is None or run.status not in OPEN_RUN_STATUSES:
+            return None
+        run.status = status
+        run.reason = reason
+        run.ended_at = clock.now_iso()
+        session.add(run)
+        return RunResult(run_id, status, reason, run.duration_s or 0.0)
+
+    return _write(db_path, write)
+
+
+
+def closed_result(db_path: Path, run_id: int) -> RunResult | None:
+    """The result of a run that is already closed (someone else collected it)."""
+    from research.runs.query import run_metrics
+    from research.store.db import session_scope
+
+    with session_scope(db_path) as session:
+        run = session.get(Run, run_id)
+        if run is None or run.status in OPEN_RUN_STATUSES:
+            return None
+        return RunResult(
+            run_id,
+            run.status,
+            run.reason,
+            run.duration_s or 0.0,
+            run_metrics(session, [run_id])[run_id],
+        )

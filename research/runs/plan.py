@@ -1,0 +1,105 @@
+"""Planning runs: every run is checked in full (notebook, parameters, types) before any row is written,
+then created ``queued`` in one transaction."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session
+
+from research import clock
+from research.errors import ResearchError
+from research.runs.lifecycle import OUTPUT_NOTEBOOK, RUNS_DIR
+from research.runs.links import item_links
+from research.store.models import Item, Link, Run
+
+# ---------------------------------------------------------------------------
+# Planning
+
+
+@dataclass
+class RunPlan:
+    item: Item
+    link: Link | None
+    notebook: str  # relative to the project root
+    given: dict[str, Any]
+    params: dict[str, Any]
+
+
+def plan_runs(
+    session: Session,
+    item: Item,
+    project_root: Path,
+    notebook_name: str | None = None,
+    given: dict[str, Any] | None = None,
+    file_params: dict[str, Any] | None = None,
+    grid: list[dict[str, str]] | None = None,
+) -> list[RunPlan]:
+    """Check everything and return one plan per run; raises before anything is written."""
+    from research.runs.params import inspect_notebook, resolve_parameters
+
+    links = item_links(session, item)
+    if notebook_name:
+        chosen = [lk for lk in links if lk.name == notebook_name]
+        if not chosen:
+            known = ", ".join(lk.name for lk in links) or "none"
+            raise ResearchError(f"{item.slug} has no notebook named {notebook_name!r}; linked: {known}")
+    else:
+        chosen = links
+    if not chosen:
+        raise ResearchError(f"{item.slug} has no linked notebook; link one with `research link {item.slug} NOTEBOOK`")
+    plans = []
+    for link in chosen:
+        path = project_root / link.notebook
+        if not path.is_file():
+            raise ResearchError(f"linked notebook {link.notebook} no longer exists")
+        specs = inspect_notebook(path)
+        for point in grid or [{}]:
+            merged = {**(file_params or {}), **(given or {}), **point}
+            declared = {name: spec.default for name, spec in specs.items() if spec.default is not None or spec.default_repr == "None"}
+            resolved = {**declared, **link.defaults, **resolve_parameters(specs, merged, link.notebook)}
+            plans.append(RunPlan(item=item, link=link, notebook=link.notebook, given=merged, params=resolved))
+    return plans
+
+
+def create_runs(
+    session: Session, plans: list[RunPlan], project_root: Path, kernel: str | None, executor: str = "local"
+) -> tuple[list[int], str | None]:
+    """Write the planned runs as queued rows; returns their ids and the sweep id (if several)."""
+    sweep_id = uuid.uuid4().hex[:8] if len(plans) > 1 else None
+    now = clock.now_iso()
+    ids = []
+    for plan in plans:
+        run = Run(
+            item_id=plan.item.id,
+            link_id=plan.link.id if plan.link else None,
+            sweep_id=sweep_id,
+            status="queued",
+            notebook=plan.notebook,
+            params_given=_jsonable(plan.given),
+            params=_jsonable(plan.params),
+            kernel=kernel,
+            executor=executor,
+            cwd=str(project_root),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            heartbeat_at=now,
+            queued_at=now,
+        )
+        session.add(run)
+        session.flush()
+        run.run_dir = f"{RUNS_DIR}/{run.id}"
+        run.output_path = f"{RUNS_DIR}/{run.id}/{OUTPUT_NOTEBOOK}"
+        session.add(run)
+        ids.append(run.id)
+    return ids, sweep_id
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))
