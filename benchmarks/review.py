@@ -291,7 +291,10 @@ def main() -> None:
     compile_bytecode()
 
     os.environ["RESEARCH_NOW"] = NOW
-    from research.review import build_review, chart_pngs, parse_period, write_review
+    from research.review.charts import chart_pngs
+    from research.review.output import write_review
+    from research.review.period import parse_period
+    from research.review.report import build_review
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

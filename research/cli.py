@@ -631,7 +631,7 @@ def _project_root() -> Path:
 
 
 def _recover() -> None:
-    from research.runs.lifecycle import recover_stale_runs
+    from research.runs.recovery import recover_stale_runs
 
     count = recover_stale_runs(db_path())
     if count:

@@ -52,13 +52,10 @@ def review(
     written beside -o FILE (none on stdout).
     """
     from research.cli import db_path
-    from research.review import (
-        build_review,
-        parse_period,
-        recover_stale_runs,
-        resolve_format,
-        write_review,
-    )
+    from research.review.data import recover_stale_runs
+    from research.review.output import resolve_format, write_review
+    from research.review.period import parse_period
+    from research.review.report import build_review
 
     period = parse_period(week=week, month=month, since=since, until=until)
     fmt = resolve_format(format_, output)

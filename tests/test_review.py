@@ -557,7 +557,7 @@ def test_bad_input_is_one_line(cli, args, message):
 
 
 def test_iso_week_53_and_period_bounds(utc_plus_8):
-    from research.review import parse_period, utc_bound
+    from research.review.period import parse_period, utc_bound
 
     period = parse_period(week="2020-W53")
     assert (period.start, period.last_day) == (date(2020, 12, 28), date(2021, 1, 3))
@@ -613,9 +613,8 @@ def test_html_renders_in_headless_chromium(cli, history, isolated):
     assert pixels[..., :3].std() > 0.05  # text, tables and charts, not a blank page
 
 
-def test_final_metrics_match_the_runner():
-    from research.review import _final_metrics
-    from research.runs.lifecycle import final_metrics
+def test_final_metrics_take_the_last_value_by_step_then_time():
+    from research.runs.metrics import final_metrics
 
     entries = [
         {"name": "loss", "value": 2.0, "step": 0, "time": 1.0},
@@ -625,11 +624,7 @@ def test_final_metrics_match_the_runner():
         {"name": "acc", "value": 0.7, "step": None, "time": 0.5},
         {"name": "tags", "value": ["a"], "step": None, "time": None},
     ]
-    assert (
-        _final_metrics(entries)
-        == final_metrics(entries)
-        == {"loss": 1.0, "acc": 0.5, "tags": ["a"]}
-    )
+    assert final_metrics(entries) == {"loss": 1.0, "acc": 0.5, "tags": ["a"]}
 
 
 def test_dead_running_run_is_marked_interrupted(cli, monkeypatch, utc_plus_8):

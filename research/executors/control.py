@@ -88,7 +88,7 @@ def _open_remote(db_path: Path) -> list[tuple]:
 
 
 def _client_alive(pid: int | None, host: str | None) -> bool:
-    from research.runs.lifecycle import pid_alive
+    from research.runs.recovery import pid_alive
 
     if host and host != socket.gethostname():
         return True  # cannot tell from here
@@ -201,7 +201,7 @@ def cancel_runs(db_path: Path, run_ids: list[int], wait_s: float = 20.0) -> list
 
 
 def _cancel_local(db_path: Path, runs: list[Run]) -> list[int]:
-    from research.runs.lifecycle import pid_alive
+    from research.runs.recovery import pid_alive
     from research.store.db import connect_raw
 
     wanted = {r.id for r in runs}

@@ -202,7 +202,7 @@ def _log_tail(job) -> str:
 
 def _local_state(job) -> str:
     """RUNNING, or how a submitit-local job's controller ended: FINISHED, KILLED or GONE."""
-    from research.runs.lifecycle import pid_alive
+    from research.runs.recovery import pid_alive
 
     process = getattr(job, "_process", None)
     if process is not None:
@@ -334,7 +334,7 @@ def cancel_jobs(project_root: Path, external_ids: list[str], force: bool = False
     import os
     import signal
 
-    from research.runs.lifecycle import pid_alive
+    from research.runs.recovery import pid_alive
 
     slurm_ids = [e for e in external_ids if e and not e.startswith(LOCAL_PREFIX)]
     for external_id in external_ids:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +20,14 @@ from sqlmodel import Session, select
 from research import clock
 from research.backlog.items import ChangeLog, set_status
 from research.errors import ResearchError
+from research.runs.metrics import final_metrics
 from research.store.db import project_root_of
 from research.store.models import Item, Metric, Run
-from research.vocab import OPEN_RUN_STATUSES, OPEN_RUNS_SQL
+from research.vocab import OPEN_RUN_STATUSES
 
 RUNS_DIR = "runs"
 OUTPUT_NOTEBOOK = "output.ipynb"
 RUN_JSON = "run.json"
-STALE_HEARTBEAT = timedelta(minutes=2)  # a runner on another host is presumed dead after this
 
 # ---------------------------------------------------------------------------
 # Executing
@@ -195,83 +193,11 @@ def _metric_row(run_id: int, entry: dict) -> Metric:
     )
 
 
-def final_metrics(entries) -> dict[str, Any]:
-    """The last recorded value of each metric (by step, then time)."""
-    latest: dict[str, tuple] = {}
-    for entry in entries:
-        if isinstance(entry, Metric):
-            name, value, step, ts = entry.name, entry.value if entry.value is not None else entry.value_json, entry.step, entry.ts
-        else:
-            name, value, step, ts = entry.get("name"), entry.get("value"), entry.get("step"), entry.get("time")
-        key = (step if step is not None else -1, ts or 0)
-        if name not in latest or key >= latest[name][0]:
-            latest[name] = (key, value)
-    return {name: value for name, (_key, value) in latest.items()}
-
-
 def run_record(run: Run, metrics=None) -> dict[str, Any]:
     data = run.model_dump()
     if metrics is not None:
         data["metrics"] = final_metrics(metrics)
     return data
-
-
-# ---------------------------------------------------------------------------
-# Stale runs: a runner that died (SIGKILL, power loss) leaves rows behind.
-
-
-def recover_stale_runs(db_path: Path) -> int:
-    """Mark runs whose runner is gone as interrupted; returns how many. Cheap when none are open."""
-    from research.store.db import connect_raw
-
-    conn = connect_raw(db_path)
-    try:
-        rows = conn.execute(
-            f"SELECT id, pid, host, heartbeat_at, executor FROM run WHERE status IN {OPEN_RUNS_SQL}"
-        ).fetchall()
-        if not rows:
-            return 0
-        host = socket.gethostname()
-        now = datetime.now(UTC)
-        dead = []
-        for run_id, pid, run_host, heartbeat, executor in rows:
-            if executor not in (None, "local"):
-                continue  # remote executors are reconciled by their own engines
-            if run_host == host and pid:
-                alive = pid_alive(pid)
-            else:
-                alive = bool(heartbeat) and now - clock.parse_iso(heartbeat) < STALE_HEARTBEAT
-            if not alive:
-                dead.append((run_id, heartbeat))
-        if dead:
-            conn.execute("BEGIN IMMEDIATE")
-            for run_id, heartbeat in dead:
-                conn.execute(
-                    "UPDATE run SET status = 'interrupted', ended_at = ?, reason = ? "
-                    f"WHERE id = ? AND status IN {OPEN_RUNS_SQL}",
-                    (clock.now_iso(), f"runner died (last heartbeat {heartbeat or 'never'})", run_id),
-                )
-            conn.execute("COMMIT")
-        return len(dead)
-    finally:
-        conn.close()
-
-
-def pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) is dead for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 # ---------------------------------------------------------------------------

@@ -10,8 +10,10 @@ from sqlmodel import Session, select
 
 from research.backlog.items import ChangeLog
 from research.errors import ResearchError
-from research.runs.lifecycle import final_metrics, pid_alive, run_record
+from research.runs.lifecycle import run_record
 from research.runs.links import item_links, parse_best
+from research.runs.metrics import final_metrics
+from research.runs.recovery import pid_alive
 from research.runs.where import compile_where
 from research.store.models import Item, Metric, Run
 from research.vocab import OPEN_RUN_STATUSES, RUN_STATUSES

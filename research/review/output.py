@@ -1,0 +1,62 @@
+"""One call for the command: pick the format, render, write the file and its charts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from research.errors import ResearchError
+from research.review.charts import chart_pngs
+from research.review.html import render_html
+from research.review.markdown import render_markdown
+from research.review.report import FORMATS
+
+# ---------------------------------------------------------------------------
+# One call for the command
+
+
+def resolve_format(fmt: str | None, output: Path | None) -> str:
+    """--format, else the output file's suffix (.html, .json), else Markdown."""
+    if fmt is not None:
+        key = fmt.strip().lower()
+        key = {"markdown": "md", "htm": "html"}.get(key, key)
+        if key not in FORMATS:
+            raise ResearchError(f"unknown format {fmt!r}; use md, html or json")
+        return key
+    if output is not None:
+        suffix = output.suffix.lower().lstrip(".")
+        return {"html": "html", "htm": "html", "json": "json"}.get(suffix, "md")
+    return "md"
+
+
+def write_review(
+    review: dict[str, Any], fmt: str, output: Path | None
+) -> tuple[str | None, list[Path]]:
+    """Render ``review``; returns (text for stdout or None, files written).
+
+    HTML embeds its charts. Markdown written to a file gets its charts as PNG
+    files beside it (``<stem>-runs-per-day.png``, ``<stem>-key-metrics.png``),
+    linked relatively; Markdown on stdout has no charts (nothing is written
+    behind the reader's back), so ask for a file to get them.
+    """
+    from research.files import check_writable_target, write_bytes_file, write_text_file
+
+    written: list[Path] = []
+    if output is not None:
+        check_writable_target(output)  # refuse a folder, FIFO or missing folder before any work
+    if fmt == "json":
+        text = json.dumps(review, ensure_ascii=False, indent=2, default=str) + "\n"
+    elif fmt == "html":
+        text = render_html(review, chart_pngs(review))
+    else:
+        links = []
+        if output is not None:
+            for chart in chart_pngs(review):
+                path = output.with_name(f"{output.stem}-{chart.name}.png")
+                written.append(write_bytes_file(path, chart.png).path)
+                links.append((chart.title, path.name))
+        text = render_markdown(review, links)
+    if output is None:
+        return text, written
+    return None, [write_text_file(output, text).path, *written]
