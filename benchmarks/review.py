@@ -262,13 +262,10 @@ def build(db_path: Path, n_items: int, n_runs: int, seed: int = 0) -> None:
     )
 
 
-# A whole `research review` process. The command is registered here if cli.py does not have it yet.
+# A whole `research review` process.
 _CLI = (
     "import sys\n"
     "from research.cli import app\n"
-    "from research.cli_review import review\n"
-    "if not any((c.name or c.callback.__name__) == 'review' for c in app.registered_commands):\n"
-    "    app.command('review')(review)\n"
     "app(sys.argv[1:], prog_name='research')\n"
 )
 

@@ -17,12 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from research.cli import app
-from research.cli_review import review as review_command
-
-if not any((c.name or c.callback.__name__) == "review" for c in app.registered_commands):
-    app.command("review")(review_command)
-
 
 @pytest.fixture
 def utc_plus_8():
@@ -572,7 +566,7 @@ def test_importing_the_command_stays_light():
     import subprocess as sp
     import sys
 
-    code = "import sys, research.cli_review; print(any(m in sys.modules for m in ('sqlmodel', 'matplotlib', 'research.review')))"
+    code = "import sys, research.cli.review; print(any(m in sys.modules for m in ('sqlmodel', 'matplotlib', 'research.review')))"
     assert (
         sp.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -11,7 +11,10 @@ from typing import Annotated
 
 import typer
 
+from research.cli.app import app
 
+
+@app.command()
 def review(
     week: Annotated[
         str | None,
@@ -51,7 +54,7 @@ def review(
     self-contained file with its charts embedded; Markdown charts are PNG files
     written beside -o FILE (none on stdout).
     """
-    from research.cli import db_path
+    from research.cli.context import db_path
     from research.review.data import recover_stale_runs
     from research.review.output import resolve_format, write_review
     from research.review.period import parse_period

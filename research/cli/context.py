@@ -1,0 +1,60 @@
+"""What every command shares: the database it works on, sessions, and the option types."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from research.cli.app import state
+
+
+def db_path() -> Path:
+    from research.store.db import find_database
+
+    return find_database(state.db)
+
+
+def open_session(write: bool = False):
+    from research.store.db import session_scope
+
+    return session_scope(db_path(), write=write)
+
+
+def changes(write_message: str | None = None):
+    """A write session plus a ChangeLog, for commands that change the backlog."""
+    from contextlib import contextmanager
+
+    from research.backlog.items import ChangeLog
+
+    @contextmanager
+    def scope():
+        with open_session(write=True) as session:
+            yield session, ChangeLog(session)
+
+    return scope()
+
+
+# Shared option types
+IdArg = Annotated[str, typer.Argument(help="Item id or slug.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable keys).")]
+PriorityOpt = Annotated[str | None, typer.Option("--priority", "-P", help="low, medium, high (🔥) or critical (🔥🔥).")]
+EstimateOpt = Annotated[str | None, typer.Option("--estimate", "-e", help="Free text such as '2-3天' or '3-4 days'.")]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", "-t", help="Area or tag (repeatable).")]
+StatusOpt = Annotated[str | None, typer.Option("--status", "-s", help="planned, active, paused, done, writing-up or dropped.")]
+BodyOpt = Annotated[str | None, typer.Option("--body", "-b", help="Markdown body: description, questions, ideas.")]
+ScoreOpt = Annotated[int | None, typer.Option(min=1, max=5)]
+
+def project_root() -> Path:
+    from research.store.db import project_root_of
+
+    return project_root_of(db_path())
+
+
+def recover_runs() -> None:
+    from research.runs.recovery import recover_stale_runs
+
+    count = recover_stale_runs(db_path())
+    if count:
+        typer.echo(f"marked {count} run(s) whose runner died as interrupted", err=True)

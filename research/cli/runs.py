@@ -1,0 +1,346 @@
+"""Notebooks and runs: link, unlink, notebooks, run, rerun, compare, and the `research runs` commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from research.cli.app import app
+from research.cli.context import (
+    IdArg,
+    JsonOpt,
+    changes,
+    db_path,
+    open_session,
+    project_root,
+    recover_runs,
+)
+from research.errors import ResearchError
+
+# Notebooks and runs
+
+ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value, checked against the notebook's parameters (repeatable).")]
+
+
+
+
+@app.command()
+def link(
+    item_id: IdArg,
+    notebook: Annotated[str, typer.Argument(help="Notebook path, relative to the project root.")],
+    name: Annotated[str | None, typer.Option("--name", help="Name of the link (default: the notebook's stem).")] = None,
+    param: ParamOpt = None,
+    best: Annotated[str | None, typer.Option("--best", help="How to pick the best run, e.g. max:throughput.")] = None,
+) -> None:
+    """Link a notebook (with a cell tagged `parameters`) to an item, with default parameters."""
+    from research.backlog.items import resolve_item
+    from research.runs.links import link_notebook
+    from research.runs.params import parse_assignments
+
+    root = project_root()
+    with changes() as (session, log):
+        item = resolve_item(session, item_id)
+        created = link_notebook(session, log, item, notebook, name, parse_assignments(param), best, root)
+        typer.echo(f"{item.slug}\t{created.name}\t{created.notebook}")
+
+
+@app.command()
+def unlink(
+    item_id: IdArg,
+    name: Annotated[str | None, typer.Option("--name", help="Which linked notebook (needed when there are several).")] = None,
+) -> None:
+    """Remove a notebook link from an item (its runs are kept)."""
+    from research.backlog.items import resolve_item
+    from research.runs.links import unlink_notebook
+
+    with changes() as (session, log):
+        item = resolve_item(session, item_id)
+        removed = unlink_notebook(session, log, item, name)
+        typer.echo(f"{item.slug}\tunlinked {removed.name}", err=True)
+
+
+@app.command()
+def notebooks(json_: JsonOpt = False) -> None:
+    """List the notebooks under notebooks/ with their parameters, types and defaults."""
+    from research import render
+    from research.runs.links import list_notebooks
+
+    try:
+        root = project_root()
+    except ResearchError:
+        root = Path.cwd()
+    entries = list_notebooks(root)
+    if json_:
+        render.print_json(entries)
+        return
+    if not entries:
+        render.info(f"no notebooks under {root / 'notebooks'}")
+        return
+    for entry in entries:
+        typer.echo(entry["notebook"])
+        if entry["error"]:
+            typer.echo(f"  ({entry['error']})")
+        for p in entry["parameters"]:
+            comment = f"  # {p['help']}" if p["help"] else ""
+            typer.echo(f"  {p['name']}: {p['type'] or '?'} = {p['default']}{comment}")
+
+
+@app.command()
+def run(
+    item_id: IdArg,
+    notebook: Annotated[str | None, typer.Option("--notebook", "-n", help="Run only this linked notebook (by name).")] = None,
+    param: ParamOpt = None,
+    params_file: Annotated[Path | None, typer.Option("--params-file", "-f", help="YAML or JSON file of parameters.")] = None,
+    grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="key=v1,v2,... : sweep the cartesian product (repeatable).")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own kernel.")] = 1,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="End a run as 'timeout' after this many seconds.")] = None,
+    kernel: Annotated[str | None, typer.Option("--kernel", help="Jupyter kernel name (default: the notebook's, else python3).")] = None,
+    log_output: Annotated[bool, typer.Option("--log-output", help="Stream the notebook's output to the terminal.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and show the runs without running them.")] = False,
+    executor: Annotated[str | None, typer.Option("--executor", "-x", help="local, dask or slurm (default: `executor` in [tool.research], else local).")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler, e.g. tcp://HOST:8786 (default: a local cluster of -j workers).")] = None,
+    executor_option: Annotated[list[str] | None, typer.Option("--executor-option", "-E", help="KEY=VALUE for the executor, e.g. partition=gpu, gpus_per_task=1, time_limit=120, array_parallelism=8, cluster=local (repeatable).")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="slurm: submit and return; `research runs` collects the results.")] = False,
+) -> None:
+    """Run an item's linked notebook(s) with checked parameters; --grid sweeps; --executor dask|slurm runs them elsewhere."""
+    from research.executors import load_settings
+    from research.runs.child import discard_worker, start_worker
+
+    settings = load_settings(project_root(), executor, scheduler, executor_option)
+    if settings.executor != "local" and log_output:
+        raise ResearchError("--log-output needs the local executor; remote runs keep their output in the notebook")
+    if no_wait and settings.executor != "slurm":
+        raise ResearchError("--no-wait is for the slurm executor (dask runs end with their client)")
+    # The first run's worker starts now, importing papermill while we check and plan.
+    worker = None if dry_run or settings.executor != "local" else start_worker()
+    try:
+        _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log_output, dry_run, worker,
+             settings, not no_wait)
+    finally:
+        discard_worker(worker)
+
+
+def _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log_output, dry_run, worker,
+         settings=None, wait: bool = True) -> None:
+    from research import render
+    from research.backlog.items import resolve_item
+    from research.runs.params import expand_grid, load_params_file, parse_assignments
+    from research.runs.plan import create_runs, plan_runs
+
+    recover_runs()
+    root = project_root()
+    given = parse_assignments(param)
+    file_params = load_params_file(params_file) if params_file else None
+    points = expand_grid(grid)
+    if dry_run:
+        with open_session() as session:
+            item = resolve_item(session, item_id)
+            plans = plan_runs(session, item, root, notebook, given, file_params, points)
+        render.print_json([{"item": p.item.slug, "notebook": p.notebook, "params": p.params} for p in plans])
+        return
+    remote = started = None
+    if settings is not None and settings.executor != "local":
+        from research.executors import make_executor, start_in_background
+
+        remote = make_executor(settings, db_path(), jobs, timeout)
+        started = start_in_background(remote)  # importing and reaching the engine overlaps planning
+    try:
+        with open_session(write=True) as session:
+            item = resolve_item(session, item_id)
+            plans = plan_runs(session, item, root, notebook, given, file_params, points)
+            if started:
+                started()  # the engine is reachable before anything is written
+            run_ids, sweep_id = create_runs(session, plans, root, kernel, executor=remote.name if remote else "local")
+    except BaseException:
+        if remote is not None:
+            started(raise_errors=False)
+            remote.close()
+        raise
+    if sweep_id:
+        where = f"on {remote.name}" if remote else f"{min(jobs, len(run_ids))} at a time"
+        typer.echo(f"sweep {sweep_id}: {len(run_ids)} runs, {where}", err=True)
+    _execute(run_ids, jobs, timeout, log_output, worker, remote, wait)
+
+
+def _execute(run_ids: list[int], jobs: int, timeout: float | None, log_output: bool, worker=None,
+             executor=None, wait: bool = True) -> None:
+    """Submit the runs to ``executor`` (default: the local pool) and follow them to their end."""
+    from research import render
+    from research.executors.driver import follow, submit
+    from research.executors.local import LocalExecutor
+    from research.runs.child import handle_interrupts
+
+    path = db_path()
+    if executor is None:
+        progress = render.RunProgress(run_ids, enabled=not log_output)
+        executor = LocalExecutor(path, jobs, timeout, log_output, progress.update, worker)
+    else:
+        progress = render.SweepProgress(run_ids, f"{executor.name}")
+    with executor, handle_interrupts() as interrupts, progress:
+        external = submit(path, executor, run_ids)
+        if not wait:
+            ids = ", ".join(e for e in external.values() if e)
+            typer.echo(f"submitted {len(run_ids)} run(s) to {executor.name} ({ids}); "
+                       "`research runs --sync` collects their results", err=True)
+            return
+        results = follow(path, executor, run_ids, interrupts,
+                         on_running=getattr(progress, "start", None), on_done=progress.finish)
+        interrupted = interrupts.is_set()
+    for result in results:
+        typer.echo(render.run_summary_line(result))
+    if interrupted:
+        raise typer.Exit(130)
+    if any(r.status != "succeeded" for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def rerun(
+    run_id: Annotated[str, typer.Argument(help="The run to repeat.")],
+    param: ParamOpt = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="End the run as 'timeout' after this many seconds.")] = None,
+) -> None:
+    """Run a past run's notebook again with the same parameters (some overridden with -p)."""
+    from research.runs.params import inspect_notebook, parse_assignments, resolve_parameters
+    from research.runs.plan import RunPlan, create_runs
+    from research.runs.query import resolve_run
+
+    recover_runs()
+    root = project_root()
+    with open_session(write=True) as session:
+        from research.store.models import Item, Link
+
+        old = resolve_run(session, run_id)
+        specs = inspect_notebook(root / old.notebook)
+        overrides = resolve_parameters(specs, parse_assignments(param), old.notebook)
+        item = session.get(Item, old.item_id)
+        link_row = session.get(Link, old.link_id) if old.link_id else None
+        plan = RunPlan(item=item, link=link_row, notebook=old.notebook, given={**old.params_given, **overrides},
+                       params={**old.params, **overrides})
+        run_ids, _ = create_runs(session, [plan], root, old.kernel)
+    _execute(run_ids, 1, timeout, False)
+
+
+@app.command()
+def runs(
+    args: Annotated[list[str] | None, typer.Argument(help="[ID|SLUG] to filter by item, or `show RUN`, `rm RUN...`, `cancel RUN...|--sweep ID`.", show_default=False)] = None,
+    status: Annotated[str | None, typer.Option("--status", "-s", help="Only runs with this status.")] = None,
+    sweep: Annotated[str | None, typer.Option("--sweep", help="Only runs of this sweep.")] = None,
+    where: Annotated[str | None, typer.Option("--where", "-w", help="Filter on params and metrics, e.g. 'metrics.loss < 0.1 and params.lr = 0.01'.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="With rm: do not ask.")] = False,
+    sync: Annotated[bool, typer.Option("--sync", help="Collect finished Dask/Slurm runs and say what was collected (every listing collects them).")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """List runs (all, or an item's); `runs show RUN` for one in full; `runs rm RUN...` to delete; `runs cancel` to stop."""
+    from research import render
+    from research.backlog.items import resolve_item
+    from research.runs.query import query_runs
+
+    recover_runs()
+    _sync_remote(verbose=sync)
+    args = list(args or [])
+    if args and args[0] == "cancel":
+        _runs_cancel(args[1:], sweep)
+        return
+    if args and args[0] == "show":
+        if len(args) != 2:
+            raise ResearchError("usage: research runs show RUN")
+        _runs_show(args[1], json_)
+        return
+    if args and args[0] == "rm":
+        _runs_rm(args[1:], yes)
+        return
+    if len(args) > 1:
+        raise ResearchError("give at most one item id or slug")
+    with open_session() as session:
+        item = resolve_item(session, args[0]) if args else None
+        rows = query_runs(session, item, status, sweep, where)
+    if json_:
+        render.print_json(rows)
+    elif not rows:
+        render.info("No runs.")
+    else:
+        render.write_runs_table(rows)
+
+
+def _sync_remote(verbose: bool = False) -> None:
+    from research.executors.control import sync_runs
+
+    report = sync_runs(db_path())
+    if verbose or report.collected:
+        typer.echo(report.summary(), err=True)
+
+
+def _runs_cancel(refs: list[str], sweep: str | None) -> None:
+    from research import render
+    from research.executors.control import cancel_runs
+    from research.runs.query import query_runs, resolve_run
+
+    if bool(refs) == bool(sweep):
+        raise ResearchError("usage: research runs cancel RUN... | research runs cancel --sweep ID")
+    with open_session() as session:
+        if sweep:
+            ids = [r["id"] for r in query_runs(session, sweep=sweep)]
+            if not ids:
+                raise ResearchError(f"no runs in sweep {sweep!r}")
+        else:
+            ids = [resolve_run(session, ref).id for ref in refs]
+    results = cancel_runs(db_path(), ids)
+    if not results:
+        render.info("nothing to cancel: those runs have already ended")
+    for result in results:
+        typer.echo(render.run_summary_line(result))
+
+
+def _runs_show(run_ref: str, json_: bool) -> None:
+    from research import render
+    from research.runs.query import resolve_run, run_detail
+
+    with open_session() as session:
+        detail = run_detail(session, resolve_run(session, run_ref))
+    if json_:
+        render.print_json(detail)
+    else:
+        render.show_run(detail)
+
+
+def _runs_rm(refs: list[str], yes: bool) -> None:
+    from research.runs.query import delete_run, resolve_run
+
+    if not refs:
+        raise ResearchError("usage: research runs rm RUN...")
+    with changes() as (session, log):
+        targets = [resolve_run(session, ref) for ref in refs]
+        if not yes:
+            if not sys.stdin.isatty():
+                raise ResearchError("refusing to delete runs without confirmation; pass --yes")
+            if not typer.confirm(f"Delete run(s) {', '.join(str(r.id) for r in targets)}?", err=True):
+                raise typer.Exit(1)
+        for target in targets:
+            delete_run(session, log, target)
+    typer.echo(f"deleted {len(targets)} run(s); their files stay under runs/ (`research undo` restores the rows)", err=True)
+
+
+@app.command()
+def compare(
+    run_ids: Annotated[list[str], typer.Argument(help="Two or more runs.")],
+    only_changed: Annotated[bool, typer.Option("--only-changed", help="Hide rows where every run agrees.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Params and metrics of several runs side by side."""
+    from research import render
+    from research.runs.query import compare_runs, resolve_run
+
+    if len(run_ids) < 2:
+        raise ResearchError("compare needs at least two runs")
+    with open_session() as session:
+        table = compare_runs(session, [resolve_run(session, r) for r in run_ids], only_changed)
+    if json_:
+        render.print_json(table)
+    else:
+        render.write_compare_table(table)
+
+
