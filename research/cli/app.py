@@ -6,7 +6,7 @@ import os
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from research.errors import ResearchError
 
@@ -29,18 +29,59 @@ class ResearchGroup(TyperGroup):
             ctx.exit(130)
 
 
-def _typer(help_text: str) -> typer.Typer:
-    return typer.Typer(
-        cls=ResearchGroup,
+class ReadableArgument(TyperArgument):
+    """An argument shown as users read it: ``ITEM`` in the usage line, no ``<str>`` beside it."""
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    def display_type_rich(self, ctx) -> str | None:
+        return None
+
+
+def readable_metavar(name: str) -> str:
+    """item_id -> ITEM, run_refs -> RUN, file -> FILE."""
+    upper = name.upper()
+    for suffix in ("_IDS", "_REFS", "_ID", "_REF"):
+        if upper.endswith(suffix):
+            return upper[: -len(suffix)]
+    return upper
+
+
+class ResearchCommand(TyperCommand):
+    """Every command: arguments and option values named in capitals (``show ITEM``,
+    ``--db FILE``) instead of Typer's ``{item_id}`` and ``<str>``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument):
+                param.__class__ = ReadableArgument
+                if param.metavar is None:
+                    param.metavar = readable_metavar(param.name)
+            elif isinstance(param, TyperOption) and not param.is_flag and param.metavar is None:
+                param.metavar = readable_metavar(param.name.rstrip("_"))
+
+
+class ResearchTyper(typer.Typer):
+    def command(self, *args, cls: type[TyperCommand] | None = None, **kwargs):
+        return super().command(*args, cls=cls or ResearchCommand, **kwargs)
+
+
+def new_typer(help_text: str, cls: type[TyperGroup] = ResearchGroup, no_args_is_help: bool = True) -> typer.Typer:
+    """The app and its sub-apps (``research runs``) share these settings."""
+    return ResearchTyper(
+        cls=cls,
         help=help_text,
-        no_args_is_help=True,
+        no_args_is_help=no_args_is_help,
         pretty_exceptions_enable=False,
         rich_markup_mode=None,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
 
 
-app = _typer("A research backlog with runnable experiment notebooks.")
+app = new_typer("A research backlog with runnable experiment notebooks.")
 
 
 class State:
@@ -50,9 +91,18 @@ class State:
 state = State()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"research {version('research')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
-    db: Annotated[str | None, typer.Option("--db", help="Database file (default: $RESEARCH_DB, else the nearest todo.db).")] = None,
+    db: Annotated[str | None, typer.Option("--db", metavar="FILE", help="Database file (default: $RESEARCH_DB, else the nearest todo.db).")] = None,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")] = False,
 ) -> None:
     """A research backlog with runnable experiment notebooks."""
     state.db = db

@@ -44,7 +44,7 @@ EstimateOpt = Annotated[str | None, typer.Option("--estimate", "-e", help="Free 
 TagOpt = Annotated[list[str] | None, typer.Option("--tag", "-t", help="Area or tag (repeatable).")]
 StatusOpt = Annotated[str | None, typer.Option("--status", "-s", help="planned, active, paused, done, writing-up or dropped.")]
 BodyOpt = Annotated[str | None, typer.Option("--body", "-b", help="Markdown body: description, questions, ideas.")]
-ScoreOpt = Annotated[int | None, typer.Option(min=1, max=5)]
+ScoreOpt = Annotated[int | None, typer.Option(min=1, max=5, metavar="1-5", help="A score for the priority matrix.")]
 
 def project_root() -> Path:
     from research.store.db import project_root_of

@@ -24,7 +24,10 @@ def import_(
     force: Annotated[bool, typer.Option("--force", help="Import even if the file is older than the backlog's changes; the file wins conflicts.")] = False,
     doc: Annotated[str | None, typer.Option("--doc", help="The known document this file is (when it moved).")] = None,
 ) -> None:
-    """Import a Markdown backlog as a document (again: bring the file's edits in)."""
+    """Import a Markdown backlog as a document.
+
+    Import a Markdown backlog as a document (again: bring the file's edits in).
+    """
     from research import render
 
     progress = None if dry_run else render.LateProgress(f"importing {file}")
@@ -61,7 +64,10 @@ def export(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout (a file it replaces is kept as FILE.bak).")] = None,
     doc: Annotated[str | None, typer.Option("--doc", help="Which document (see `research docs`); needed when there are several.")] = None,
 ) -> None:
-    """Export a document as Markdown, as it was written plus the backlog's changes (or all as JSON)."""
+    """Export a document as Markdown (or all as JSON).
+
+    Export a document as Markdown, as it was written plus the backlog's changes (or all as JSON).
+    """
     from research import render
     from research.files import check_writable_target, write_text_file
 
@@ -112,7 +118,10 @@ def sync(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would change on both sides; change nothing.")] = False,
     doc: Annotated[str | None, typer.Option("--doc", help="The known document this file is (when it moved).")] = None,
 ) -> None:
-    """Bring the file's edits into the backlog and write the backlog's changes into the file, in place."""
+    """Sync a Markdown document with the backlog, both ways.
+
+    Bring the file's edits into the backlog and write the backlog's changes into the file, in place.
+    """
     from research.backlog.markdown import documents
 
     if prefer not in (None, "file", "backlog"):

@@ -34,7 +34,10 @@ from research.errors import ResearchError
 def init(
     empty: Annotated[bool, typer.Option("--empty", help="Do not add the shipped experiments to the backlog.")] = False,
 ) -> None:
-    """Create ./todo.db (idempotent: an existing database is kept and upgraded)."""
+    """Create ./todo.db, or upgrade the one that exists.
+
+    Create ./todo.db (idempotent: an existing database is kept and upgraded).
+    """
     from research.store.db import create_database, init_target
 
     path = init_target(state.db)
@@ -69,14 +72,14 @@ def _fields(
     )
 
 
-DueOpt = Annotated[str | None, typer.Option("--due", help="Due date YYYY-MM-DD ('' clears it).")]
-ScheduledOpt = Annotated[str | None, typer.Option("--scheduled", help="Scheduled date YYYY-MM-DD ('' clears it).")]
+DueOpt = Annotated[str | None, typer.Option("--due", metavar="DATE", help="Due date YYYY-MM-DD ('' clears it).")]
+ScheduledOpt = Annotated[str | None, typer.Option("--scheduled", metavar="DATE", help="Scheduled date YYYY-MM-DD ('' clears it).")]
 
 
 @app.command()
 def add(
     title: Annotated[str, typer.Argument(help="Title of the new item.")],
-    parent: Annotated[str | None, typer.Option("--parent", "-p", help="Parent item id or slug.")] = None,
+    parent: Annotated[str | None, typer.Option("--parent", "-p", metavar="ITEM", help="Parent item id or slug.")] = None,
     priority: PriorityOpt = None,
     estimate: EstimateOpt = None,
     tag: TagOpt = None,
@@ -108,7 +111,7 @@ def list_(
     tag: Annotated[str | None, typer.Option("--tag", "-t", help="Only items with this tag.")] = None,
     under: Annotated[str | None, typer.Option("--under", "-u", help="Only descendants of this item.")] = None,
     search: Annotated[str | None, typer.Option("--search", "-q", help="Text in the title or body.")] = None,
-    due_before: Annotated[str | None, typer.Option("--due-before", help="Only items due on or before this date (YYYY-MM-DD).")] = None,
+    due_before: Annotated[str | None, typer.Option("--due-before", metavar="DATE", help="Only items due on or before this date (YYYY-MM-DD).")] = None,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Include done and dropped items.")] = False,
     tree: Annotated[bool, typer.Option("--tree", help="Show the hierarchy with checklist progress.")] = False,
     sort: Annotated[str, typer.Option("--sort", help="score, priority, updated or created.")] = "priority",
@@ -151,7 +154,10 @@ def _due_before(text: str | None) -> str | None:
 
 @app.command()
 def show(item_id: IdArg, json_: JsonOpt = False) -> None:
-    """Everything about an item: fields, checklist, runs, notes, outcomes, history."""
+    """Everything about an item.
+
+    Everything about an item: fields, checklist, runs, notes, outcomes, history.
+    """
     from research import render
     from research.backlog.items import item_detail, resolve_item
 
@@ -207,11 +213,14 @@ def edit(
 @app.command()
 def mv(
     item_id: IdArg,
-    parent: Annotated[str | None, typer.Option("--parent", "-p", help="New parent id or slug.")] = None,
+    parent: Annotated[str | None, typer.Option("--parent", "-p", metavar="ITEM", help="New parent id or slug.")] = None,
     top: Annotated[bool, typer.Option("--top", help="Move to the top level.")] = False,
     doc: Annotated[str | None, typer.Option("--doc", help="Move to the top level of this document.")] = None,
 ) -> None:
-    """Move an item (with its children) under another parent, or into a document."""
+    """Move an item under another parent or into a document.
+
+    Move an item (with its children) under another parent, or into a document.
+    """
     from research.backlog.items import INHERIT, move_item, resolve_item
 
     if sum(bool(x) for x in (parent, top, doc)) != 1:
@@ -233,7 +242,10 @@ def rm(
     item_id: IdArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Delete an item with its children, notes and outcomes (`research undo` restores them)."""
+    """Delete an item and everything under it.
+
+    Delete an item with its children, notes and outcomes (`research undo` restores them).
+    """
     from research.backlog.items import delete_item, resolve_item, subtree
 
     with changes() as (session, log):
@@ -380,7 +392,10 @@ def _edit_text() -> str:
 
 @app.command()
 def undo() -> None:
-    """Revert the last change (any command, an import or a delete included)."""
+    """Revert the last change.
+
+    Revert the last change (any command, an import or a delete included).
+    """
     from research.backlog.items import undo_last
 
     with changes() as (session, _log):

@@ -48,7 +48,9 @@ def review(
         int, typer.Option("--stale-days", help="Active items idle this many days count as stuck.")
     ] = 14,
 ) -> None:
-    """Review a period: counts, status moves, finished items and outcomes, experiments, notes, stuck items, next focus.
+    """Review a week, a month or a range of days.
+
+    Review a period: counts, status moves, finished items and outcomes, experiments, notes, stuck items, next focus.
 
     Default: the current ISO week (local time), Markdown on stdout. HTML is one
     self-contained file with its charts embedded; Markdown charts are PNG files

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from research.cli.app import app
+from research.cli.app import ResearchGroup, app, new_typer
 from research.cli.context import (
     IdArg,
     JsonOpt,
@@ -35,7 +35,10 @@ def link(
     param: ParamOpt = None,
     best: Annotated[str | None, typer.Option("--best", help="How to pick the best run, e.g. max:throughput.")] = None,
 ) -> None:
-    """Link a notebook (with a cell tagged `parameters`) to an item, with default parameters."""
+    """Link a notebook to an item.
+
+    Link a notebook (with a cell tagged `parameters`) to an item, with default parameters.
+    """
     from research.backlog.items import resolve_item
     from research.runs.links import link_notebook
     from research.runs.params import parse_assignments
@@ -64,7 +67,10 @@ def unlink(
 
 @app.command()
 def notebooks(json_: JsonOpt = False) -> None:
-    """List the notebooks under notebooks/ with their parameters, types and defaults."""
+    """List the project's notebooks and their parameters.
+
+    List the notebooks under notebooks/ with their parameters, types and defaults.
+    """
     from research import render
     from research.runs.links import list_notebooks
 
@@ -105,7 +111,10 @@ def run(
     executor_option: Annotated[list[str] | None, typer.Option("--executor-option", "-E", help="KEY=VALUE for the executor, e.g. partition=gpu, gpus_per_task=1, time_limit=120, array_parallelism=8, cluster=local (repeatable).")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="slurm: submit and return; `research runs` collects the results.")] = False,
 ) -> None:
-    """Run an item's linked notebook(s) with checked parameters; --grid sweeps; --executor dask|slurm runs them elsewhere."""
+    """Run an item's linked notebooks.
+
+    Run an item's linked notebook(s) with checked parameters; --grid sweeps; --executor dask|slurm runs them elsewhere.
+    """
     from research.executors import load_settings
     from research.runs.child import discard_worker, start_worker
 
@@ -203,7 +212,10 @@ def rerun(
     param: ParamOpt = None,
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="End the run as 'timeout' after this many seconds.")] = None,
 ) -> None:
-    """Run a past run's notebook again with the same parameters (some overridden with -p)."""
+    """Run a past run again with the same parameters.
+
+    Run a past run's notebook again with the same parameters (some overridden with -p).
+    """
     from research.runs.params import inspect_notebook, parse_assignments, resolve_parameters
     from research.runs.plan import RunPlan, create_runs
     from research.runs.query import resolve_run
@@ -224,39 +236,68 @@ def rerun(
     _execute(run_ids, 1, timeout, False)
 
 
-@app.command()
+class RunsGroup(ResearchGroup):
+    """`research runs ITEM` still lists an item's runs: a name that is not a subcommand is
+    read as `research runs list ITEM`."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            return "list", self.commands["list"], args
+        return super().resolve_command(ctx, args)
+
+
+runs_app = new_typer("List, show, delete, cancel and collect runs.", cls=RunsGroup, no_args_is_help=False)
+app.add_typer(runs_app, name="runs")
+
+StatusFilter = Annotated[str | None, typer.Option("--status", "-s", metavar="STATUS", help="Only runs with this status.")]
+SweepFilter = Annotated[str | None, typer.Option("--sweep", metavar="SWEEP", help="Only runs of this sweep.")]
+WhereFilter = Annotated[str | None, typer.Option("--where", "-w", metavar="EXPR", help="Filter on params and metrics, e.g. 'metrics.loss < 0.1 and params.lr = 0.01'.")]
+RunArg = Annotated[str, typer.Argument(metavar="RUN", help="Run id.", show_default=False)]
+RunsArg = Annotated[list[str] | None, typer.Argument(metavar="RUN", help="Run ids.", show_default=False)]
+
+
+@runs_app.callback(invoke_without_command=True)
 def runs(
-    args: Annotated[list[str] | None, typer.Argument(help="[ID|SLUG] to filter by item, or `show RUN`, `rm RUN...`, `cancel RUN...|--sweep ID`.", show_default=False)] = None,
-    status: Annotated[str | None, typer.Option("--status", "-s", help="Only runs with this status.")] = None,
-    sweep: Annotated[str | None, typer.Option("--sweep", help="Only runs of this sweep.")] = None,
-    where: Annotated[str | None, typer.Option("--where", "-w", help="Filter on params and metrics, e.g. 'metrics.loss < 0.1 and params.lr = 0.01'.")] = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="With rm: do not ask.")] = False,
+    ctx: typer.Context,
+    status: StatusFilter = None,
+    sweep: SweepFilter = None,
+    where: WhereFilter = None,
     sync: Annotated[bool, typer.Option("--sync", help="Collect finished Dask/Slurm runs and say what was collected (every listing collects them).")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """List runs (all, or an item's); `runs show RUN` for one in full; `runs rm RUN...` to delete; `runs cancel` to stop."""
+    """List runs (`research runs list ITEM` for an item's); `show`, `rm`, `cancel` and `sync` below."""
+    ctx.obj = {"status": status, "sweep": sweep, "where": where, "json": json_}
+    if ctx.invoked_subcommand is None:
+        _list_runs(None, status, sweep, where, json_, verbose_sync=sync)
+
+
+@runs_app.command("list")
+def runs_list(
+    ctx: typer.Context,
+    item: Annotated[str | None, typer.Argument(metavar="ITEM", help="Only this item's runs (id or slug).", show_default=False)] = None,
+    status: StatusFilter = None,
+    sweep: SweepFilter = None,
+    where: WhereFilter = None,
+    json_: JsonOpt = False,
+) -> None:
+    """List runs, all or one item's.
+
+    List runs, all or one item's, filtered by status, sweep or params and metrics.
+    """
+    given = ctx.obj or {}
+    _list_runs(item, status or given.get("status"), sweep or given.get("sweep"), where or given.get("where"),
+               json_ or bool(given.get("json")))
+
+
+def _list_runs(item_ref: str | None, status, sweep, where, json_: bool, verbose_sync: bool = False) -> None:
     from research import render
     from research.backlog.items import resolve_item
     from research.runs.query import query_runs
 
     recover_runs()
-    _sync_remote(verbose=sync)
-    args = list(args or [])
-    if args and args[0] == "cancel":
-        _runs_cancel(args[1:], sweep)
-        return
-    if args and args[0] == "show":
-        if len(args) != 2:
-            raise ResearchError("usage: research runs show RUN")
-        _runs_show(args[1], json_)
-        return
-    if args and args[0] == "rm":
-        _runs_rm(args[1:], yes)
-        return
-    if len(args) > 1:
-        raise ResearchError("give at most one item id or slug")
+    _sync_remote(verbose=verbose_sync)
     with open_session() as session:
-        item = resolve_item(session, args[0]) if args else None
+        item = resolve_item(session, item_ref) if item_ref else None
         rows = query_runs(session, item, status, sweep, where)
     if json_:
         render.print_json(rows)
@@ -266,19 +307,59 @@ def runs(
         render.write_runs_table(rows)
 
 
-def _sync_remote(verbose: bool = False) -> None:
-    from research.executors.control import sync_runs
+@runs_app.command("show")
+def runs_show(run_ref: RunArg, json_: JsonOpt = False) -> None:
+    """One run in full: params, metrics, error, environment, files."""
+    from research import render
+    from research.runs.query import resolve_run, run_detail
 
-    report = sync_runs(db_path())
-    if verbose or report.collected:
-        typer.echo(report.summary(), err=True)
+    recover_runs()
+    _sync_remote()
+    with open_session() as session:
+        detail = run_detail(session, resolve_run(session, run_ref))
+    if json_:
+        render.print_json(detail)
+    else:
+        render.show_run(detail)
 
 
-def _runs_cancel(refs: list[str], sweep: str | None) -> None:
+@runs_app.command("rm")
+def runs_rm(
+    refs: RunsArg = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Delete runs (`research undo` restores them).
+
+    Delete runs (their files stay under runs/; `research undo` restores the rows).
+    """
+    from research.runs.query import delete_run, resolve_run
+
+    if not refs:
+        raise ResearchError("usage: research runs rm RUN...")
+    with changes() as (session, log):
+        targets = [resolve_run(session, ref) for ref in refs]
+        if not yes:
+            if not sys.stdin.isatty():
+                raise ResearchError("refusing to delete runs without confirmation; pass --yes")
+            if not typer.confirm(f"Delete run(s) {', '.join(str(r.id) for r in targets)}?", err=True):
+                raise typer.Exit(1)
+        for target in targets:
+            delete_run(session, log, target)
+    typer.echo(f"deleted {len(targets)} run(s); their files stay under runs/ (`research undo` restores the rows)", err=True)
+
+
+@runs_app.command("cancel")
+def runs_cancel(refs: RunsArg = None, sweep: SweepFilter = None) -> None:
+    """Stop runs wherever they execute.
+
+    Stop runs wherever they execute (local, Dask or Slurm), by id or a whole sweep.
+    """
     from research import render
     from research.executors.control import cancel_runs
     from research.runs.query import query_runs, resolve_run
 
+    recover_runs()
+    refs = list(refs or [])
     if bool(refs) == bool(sweep):
         raise ResearchError("usage: research runs cancel RUN... | research runs cancel --sweep ID")
     with open_session() as session:
@@ -295,33 +376,22 @@ def _runs_cancel(refs: list[str], sweep: str | None) -> None:
         typer.echo(render.run_summary_line(result))
 
 
-def _runs_show(run_ref: str, json_: bool) -> None:
-    from research import render
-    from research.runs.query import resolve_run, run_detail
+@runs_app.command("sync")
+def runs_sync() -> None:
+    """Collect finished Dask and Slurm runs.
 
-    with open_session() as session:
-        detail = run_detail(session, resolve_run(session, run_ref))
-    if json_:
-        render.print_json(detail)
-    else:
-        render.show_run(detail)
+    Collect what Dask and Slurm runs finished while nobody waited, and say what was collected.
+    """
+    recover_runs()
+    _sync_remote(verbose=True)
 
 
-def _runs_rm(refs: list[str], yes: bool) -> None:
-    from research.runs.query import delete_run, resolve_run
+def _sync_remote(verbose: bool = False) -> None:
+    from research.executors.control import sync_runs
 
-    if not refs:
-        raise ResearchError("usage: research runs rm RUN...")
-    with changes() as (session, log):
-        targets = [resolve_run(session, ref) for ref in refs]
-        if not yes:
-            if not sys.stdin.isatty():
-                raise ResearchError("refusing to delete runs without confirmation; pass --yes")
-            if not typer.confirm(f"Delete run(s) {', '.join(str(r.id) for r in targets)}?", err=True):
-                raise typer.Exit(1)
-        for target in targets:
-            delete_run(session, log, target)
-    typer.echo(f"deleted {len(targets)} run(s); their files stay under runs/ (`research undo` restores the rows)", err=True)
+    report = sync_runs(db_path())
+    if verbose or report.collected:
+        typer.echo(report.summary(), err=True)
 
 
 @app.command()
