@@ -137,6 +137,15 @@ def resolve_item(session: Session, ref: str | int) -> Item:
         item = session.get(Item, int(text))
     if item is None:
         item = session.exec(select(Item).where(Item.slug == text)).first()
+    if item is None and text:
+        # A slug's beginning is enough when it names one item (`research show 探索`).
+        prefix = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        found = session.exec(select(Item).where(Item.slug.like(f"{prefix}%", escape="\\")).order_by(Item.id).limit(6)).all()
+        if len(found) == 1:
+            item = found[0]
+        elif found:
+            shown = ", ".join(i.slug for i in found[:5]) + (", ..." if len(found) > 5 else "")
+            raise ResearchError(f"{text!r} begins several slugs ({shown}); give more of one, or an id")
     if item is None:
         raise ResearchError(f"no item with id or slug {text!r}")
     return item
@@ -417,6 +426,42 @@ def parse_outcome_spec(spec: str) -> tuple[str, str]:
 
 # ---------------------------------------------------------------------------
 # Undo
+
+
+def describe_undo(session: Session, events: list[Event], limit: int = 5) -> list[str]:
+    """What undoing ``events`` did, in words: one line per row, at most ``limit`` lines."""
+    lines = []
+    for event in events:
+        if event.action == "touched":
+            continue
+        row = event.before or event.after or {}
+        what = event.table_name
+        if what == "item":
+            current = session.get(Item, event.row_id)
+            title = row.get("title") or (current.title if current is not None else "")
+            kind = row.get("kind") or (current.kind if current is not None else "item")
+            what = f"{kind} {event.row_id} {title!r}"
+        else:
+            what = f"{what} {event.row_id}"
+        if event.before is None:
+            lines.append(f"removed {what}, which that change had added")
+        elif event.after is None:
+            lines.append(f"restored {what} (it was deleted)")
+        else:
+            changed = [
+                f"{name} {_short_value(event.after.get(name))} -> {_short_value(value)}"
+                for name, value in event.before.items()
+                if not name.endswith("_at") and event.after.get(name) != value  # timestamps follow
+            ]
+            lines.append(f"{what}: {', '.join(changed) or 'no field changed'}")
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... and {len(lines) - limit} more"]
+    return lines
+
+
+def _short_value(value) -> str:
+    text = "(none)" if value is None else str(value)
+    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 def undo_last(session: Session) -> tuple[int, list[Event]]:

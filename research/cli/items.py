@@ -101,7 +101,10 @@ def add(
         fields = _fields(title, body, status, priority, estimate, tag, innovation, practicality, feasibility, slug,
                          "task" if task else None, due, scheduled)
         item = add_item(session, log, fields, parent=parent_item)
+        where = f" under {parent_item.id} {parent_item.title!r}" if parent_item else " at the top level"
+        # stdout stays "ID<tab>SLUG" for scripts; the sentence is for the reader.
         typer.echo(f"{item.id}\t{item.slug}")
+        typer.echo(f"added {item.kind} {item.id} {item.title!r}{where} ({item.status})", err=True)
 
 
 @app.command("list")
@@ -396,9 +399,12 @@ def undo() -> None:
 
     Revert the last change (any command, an import or a delete included).
     """
-    from research.backlog.items import undo_last
+    from research.backlog.items import describe_undo, undo_last
 
     with changes() as (session, _log):
         batch, events = undo_last(session)
         actions = sorted({e.action for e in events if e.action != "touched"})
+        details = describe_undo(session, events)
     typer.echo(f"undid change {batch}: {len(events)} row change(s) ({', '.join(actions)})", err=True)
+    for line in details:
+        typer.echo(f"  {line}", err=True)

@@ -143,8 +143,7 @@ def _package_root() -> str:
 
 def _worker_command() -> list[str]:
     cmd = [sys.executable]
-    if sys.version_info >= (3, 11):
-        cmd.append("-P")  # do not put the working directory first on sys.path
+    cmd.append("-P")  # do not put the working directory first on sys.path
     return [*cmd, "-m", "research.runs.papermill_child"]
 
 

@@ -32,7 +32,7 @@ def find_database(explicit: str | os.PathLike | None = None, start: Path | None 
     if explicit:
         path = Path(explicit).expanduser()
         if not path.exists():
-            raise ResearchError(f"no database at {path} (run `research init --db {path}` to create it)")
+            raise ResearchError(f"no database at {path} (run `research --db {path} init` to create it)")
         return path
     from_env = os.environ.get(DB_ENV)
     if from_env:
