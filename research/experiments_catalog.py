@@ -88,11 +88,9 @@ def add_shipped_experiments(session, project_root: Path) -> list[str]:
 
 
 def link_experiment(session, log, item, exp: ShippedExperiment, project_root: Path) -> None:
-    """Link the item to its notebook once the runner's tables exist."""
-    try:
-        from research.runs.links import link_notebook
-    except ImportError:
-        return
+    """Link the item to its notebook (when the project has it)."""
+    from research.runs.links import link_notebook
+
     notebook = project_root / exp.notebook
     if notebook.is_file():
         link_notebook(session, log, item, exp.notebook, name=None, defaults=exp.defaults, best=exp.best, project_root=project_root)

@@ -177,36 +177,6 @@ def write_items_table(rows, tree: bool = False) -> None:
     sys.stdout.write("\n".join(out) + "\n")
 
 
-def items_table(rows, tree: bool = False, title: str | None = None):
-    """rows: iterable of backlog.ItemRow."""
-    from rich.table import Table
-
-    table = Table(title=title, show_edge=False, pad_edge=False, box=None, header_style="bold")
-    table.add_column("ID", justify="right", style="cyan", no_wrap=True)
-    table.add_column("Status", no_wrap=True)
-    table.add_column("Pri", no_wrap=True)
-    table.add_column("Title", overflow="fold", min_width=24, ratio=1)
-    table.add_column("Done", justify="right", no_wrap=True)
-    table.add_column("Est.", no_wrap=True, max_width=14, overflow="ellipsis")
-    table.add_column("Score", justify="right", no_wrap=True)
-    table.add_column("Tags", no_wrap=True, max_width=24, overflow="ellipsis")
-    for row in rows:
-        item = row.item
-        prefix = "  " * row.depth if tree else ""
-        marker = ("☑ " if item.status == "done" else "☐ ") if item.kind == "task" else ""
-        table.add_row(
-            str(item.id),
-            status_cell(item.status),
-            priority_cell(item.priority),
-            f"{prefix}{marker}{item.title}",
-            row.progress,
-            item.estimate or "",
-            f"{item.score:.1f}" if item.score is not None else "",
-            ", ".join(item.tags),
-        )
-    return table
-
-
 def show_item(detail: dict[str, Any]) -> None:
     from rich.markdown import Markdown
     from rich.panel import Panel

@@ -231,32 +231,6 @@ def load_average() -> float | None:
         return None
 
 
-def time_forward(
-    impl,
-    *,
-    b,
-    h,
-    n,
-    d,
-    dtype=torch.float32,
-    device="cpu",
-    causal=True,
-    window=0,
-    sinks=0,
-    repeats=3,
-    warmup=1,
-) -> float:
-    fn = impl_fn(impl)
-    q, k, v = make_inputs(b, h, n, d, dtype=dtype, device=device)
-    with torch.no_grad():
-        return time_fn(
-            lambda: fn(q, k, v, causal=causal, window=window, sinks=sinks),
-            repeats=repeats,
-            warmup=warmup,
-            device=device,
-        )
-
-
 # ---------------------------------------------------------------------------------------
 # Peak memory, measured
 # ---------------------------------------------------------------------------------------

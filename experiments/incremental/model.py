@@ -146,6 +146,3 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.advance(idx.shape[1])
         return self.head(self.ln_f(x))  # (B, T, vocab)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())

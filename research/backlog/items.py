@@ -162,11 +162,6 @@ def unique_slug(session: Session, title: str, exclude_id: int | None = None, tak
         candidate = f"{base}-{n}"
 
 
-def children_of(session: Session, parent_id: int | None) -> list[Item]:
-    query = select(Item).where(Item.parent_id == parent_id) if parent_id else select(Item).where(Item.parent_id.is_(None))
-    return list(session.exec(query.order_by(Item.position, Item.id)))
-
-
 def subtree(session: Session, item: Item) -> list[Item]:
     """The item and all its descendants, parents before children."""
     out, frontier = [item], [item.id]
@@ -327,10 +322,6 @@ def set_status(session: Session, log: ChangeLog, item: Item, status: str, action
     if status == item.status:
         return False
     return log.updated(item, changes, action=action)
-
-
-def check_item(session: Session, log: ChangeLog, item: Item, checked: bool) -> bool:
-    return set_status(session, log, item, "done" if checked else "planned", action="check" if checked else "uncheck")
 
 
 def _main_document_id(session: Session) -> int | None:

@@ -22,7 +22,7 @@ def open_session(write: bool = False):
     return session_scope(db_path(), write=write)
 
 
-def changes(write_message: str | None = None):
+def changes():
     """A write session plus a ChangeLog, for commands that change the backlog."""
     from contextlib import contextmanager
 

@@ -178,11 +178,9 @@ def show(item_id: IdArg, json_: JsonOpt = False) -> None:
 
 
 def _attach_runs(session, item, detail) -> None:
-    """Adds the item's runs to `show` once the runner's tables exist."""
-    try:
-        from research.runs.query import runs_for_show
-    except ImportError:
-        return
+    """Adds the item's runs to `show`."""
+    from research.runs.query import runs_for_show
+
     runs_for_show(session, item, detail)
 
 

@@ -9,8 +9,8 @@
   result files under ``runs/.submitit/``. ``cluster = "local"`` swaps in submitit's
   local executor through the same code path (tests, a laptop).
 
-The database stays with the client. ``driver.drive`` submits, follows the
-executor's updates into the database, and on Ctrl-C cancels on the engine;
+The database stays with the client. ``driver.submit`` and ``driver.follow`` submit
+runs and follow the executor's updates into the database, and on Ctrl-C cancels on the engine;
 ``control.sync_runs`` collects what finished while nobody waited, and
 ``control.cancel_runs`` stops runs from another process. Engines are imported
 only inside the executor that needs them, so the CLI starts fast.

@@ -74,10 +74,7 @@ class ExecutorSettings:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    import tomllib
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)

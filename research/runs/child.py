@@ -142,9 +142,8 @@ def _package_root() -> str:
 
 
 def _worker_command() -> list[str]:
-    cmd = [sys.executable]
-    cmd.append("-P")  # do not put the working directory first on sys.path
-    return [*cmd, "-m", "research.runs.papermill_child"]
+    # -P: the working directory does not go first on sys.path.
+    return [sys.executable, "-P", "-m", "research.runs.papermill_child"]
 
 
 def _worker_env(run_dir: Path | None) -> dict[str, str]:

@@ -112,12 +112,6 @@ def parameters_cell_index(nb: dict) -> int:
     return -1
 
 
-def notebook_kernel_name(path: str | Path) -> str | None:
-    """The kernel named in a notebook's metadata, or None when it names none."""
-    nb = _read_notebook(Path(path))
-    return ((nb.get("metadata") or {}).get("kernelspec") or {}).get("name") or None
-
-
 def _notebook_language(nb: dict) -> str:
     meta = nb.get("metadata") or {}
     return (
