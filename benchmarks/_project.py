@@ -32,8 +32,9 @@ def write_notebook(path: Path, cells: list[str]) -> Path:
     return path
 
 
-def compile_bytecode() -> None:
-    """Compile the project's modules once, as any first run would cache them.
+def compile_bytecode(root: Path | None = None) -> None:
+    """Compile the project's modules (of ``root``, default this checkout) once, as any
+    first run would cache them.
 
     Where PYTHONDONTWRITEBYTECODE is set, Python never caches the bytecode of an
     editable install, so every `research` process would recompile the package from
@@ -41,7 +42,7 @@ def compile_bytecode() -> None:
     """
     if not os.environ.get("PYTHONDONTWRITEBYTECODE"):
         return
-    root = Path(__file__).resolve().parent.parent
+    root = root or Path(__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(root / "research"), str(root / "experiments")],
                    env=env, check=True, stdout=subprocess.DEVNULL)

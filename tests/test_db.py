@@ -155,3 +155,34 @@ def test_a_command_process_closes_the_database_cleanly(isolated):
         assert not (isolated / "todo.db-wal").exists(), args
     rows = sqlite3.connect(isolated / "todo.db").execute("SELECT title FROM item").fetchall()
     assert rows == [("A direction",)]
+
+
+def test_the_row_reader_knows_every_table_as_the_models_do():
+    """Read commands skip the ORM through store.rows; its columns must be the models'."""
+    import sqlalchemy as sa
+    from sqlmodel import SQLModel
+
+    from research.store import models, rows  # noqa: F401  (models registers the tables)
+
+    tables = SQLModel.metadata.tables
+    assert set(rows.COLUMNS) == set(tables)
+    for name, table in tables.items():
+        assert rows.COLUMNS[name] == tuple(c.name for c in table.columns), name
+        assert rows.JSON_COLUMNS[name] == {c.name for c in table.columns if isinstance(c.type, sa.JSON)}, name
+        assert rows.BOOL_COLUMNS.get(name, set()) == {c.name for c in table.columns if isinstance(c.type, sa.Boolean)}, name
+        assert rows.RECORDS[name]._fields == rows.COLUMNS[name]
+
+
+def test_records_decode_json_and_booleans(cli):
+    from research.store import rows
+    from research.store.db import connect_raw
+
+    cli("add", "Exp", "--tag", "systems")
+    conn = connect_raw(db.find_database(None))
+    try:
+        (item,) = rows.select(conn, "item", "slug = ?", ("exp",))
+        (event,) = rows.select(conn, "event", "item_id = ?", (item.id,))
+    finally:
+        conn.close()
+    assert item.tags == ["systems"] and item.style == {} and item.title == "Exp"
+    assert event.undone is False and event.action == "created" and event.after["slug"] == "exp"

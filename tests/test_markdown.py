@@ -578,18 +578,6 @@ def test_due_dates_reach_the_review(cli, monkeypatch):
     assert "## 📅 Due" in text and "| 2026-04-10 |" in text
 
 
-def test_reader_columns_match_the_models():
-    """The export reads SQLite without the ORM; its column lists must be the models' columns."""
-    from research.backlog.markdown import reader
-    from research.store.models import Document, Note, Outcome
-
-    for columns, model in ((reader.DOCUMENT_COLUMNS, Document), (reader.NOTE_COLUMNS, Note),
-                           (reader.OUTCOME_COLUMNS, Outcome)):
-        assert set(columns) == {c.name for c in model.__table__.columns}, model
-    assert reader.DocumentRecord._fields == reader.DOCUMENT_COLUMNS
-    assert reader.NoteRecord._fields == reader.NOTE_COLUMNS and reader.OutcomeRecord._fields == reader.OUTCOME_COLUMNS
-
-
 def test_exporting_does_not_import_the_orm(isolated, seed_todo):
     import subprocess
     import sys

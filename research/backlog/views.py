@@ -1,64 +1,19 @@
 """Read-side views of the backlog: the tree, checklist progress, filters and sorting.
 
 Kept free of the ORM so `research list` can load 10,000 items from SQLite and
-print them without importing SQLAlchemy (see ``Backlog.load_file``).
+print them without importing SQLAlchemy (see ``Backlog.load_file``, ``research.store.rows``).
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from research.errors import ResearchError
+from research.store.rows import select as select_rows
 from research.vocab import OPEN_STATUSES, PRIORITY_RANK, normalize_priority, normalize_status
-
-ITEM_COLUMNS = (
-    "id", "slug", "parent_id", "kind", "title", "body", "status", "priority", "estimate",
-    "estimate_min_days", "estimate_max_days", "tags", "innovation", "practicality", "feasibility",
-    "score", "position", "style", "created_at", "updated_at", "started_at", "done_at",
-    "document_id", "due_date", "scheduled_date", "start_date",
-)
-
-
-class ItemRecord(NamedTuple):
-    """A read-only item row, attribute-compatible with the ORM's Item."""
-
-    id: int
-    slug: str
-    parent_id: int | None
-    kind: str
-    title: str
-    body: str
-    status: str
-    priority: str
-    estimate: str | None
-    estimate_min_days: float | None
-    estimate_max_days: float | None
-    tags: list
-    innovation: int | None
-    practicality: int | None
-    feasibility: int | None
-    score: float | None
-    position: int
-    style: dict
-    created_at: str
-    updated_at: str
-    started_at: str | None
-    done_at: str | None
-    document_id: int | None
-    due_date: str | None
-    scheduled_date: str | None
-    start_date: str | None
-
-    @classmethod
-    def from_row(cls, row: tuple) -> ItemRecord:
-        values = list(row)
-        values[11] = json.loads(values[11]) if values[11] else []
-        values[17] = json.loads(values[17]) if values[17] else {}
-        return cls(*values)
 
 
 @dataclass
@@ -116,8 +71,7 @@ class Backlog:
         ensure_schema(path)
         conn = connect_raw(path)
         try:
-            cursor = conn.execute(f"SELECT {', '.join(ITEM_COLUMNS)} FROM item")
-            return cls([ItemRecord.from_row(row) for row in cursor])
+            return cls(select_rows(conn, "item", order=""))
         finally:
             conn.close()
 

@@ -2,8 +2,7 @@
 
 `research export` runs often and should cost about what `research list` costs, so it
 reads the document, its anchors and the rows it shows with the standard library's
-sqlite3, like ``research.backlog.views`` does for `list`. The column lists below are the one
-copy of the schema this takes; a test checks them against the models.
+sqlite3, through ``research.store.rows`` like every read command.
 
 Every function takes a DB-API connection: the CLI's own (``research.store.db.connect_raw``), or
 the one inside an ORM session's transaction (``driver_connection``), so import and sync
@@ -14,70 +13,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, NamedTuple
+from typing import Any
 
 from research.backlog.markdown.model import node_from_anchor, note_from_anchor, outcome_from_anchor
 from research.backlog.markdown.plan import Base, State
 from research.backlog.markdown.source import SourceLines
-from research.backlog.views import ITEM_COLUMNS, ItemRecord
-
-DOCUMENT_COLUMNS = ("id", "name", "path", "title", "text", "sha256", "mtime", "conventions", "layout", "meta",
-                    "is_main", "base_batch", "imported_at", "synced_at")
-NOTE_COLUMNS = ("id", "item_id", "date", "title", "text", "created_at")
-OUTCOME_COLUMNS = ("id", "item_id", "kind", "ref", "text", "created_at")
-ANCHOR_COLUMNS = ("id", "document_id", "table_name", "row_id", "data")
-EVENT_COLUMNS = ("id", "batch", "ts", "action", "item_id", "table_name", "row_id", "before", "after", "undone")
-COLUMNS = {"item": ITEM_COLUMNS, "note": NOTE_COLUMNS, "outcome": OUTCOME_COLUMNS, "anchor": ANCHOR_COLUMNS,
-           "event": EVENT_COLUMNS, "document": DOCUMENT_COLUMNS}
-JSON_COLUMNS = {"item": {"tags", "style"}, "note": set(), "outcome": set(), "anchor": {"data"},
-                "event": {"before", "after"}, "document": {"conventions", "layout", "meta"}}
-
-
-class DocumentRecord(NamedTuple):
-    id: int
-    name: str
-    path: str
-    title: str | None
-    text: str
-    sha256: str
-    mtime: float | None
-    conventions: dict
-    layout: dict
-    meta: dict
-    is_main: bool
-    base_batch: int
-    imported_at: str
-    synced_at: str
-
-
-class NoteRecord(NamedTuple):
-    id: int
-    item_id: int | None
-    date: str | None
-    title: str | None
-    text: str
-    created_at: str
-
-
-class OutcomeRecord(NamedTuple):
-    id: int
-    item_id: int
-    kind: str
-    ref: str
-    text: str
-    created_at: str
+from research.store.rows import DocumentRecord, ItemRecord, ids_json
+from research.store.rows import select as select_rows
 
 
 def documents(conn: sqlite3.Connection) -> list[DocumentRecord]:
-    rows = conn.execute(f"SELECT {', '.join(DOCUMENT_COLUMNS)} FROM document ORDER BY id")
-    out = []
-    for row in rows:
-        values = list(row)
-        for i in (7, 8, 9):
-            values[i] = json.loads(values[i]) if values[i] else {}
-        values[10] = bool(values[10])
-        out.append(DocumentRecord(*values))
-    return out
+    return select_rows(conn, "document")
 
 
 def main_document_id(docs: list[DocumentRecord]) -> int | None:
@@ -105,17 +51,13 @@ def changed_since_base(conn: sqlite3.Connection, doc: DocumentRecord) -> tuple[s
     return touched, backlog
 
 
-def _ids(values) -> str:
-    return json.dumps(sorted(values))
-
-
 def load_base(conn: sqlite3.Connection, doc: DocumentRecord, items: set[int] | None = None) -> Base:
     """The document's text and its anchors: all of them, or those of ``items`` (with their
     notes and outcomes, and the document's own notes) when only those may have changed."""
     if items is None:
         rows = conn.execute("SELECT table_name, row_id, data FROM anchor WHERE document_id = ?", (doc.id,))
     else:
-        ids = _ids(items)
+        ids = ids_json(items)
         rows = conn.execute(
             "SELECT table_name, row_id, data FROM anchor WHERE document_id = ? AND ("
             " (table_name = 'item' AND row_id IN (SELECT value FROM json_each(?)))"
@@ -142,14 +84,14 @@ def load_base(conn: sqlite3.Connection, doc: DocumentRecord, items: set[int] | N
 def anchored_parents(conn: sqlite3.Connection, doc_id: int, items: set[int]) -> set[int]:
     rows = conn.execute(
         "SELECT json_extract(data, '$.parent') FROM anchor WHERE document_id = ? AND table_name = 'item'"
-        " AND row_id IN (SELECT value FROM json_each(?))", (doc_id, _ids(items)))
+        " AND row_id IN (SELECT value FROM json_each(?))", (doc_id, ids_json(items)))
     return {parent for (parent,) in rows if parent is not None}
 
 
 def item_records(conn: sqlite3.Connection, ids: set[int] | None = None) -> list[ItemRecord]:
-    sql = f"SELECT {', '.join(ITEM_COLUMNS)} FROM item"
-    rows = conn.execute(sql) if ids is None else conn.execute(sql + " WHERE id IN (SELECT value FROM json_each(?))", (_ids(ids),))
-    return [ItemRecord.from_row(row) for row in rows]
+    if ids is None:
+        return select_rows(conn, "item", order="")
+    return select_rows(conn, "item", "id IN (SELECT value FROM json_each(?))", (ids_json(ids),), order="")
 
 
 def descendants(conn: sqlite3.Connection, roots: set[int]) -> set[int]:
@@ -157,7 +99,7 @@ def descendants(conn: sqlite3.Connection, roots: set[int]) -> set[int]:
         return set()
     rows = conn.execute(
         "WITH RECURSIVE sub(id) AS (SELECT value FROM json_each(?) "
-        "UNION SELECT item.id FROM item JOIN sub ON item.parent_id = sub.id) SELECT id FROM sub", (_ids(roots),))
+        "UNION SELECT item.id FROM item JOIN sub ON item.parent_id = sub.id) SELECT id FROM sub", (ids_json(roots),))
     return {row[0] for row in rows}
 
 
@@ -176,27 +118,19 @@ def load_state(conn: sqlite3.Connection, doc_id: int | None, main: bool, today: 
             children[parent].append(item)
     for kids in children.values():
         kids.sort(key=lambda i: (i.position, i.id))
-    wanted = _ids(items)
+    wanted = ids_json(items)
     notes: dict[int | None, list[Any]] = defaultdict(list)
-    for row in conn.execute(
-        f"SELECT {', '.join(NOTE_COLUMNS)} FROM note WHERE item_id IS NULL"
-        " OR item_id IN (SELECT value FROM json_each(?)) ORDER BY id", (wanted,)
-    ):
-        note = NoteRecord(*row)
+    for note in select_rows(conn, "note", "item_id IS NULL OR item_id IN (SELECT value FROM json_each(?))", (wanted,)):
         notes[note.item_id].append(note)
     outcomes: dict[int, list[Any]] = defaultdict(list)
-    for row in conn.execute(
-        f"SELECT {', '.join(OUTCOME_COLUMNS)} FROM outcome WHERE item_id IN (SELECT value FROM json_each(?)) ORDER BY id",
-        (wanted,),
-    ):
-        outcome = OutcomeRecord(*row)
+    for outcome in select_rows(conn, "outcome", "item_id IN (SELECT value FROM json_each(?))", (wanted,)):
         outcomes[outcome.item_id].append(outcome)
     return State(document_id=doc_id, main=main, items=items, children=children, notes=notes, outcomes=outcomes,
                  today=today)
 
 
 def item_parent(conn: sqlite3.Connection, ids: set[int]) -> dict[int, int | None]:
-    rows = conn.execute("SELECT id, parent_id FROM item WHERE id IN (SELECT value FROM json_each(?))", (_ids(ids),))
+    rows = conn.execute("SELECT id, parent_id FROM item WHERE id IN (SELECT value FROM json_each(?))", (ids_json(ids),))
     return dict(rows)
 
 

@@ -28,7 +28,7 @@ from research.backlog.markdown.model import (
     note_anchor,
     outcome_anchor,
 )
-from research.backlog.markdown.reader import COLUMNS, JSON_COLUMNS
+from research.store.rows import COLUMNS, JSON_COLUMNS
 from research.vocab import composite_score, parse_estimate, slugify
 
 Progress = Callable[[str, int, int], None]
