@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -223,3 +225,29 @@ def test_backlog_commands_do_not_import_torch(isolated):
 def test_python_dash_m_entry_point(isolated):
     out = subprocess.run([sys.executable, "-m", "research", "--help"], capture_output=True, text=True, cwd=isolated)
     assert out.returncode == 0 and "backlog" in out.stdout
+
+
+def test_show_reads_without_the_orm(cli, isolated):
+    """`show` is a read command: plain sqlite3 through store.rows, like `list`."""
+    parent = add(cli, "探索 KV cache eviction", "--priority", "high")
+    add(cli, "H2O baseline", "--task", "--parent", str(parent))
+    cli("note", str(parent), "first note")
+    code = ("import sys\nfrom research.cli import app\n"
+            "app(['show', '探索', '--json'], standalone_mode=False)\n"
+            "print('sqlalchemy' in sys.modules, file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=isolated, capture_output=True, text=True, check=True,
+                         env={**os.environ, "RESEARCH_DB": str(isolated / "todo.db")})
+    assert out.stderr.split() == ["False"]
+    shown = json.loads(out.stdout)
+    assert shown["id"] == parent and shown["progress"] == {"done": 0, "total": 1}
+    assert [c["title"] for c in shown["children"]] == ["H2O baseline"]
+    assert [n["text"] for n in shown["notes"]] == ["first note"]
+    assert [e["action"] for e in shown["history"]][:1] == ["created"]
+
+
+def test_a_slug_prefix_names_one_item(cli):
+    first = add(cli, "探索 KV cache eviction")
+    assert cli.json("show", "探索")["id"] == first
+    add(cli, "探索 paged attention")
+    assert "begins several slugs" in cli("show", "探索", ok=False).stderr
+    assert cli.json("show", "探索-p")["title"] == "探索 paged attention"

@@ -130,25 +130,11 @@ def _item_id_of(obj: SQLModel) -> int | None:
 
 
 def resolve_item(session: Session, ref: str | int) -> Item:
-    """An item by numeric id or slug."""
-    text = str(ref).strip()
-    item = None
-    if text.isdigit():
-        item = session.get(Item, int(text))
-    if item is None:
-        item = session.exec(select(Item).where(Item.slug == text)).first()
-    if item is None and text:
-        # A slug's beginning is enough when it names one item (`research show 探索`).
-        prefix = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        found = session.exec(select(Item).where(Item.slug.like(f"{prefix}%", escape="\\")).order_by(Item.id).limit(6)).all()
-        if len(found) == 1:
-            item = found[0]
-        elif found:
-            shown = ", ".join(i.slug for i in found[:5]) + (", ..." if len(found) > 5 else "")
-            raise ResearchError(f"{text!r} begins several slugs ({shown}); give more of one, or an id")
-    if item is None:
-        raise ResearchError(f"no item with id or slug {text!r}")
-    return item
+    """An item by numeric id, slug or the beginning of one slug (``views.match_item_ref``)."""
+    from research.backlog.views import find_item_id
+    from research.store.db import raw_connection
+
+    return session.get(Item, find_item_id(raw_connection(session), ref))
 
 
 def unique_slug(session: Session, title: str, exclude_id: int | None = None, taken: set[str] | None = None) -> str:
@@ -538,35 +524,6 @@ def _undo_creations(session: Session, batch: int, events: list[Event]) -> None:
 
 # ---------------------------------------------------------------------------
 # Reading
-
-
-def item_detail(session: Session, item: Item) -> dict[str, Any]:
-    """Everything about one item, for `show`."""
-    backlog = Backlog.load_rows(session)
-    data = item_summary(item, backlog)
-    data["body"] = item.body
-    data["tasks_at"] = item.style.get("tasks_at")
-    data["path"] = backlog.path(item)
-    document = session.get(Document, item.document_id) if item.document_id else None
-    data["document"] = document.name if document else None
-    data["children"] = [
-        {**item_summary(child), "progress": dict(zip(("done", "total"), backlog.progress(child.id), strict=True))}
-        for child in backlog.children.get(item.id, [])
-    ]
-    data["notes"] = [
-        {"id": n.id, "date": n.date, "title": n.title, "text": n.text, "created_at": n.created_at}
-        for n in session.exec(select(Note).where(Note.item_id == item.id).order_by(Note.date, Note.id))
-    ]
-    data["outcomes"] = [
-        {"id": o.id, "kind": o.kind, "ref": o.ref, "text": o.text, "created_at": o.created_at}
-        for o in session.exec(select(Outcome).where(Outcome.item_id == item.id).order_by(Outcome.id))
-    ]
-    data["history"] = [
-        {"ts": e.ts, "action": e.action, "table": e.table_name, "before": e.before, "after": e.after, "undone": e.undone}
-        for e in session.exec(select(Event).where(Event.item_id == item.id).order_by(Event.id))
-        if e.action != "touched"
-    ]
-    return data
 
 
 def get_meta(session: Session, key: str, default: str | None = None) -> str | None:

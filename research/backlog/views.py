@@ -16,6 +16,65 @@ from research.store.rows import select as select_rows
 from research.vocab import OPEN_STATUSES, PRIORITY_RANK, normalize_priority, normalize_status
 
 
+def match_item_ref(ref: str | int, ids, slugs: dict[str, int]) -> int:
+    """The item ``ref`` names: an id, a slug, or the beginning of exactly one slug
+    (`research show 探索`). ``ids`` holds the ids there are; ``slugs`` maps slug to id
+    (all of them, or those beginning with ``ref``)."""
+    text = str(ref).strip()
+    if text.isdigit() and int(text) in ids:
+        return int(text)
+    if text in slugs:
+        return slugs[text]
+    found = sorted((slug for slug in slugs if text and slug.startswith(text)), key=slugs.__getitem__)
+    if len(found) == 1:
+        return slugs[found[0]]
+    if found:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise ResearchError(f"{text!r} begins several slugs ({shown}); give more of one, or an id")
+    raise ResearchError(f"no item with id or slug {text!r}")
+
+
+def find_item_id(conn, ref: str | int) -> int:
+    """``match_item_ref`` over the database (a DB-API connection), reading only what it needs."""
+    text = str(ref).strip()
+    ids = set()
+    if text.isdigit():
+        ids = {row[0] for row in conn.execute("SELECT id FROM item WHERE id = ?", (int(text),))}
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    slugs = dict(conn.execute("SELECT slug, id FROM item WHERE slug = ? OR slug LIKE ? ESCAPE '\\' LIMIT 50",
+                              (text, escaped + "%")))
+    return match_item_ref(text, ids, slugs)
+
+
+def item_detail(conn, item_id: int) -> dict[str, Any]:
+    """Everything about one item, for `show`, read with plain sqlite3."""
+    backlog = Backlog(select_rows(conn, "item", order=""))
+    item = backlog.by_id[item_id]
+    data = item_summary(item, backlog)
+    data["body"] = item.body
+    data["tasks_at"] = item.style.get("tasks_at")
+    data["path"] = backlog.path(item)
+    document = select_rows(conn, "document", "id = ?", (item.document_id,)) if item.document_id else []
+    data["document"] = document[0].name if document else None
+    data["children"] = [
+        {**item_summary(child), "progress": dict(zip(("done", "total"), backlog.progress(child.id), strict=True))}
+        for child in backlog.children.get(item.id, [])
+    ]
+    data["notes"] = [
+        {"id": n.id, "date": n.date, "title": n.title, "text": n.text, "created_at": n.created_at}
+        for n in select_rows(conn, "note", "item_id = ?", (item.id,), order="date, id")
+    ]
+    data["outcomes"] = [
+        {"id": o.id, "kind": o.kind, "ref": o.ref, "text": o.text, "created_at": o.created_at}
+        for o in select_rows(conn, "outcome", "item_id = ?", (item.id,))
+    ]
+    data["history"] = [
+        {"ts": e.ts, "action": e.action, "table": e.table_name, "before": e.before, "after": e.after, "undone": e.undone}
+        for e in select_rows(conn, "event", "item_id = ? AND action != 'touched'", (item.id,))
+    ]
+    return data
+
+
 @dataclass
 class ItemRow:
     """An item plus what list/tree views derive from the whole backlog."""
@@ -76,14 +135,8 @@ class Backlog:
             conn.close()
 
     def find(self, ref: str | int):
-        """An item by numeric id or slug."""
-        text = str(ref).strip()
-        if text.isdigit() and int(text) in self.by_id:
-            return self.by_id[int(text)]
-        for item in self.items:
-            if item.slug == text:
-                return item
-        raise ResearchError(f"no item with id or slug {text!r}")
+        """An item by numeric id, slug, or the beginning of one slug."""
+        return self.by_id[match_item_ref(ref, self.by_id, {i.slug: i.id for i in self.items})]
 
     def progress(self, item_id: int) -> tuple[int, int]:
         """(done, total) over descendant checklist tasks (dropped tasks don't count)."""

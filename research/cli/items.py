@@ -21,7 +21,6 @@ from research.cli.context import (
     TagOpt,
     changes,
     db_path,
-    open_session,
     recover_runs,
 )
 from research.errors import ResearchError
@@ -162,13 +161,19 @@ def show(item_id: IdArg, json_: JsonOpt = False) -> None:
     Everything about an item: fields, checklist, runs, notes, outcomes, history.
     """
     from research import render
-    from research.backlog.items import item_detail, resolve_item
+    from research.backlog.views import find_item_id, item_detail
+    from research.runs.summary import runs_for_show
+    from research.store.db import connect_raw, ensure_schema
 
     recover_runs()
-    with open_session() as session:
-        item = resolve_item(session, item_id)
-        detail = item_detail(session, item)
-        _attach_runs(session, item, detail)
+    path = db_path()
+    ensure_schema(path)
+    conn = connect_raw(path)
+    try:
+        detail = item_detail(conn, find_item_id(conn, item_id))
+        runs_for_show(conn, _Ref(detail["id"], detail["slug"]), detail)
+    finally:
+        conn.close()
     if json_:
         detail.pop("runs_lines", None)
         detail.pop("links_lines", None)
@@ -177,11 +182,11 @@ def show(item_id: IdArg, json_: JsonOpt = False) -> None:
         render.show_item(detail)
 
 
-def _attach_runs(session, item, detail) -> None:
-    """Adds the item's runs to `show`."""
-    from research.runs.query import runs_for_show
+class _Ref:
+    """The item as ``runs_for_show`` reads it: its id and slug."""
 
-    runs_for_show(session, item, detail)
+    def __init__(self, id: int, slug: str):
+        self.id, self.slug = id, slug
 
 
 @app.command()

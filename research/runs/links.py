@@ -10,6 +10,7 @@ from sqlmodel import Session, select
 from research import clock
 from research.backlog.items import ChangeLog
 from research.errors import ResearchError
+from research.runs.metrics import parse_best
 from research.store.models import Item, Link, Run
 
 # ---------------------------------------------------------------------------
@@ -31,15 +32,6 @@ def _relative_notebook(notebook: str, project_root: Path) -> tuple[str, Path]:
     except ValueError:
         raise ResearchError(f"{notebook} is outside the project root {project_root}") from None
     return relative.as_posix(), absolute
-
-
-def parse_best(spec: str | None) -> tuple[str, str] | None:
-    if not spec:
-        return None
-    direction, sep, metric = spec.partition(":")
-    if not sep or direction not in ("max", "min") or not metric.strip():
-        raise ResearchError(f"--best must look like max:METRIC or min:METRIC, got {spec!r}")
-    return direction, metric.strip()
 
 
 def link_notebook(

@@ -1,4 +1,5 @@
-"""A run's final metrics: the last recorded value of each, by step, then time.
+"""A run's final metrics (the last recorded value of each, by step, then time) and the
+`best` rule that ranks runs by one of them (``max:throughput``).
 
 No ORM here: the review reads metrics with plain SQL and uses the same rule.
 """
@@ -6,6 +7,8 @@ No ORM here: the review reads metrics with plain SQL and uses the same rule.
 from __future__ import annotations
 
 from typing import Any
+
+from research.errors import ResearchError
 
 
 def final_metrics(entries) -> dict[str, Any]:
@@ -20,3 +23,12 @@ def final_metrics(entries) -> dict[str, Any]:
         if name not in latest or key >= latest[name][0]:
             latest[name] = (key, value)
     return {name: value for name, (_key, value) in latest.items()}
+
+
+def parse_best(spec: str | None) -> tuple[str, str] | None:
+    if not spec:
+        return None
+    direction, sep, metric = spec.partition(":")
+    if not sep or direction not in ("max", "min") or not metric.strip():
+        raise ResearchError(f"--best must look like max:METRIC or min:METRIC, got {spec!r}")
+    return direction, metric.strip()

@@ -152,3 +152,10 @@ def create_database(path: Path) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     ensure_schema(path)
     return not existed
+
+
+def raw_connection(session):
+    """The sqlite3 connection inside an ORM session's transaction (pending changes flushed),
+    for code that reads through ``store.rows``."""
+    session.flush()
+    return session.connection().connection.driver_connection

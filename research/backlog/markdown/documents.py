@@ -52,6 +52,7 @@ from research.backlog.markdown.plan import Base, item_value, plan_text
 from research.backlog.markdown.source import SourceLines
 from research.errors import ResearchError
 from research.files import write_text_file
+from research.store.db import raw_connection
 from research.store.models import Anchor, Document, Event, Item, Note, Outcome
 from research.vocab import composite_score, parse_estimate
 
@@ -144,7 +145,7 @@ def import_file(
         return report
     if not force:
         _refuse_older_file(session, doc, path, file.mtime)
-    pending = reader.changed_since_base(_raw(session), doc) != (set(), False)
+    pending = reader.changed_since_base(raw_connection(session), doc) != (set(), False)
     merge = _Merge(session, log, doc, parsed, report)
     merge.match()
     if merge.report.conflicts and not force:
@@ -185,7 +186,7 @@ def _epoch(iso: str | None) -> float | None:
 def _create_document(session, log: ChangeLog, path: Path, file, parsed: ParsedDocument, report: Report,
                      progress: Progress | None) -> Document:
     document_id, writer = writer_module.create_document(
-        _raw(session), log.batch, str(path), str(path.resolve()), file, parsed, report.added, progress)
+        raw_connection(session), log.batch, str(path), str(path.resolve()), file, parsed, report.added, progress)
     log.count += writer.events_written + 1
     report.notes_added = writer.notes_added
     report.outcomes_added = writer.outcomes_added
@@ -193,7 +194,7 @@ def _create_document(session, log: ChangeLog, path: Path, file, parsed: ParsedDo
 
 
 def _writer(session: Session, log: ChangeLog, doc: Document, event_anchors: bool = True) -> writer_module.BulkWriter:
-    return writer_module.BulkWriter(_raw(session), log.batch, doc.id, clock.now_iso(), event_anchors)
+    return writer_module.BulkWriter(raw_connection(session), log.batch, doc.id, clock.now_iso(), event_anchors)
 
 
 # ---------------------------------------------------------------------------
@@ -202,12 +203,6 @@ def _writer(session: Session, log: ChangeLog, doc: Document, event_anchors: bool
 
 def _anchors(session: Session, doc: Document, table: str) -> list[Anchor]:
     return list(session.exec(select(Anchor).where(Anchor.document_id == doc.id, Anchor.table_name == table)))
-
-
-def _raw(session: Session):
-    """The sqlite3 connection inside the session's transaction, for ``reader``."""
-    session.flush()
-    return session.connection().connection.driver_connection
 
 
 def _today() -> str:
@@ -223,7 +218,7 @@ class _Merge:
 
     def __init__(self, session: Session, log: ChangeLog, doc: Document, parsed: ParsedDocument, report: Report):
         self.session, self.log, self.doc, self.parsed, self.report = session, log, doc, parsed, report
-        self.base = reader.load_base(_raw(session), doc)
+        self.base = reader.load_base(raw_connection(session), doc)
         self.items: dict[int, Item] = {
             i.id: i for i in session.exec(select(Item).where((Item.document_id == doc.id) | Item.id.in_(list(self.base.nodes))))
         }
@@ -543,7 +538,7 @@ def sync_file(session: Session, log: ChangeLog, path: Path, *, prefer: str | Non
             if id(outcome) in merge.outcome_match:
                 base.outcomes[merge.outcome_match[id(outcome)]] = (outcome, merge.match_of.get(id(node)))
     main = main_document(session)
-    state = reader.load_state(_raw(session), doc.id, main is not None and main.id == doc.id, _today(),
+    state = reader.load_state(raw_connection(session), doc.id, main is not None and main.id == doc.id, _today(),
                               extra_ids=set(base.nodes))
     text = plan_text(base, state)
     report.written_changes = int(text != parsed.text)
