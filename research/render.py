@@ -177,8 +177,13 @@ def write_items_table(rows, tree: bool = False) -> None:
     sys.stdout.write("\n".join(out) + "\n")
 
 
+def _markdown(text: str):
+    from rich.markdown import Markdown  # (markdown-it and all: only for an item with a body)
+
+    return Markdown(text)
+
+
 def show_item(detail: dict[str, Any]) -> None:
-    from rich.markdown import Markdown
     from rich.panel import Panel
     from rich.table import Table
 
@@ -221,7 +226,7 @@ def show_item(detail: dict[str, Any]) -> None:
     at = detail.get("tasks_at")
     at = len(body) if at is None else at
     if "\n".join(body[:at]).strip():
-        out.print(Markdown("\n".join(body[:at])))
+        out.print(_markdown("\n".join(body[:at])))
     if detail["children"]:
         out.print("[bold]Checklist and children[/bold]")
         for child in detail["children"]:
@@ -230,7 +235,7 @@ def show_item(detail: dict[str, Any]) -> None:
             extra = f"  {prog['done']}/{prog['total']}" if prog["total"] else ""
             out.print(f"  {mark} [cyan]{child['id']}[/cyan] {child['title']}  [dim]{child['status']}{extra}[/dim]")
     if "\n".join(body[at:]).strip():
-        out.print(Markdown("\n".join(body[at:])))
+        out.print(_markdown("\n".join(body[at:])))
     if detail.get("links_lines"):
         out.print("[bold]Notebooks[/bold]")
         for line in detail["links_lines"]:

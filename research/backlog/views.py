@@ -48,7 +48,13 @@ def find_item_id(conn, ref: str | int) -> int:
 
 def item_detail(conn, item_id: int) -> dict[str, Any]:
     """Everything about one item, for `show`, read with plain sqlite3."""
-    backlog = Backlog(select_rows(conn, "item", order=""))
+    # The item's ancestors (its path) and its subtree (checklist progress): not the whole backlog.
+    family = (
+        "id IN (WITH RECURSIVE up(id) AS (SELECT ? UNION SELECT item.parent_id FROM item JOIN up ON item.id = up.id"
+        " WHERE item.parent_id IS NOT NULL), down(id) AS (SELECT ? UNION SELECT item.id FROM item"
+        " JOIN down ON item.parent_id = down.id) SELECT id FROM up UNION SELECT id FROM down)"
+    )
+    backlog = Backlog(select_rows(conn, "item", family, (item_id, item_id), order=""))
     item = backlog.by_id[item_id]
     data = item_summary(item, backlog)
     data["body"] = item.body
