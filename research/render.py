@@ -161,6 +161,8 @@ def write_items_table(rows, tree: bool = False) -> None:
                 widths[i] = w
         cell_widths.append(row_widths)
     right = {0, 4, 6}
+    if color:
+        _fit_to_terminal(table, cell_widths, widths, title=3)
 
     def line(cells, row_widths, bold=False):
         parts = []
@@ -175,6 +177,26 @@ def write_items_table(rows, tree: bool = False) -> None:
     out = [line(headers, [cell_width(h) for h in headers], bold=True)]
     out.extend(line(cells, w) for cells, w in zip(table, cell_widths, strict=True))
     sys.stdout.write("\n".join(out) + "\n")
+
+
+def _fit_to_terminal(table: list[list[str]], cell_widths: list[list[int]], widths: list[int], title: int) -> None:
+    """Narrow the title column (then tags and estimate) so each row fits the terminal."""
+    import shutil
+
+    columns = shutil.get_terminal_size((160, 24)).columns
+    excess = sum(widths) + 2 * (len(widths) - 1) - columns
+    for index, floor in ((title, 24), (7, 8), (5, 6), (title, 12)):
+        if excess <= 0:
+            return
+        target = max(floor, widths[index] - excess)
+        if target >= widths[index]:
+            continue
+        for cells, row_widths in zip(table, cell_widths, strict=True):
+            if row_widths[index] > target:
+                cells[index] = _fit(cells[index], target)
+                row_widths[index] = cell_width(cells[index])
+        excess -= widths[index] - target
+        widths[index] = target
 
 
 def _markdown(text: str):

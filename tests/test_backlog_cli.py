@@ -21,7 +21,8 @@ def test_add_list_show_json(cli):
     direction = add(cli, "Streaming deep learning", "--priority", "critical", "--estimate", "5-7天研究 + 实践", "-t", "online learning", "-t", "edge")
     task = add(cli, "KV cache management", "--parent", direction, "--task")
     items = cli.json("list")
-    assert [i["title"] for i in items] == ["Streaming deep learning", "KV cache management"]
+    assert [i["title"] for i in items] == ["Streaming deep learning"]  # its task is counted, not listed
+    assert [i["title"] for i in cli.json("list", "--tasks")] == ["Streaming deep learning", "KV cache management"]
     first = items[0]
     assert first["priority"] == "critical"
     assert first["estimate_min_days"] == 5 and first["estimate_max_days"] == 7
@@ -73,9 +74,11 @@ def test_checklist_progress_and_tree(cli):
     assert cli.json("show", parent)["progress"] == {"done": 2, "total": 3}
     cli("uncheck", tasks[2])
     assert cli.json("show", parent)["progress"] == {"done": 1, "total": 3}
-    tree = cli("list", "--tree", "--all").stdout
+    tree = cli("list", "--tree", "--all", "--tasks").stdout
     assert "1/3" in tree
     assert tree.index("Flink architecture") < tree.index("topic 0")
+    default = cli("list").stdout  # the item with its progress; the tasks are not rows
+    assert "Flink architecture" in default and "1/3" in default and "topic 0" not in default
 
 
 def test_filters_and_sorting(cli):
@@ -251,3 +254,31 @@ def test_a_slug_prefix_names_one_item(cli):
     add(cli, "探索 paged attention")
     assert "begins several slugs" in cli("show", "探索", ok=False).stderr
     assert cli.json("show", "探索-p")["title"] == "探索 paged attention"
+
+
+def test_list_fits_the_terminal(cli, monkeypatch):
+    import io
+    import re
+    import shutil
+
+    from research import render
+    from research.backlog.views import Backlog
+    from research.store.db import find_database
+
+    parent = add(cli, "流式处理方向: a long research direction title about streaming checkpoints", "-t", "systems")
+    for n in range(3):
+        add(cli, f"检查点机制 checkpoint topic {n} with a title long enough to wrap", "--parent", parent, "--task")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    monkeypatch.setattr("sys.stdout", out)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=None: os.terminal_size((80, 24)))
+    backlog = Backlog.load_file(find_database(None))
+    render.write_items_table([backlog.row(item, 0) for item in backlog.items])
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 5
+    assert max(render.cell_width(line) for line in lines) <= 80
+    assert any("…" in line for line in lines)  # long titles are cut, not wrapped

@@ -32,7 +32,7 @@ def _line_diff(before: list[str], after: list[str]) -> tuple[list[str], list[str
 
 
 def items_by_title(cli) -> dict:
-    return {i["title"]: i for i in cli.json("list", "--all")}
+    return {i["title"]: i for i in cli.json("list", "--all", "--tasks")}
 
 
 def export_file(cli, folder: Path, name: str = "out.md", *extra) -> bytes:
@@ -211,7 +211,7 @@ def test_obsidian_tasks(cli):
     assert items["Weekly sync with the team"]["due_date"] == "2026-04-13"  # 🔁 kept as text
     assert items["Low-priority cleanup"]["priority"] == "low" and items["Urgent fix for the data loader"]["priority"] == "critical"
     assert [i["title"] for i in cli.json("list", "--due-before", "2026-04-11")] == ["Rerun the ablation"]
-    assert "2026-04-10" in cli("list").stdout  # a Due column once any item has a due date
+    assert "2026-04-10" in cli("list", "--tasks").stdout  # a Due column once any item has a due date
 
 
 def test_obsidian_changes_are_written_as_signifiers(cli, isolated):

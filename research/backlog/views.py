@@ -218,6 +218,7 @@ class ListFilter:
     search: str | None = None
     include_closed: bool = False
     due_before: str | None = None  # YYYY-MM-DD, inclusive
+    tasks: bool = True  # checklist tasks as rows of their own (the CLI's list asks for them with --tasks)
 
 
 def filter_items(backlog: Backlog, spec: ListFilter) -> list:
@@ -227,6 +228,8 @@ def filter_items(backlog: Backlog, spec: ListFilter) -> list:
     needle = spec.search.lower() if spec.search else None
     out = []
     for item in backlog.items:
+        if not spec.tasks and item.kind == "task":
+            continue
         if statuses:
             if item.status not in statuses:
                 continue

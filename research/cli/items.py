@@ -116,10 +116,15 @@ def list_(
     due_before: Annotated[str | None, typer.Option("--due-before", metavar="DATE", help="Only items due on or before this date (YYYY-MM-DD).")] = None,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Include done and dropped items.")] = False,
     tree: Annotated[bool, typer.Option("--tree", help="Show the hierarchy with checklist progress.")] = False,
+    tasks: Annotated[bool, typer.Option("--tasks", help="List checklist tasks too (by default an item shows their progress; --search and --due-before look at tasks as well).")] = False,
     sort: Annotated[str, typer.Option("--sort", help="score, priority, updated or created.")] = "priority",
     json_: JsonOpt = False,
 ) -> None:
-    """List open items (all with --all), as a table, a tree or JSON."""
+    """List open items (all with --all), as a table, a tree or JSON.
+
+    Checklist tasks are counted in their item's Done column; --tasks lists them as rows too,
+    and so do --search and --due-before (due dates and words often sit on tasks).
+    """
     from research import render
     from research.backlog.views import Backlog, ListFilter, filter_items, item_summary, sort_key
 
@@ -127,7 +132,7 @@ def list_(
     spec = ListFilter(
         statuses=status or [], priority=priority, tag=tag,
         under=backlog.find(under) if under else None, search=search, include_closed=all_,
-        due_before=_due_before(due_before),
+        due_before=_due_before(due_before), tasks=tasks or bool(search) or bool(due_before),
     )
     keep = filter_items(backlog, spec)
     key = sort_key(sort)
