@@ -32,7 +32,8 @@ from pathlib import Path
 
 from research.errors import ResearchError
 from research.executors import Executor, ExecutorSettings, Update
-from research.executors.remote import CANCEL_EVENT_PREFIX, SPARES, build_task, dask_task
+from research.executors.remote import CANCEL_EVENT_PREFIX, build_task, dask_task
+from research.executors.spares import SPARES
 from research.runs.child import KILL_GRACE_S
 from research.store.db import project_root_of
 

@@ -38,7 +38,7 @@ class LocalExecutor(Executor):
         self.log_output = log_output
         self.on_progress = on_progress
         self.worker = worker  # a started runs.child.start_worker() for the first run
-        self._spares: _SpareWorkers | None = None
+        self._spares = None
         self._done: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -48,7 +48,10 @@ class LocalExecutor(Executor):
         from research.runs.pool import run_in_parallel
 
         run_ids = [run.id for run in runs]
-        self._spares = spares = _SpareWorkers(self.worker, len(run_ids), self.jobs)
+        from research.executors.spares import SparePool
+
+        self._spares = spares = SparePool(first=self.worker)
+        spares.expect(len(run_ids), self.jobs)
         tasks = [
             (
                 lambda rid=rid: execute_run(
@@ -97,39 +100,4 @@ class LocalExecutor(Executor):
         if self._thread is not None:
             self._thread.join(timeout=0.1)
         if self._spares is not None:
-            self._spares.discard()
-
-
-class _SpareWorkers:
-    """Started workers waiting for a run, at most one per run still to start and per job slot."""
-
-    def __init__(self, first, runs: int, jobs: int) -> None:
-        self._lock = threading.Lock()
-        self._stock = [first] if first is not None else []
-        self._to_start = runs
-        self._limit = max(1, jobs)
-        self._closed = False
-
-    def take(self):
-        """A started worker for the run about to start (None: it starts its own)."""
-        from research.runs.child import INTERRUPTS, start_worker
-
-        with self._lock:
-            self._to_start -= 1
-            worker = None
-            while self._stock and worker is None:
-                candidate = self._stock.pop(0)
-                worker = candidate if candidate.poll() is None else None
-            want = min(self._to_start, self._limit) - len(self._stock)
-            if not self._closed and not INTERRUPTS.is_set():
-                self._stock.extend(start_worker() for _ in range(max(0, want)))
-        return worker
-
-    def discard(self) -> None:
-        from research.runs.child import discard_worker
-
-        with self._lock:
-            self._closed = True
-            stock, self._stock = self._stock, []
-        for worker in stock:
-            discard_worker(worker)
+            self._spares.clear()

@@ -33,51 +33,6 @@ CANCEL_EVENT_PREFIX = "research-cancel-"
 CANCEL_POLL_S = 1.0
 
 
-class SparePool:
-    """Runner processes started ahead of their run (``runs.child.start_worker``), so that importing
-    papermill overlaps the previous run. Used by the Dask executor's in-process LocalCluster,
-    whose workers are threads of this process; anywhere else ``take`` returns None."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._spares: list = []
-        self._expected = 0  # runs that may still take a spare
-        self._size = 0
-
-    def expect(self, runs: int, size: int) -> None:
-        """``runs`` more runs will come, up to ``size`` at once: keep that many spares ready."""
-        with self._lock:
-            self._expected += runs
-            self._size = size
-            self._refill()
-
-    def _refill(self) -> None:
-        from research.runs.child import start_worker
-
-        while len(self._spares) < min(self._size, self._expected):
-            self._spares.append(start_worker())
-
-    def take(self):
-        with self._lock:
-            if not self._spares:
-                return None
-            worker = self._spares.pop(0)
-            self._expected -= 1
-            self._refill()
-            return worker
-
-    def clear(self) -> None:
-        from research.runs.child import discard_worker
-
-        with self._lock:
-            spares, self._spares, self._expected = self._spares, [], 0
-        for worker in spares:
-            discard_worker(worker)
-
-
-SPARES = SparePool()
-
-
 def build_task(
     run, project_root: Path, timeout: float | None, git: dict[str, Any], key: str | None = None
 ) -> dict[str, Any]:
@@ -112,6 +67,7 @@ def run_remote(task: dict[str, Any]) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     from research import clock
+    from research.executors.spares import SPARES
     from research.runs.child import InterruptSignals, execute_notebook, read_records
     from research.runs.environment import capture_environment
 
