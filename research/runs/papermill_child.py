@@ -16,8 +16,12 @@ job's working directory and given the run's ``RESEARCH_RUN_DIR`` before any cell
 
 SIGTERM or SIGINT: the kernel gets SIGINT (a KeyboardInterrupt in the running
 cell), no further cell starts, and the kernel is killed if it has not stopped
-within ``INTERRUPT_GRACE_S``. Either way papermill saves the output notebook and
-nbclient shuts the kernel down, and the result says ``interrupted``.
+within ``INTERRUPT_GRACE_S``. Either way papermill saves the output notebook, this
+process shuts the kernel down, and the result says ``interrupted``.
+
+papermill runs the notebook through its own engine machinery: ``_engine`` registers a
+subclass of papermill's nbclient engine that overrides only ``execute_managed_notebook``
+(papermill's documented extension point) and hands nbclient the kernel started here.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from research.record import RUN_DIR_ENV
 INTERRUPT_GRACE_S = 3.0
 NO_PRESTART_ENV = "RESEARCH_NO_PRESTART"  # set: start the kernel only once the job is known
 DEFAULT_KERNEL = "python3"
+KERNEL_ARGUMENTS = ["--HistoryManager.hist_file=:memory:"]  # what nbclient gives the kernels it starts
 ENGINE_NAME = "research"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 
@@ -56,6 +61,7 @@ class _State:
         self.cells_total = 0
         self.nb = None  # the executed notebook object
         self.prestarted = None  # kernel manager of the kernel started before the job came
+        self.kernel_manager = None  # the job's kernel manager, once it has one
 
 
 STATE = _State()
@@ -131,119 +137,88 @@ def _read_job() -> dict | None:
 # --------------------------------------------------------------------------- papermill engine
 
 
-def _make_engine(kernel_meta: dict, job_cwd: str):
-    """A papermill engine that reports progress and the kernel pid, and stops on request."""
-    from papermill.clientwrap import PapermillNotebookClient
-    from papermill.engines import NBClientEngine, NotebookExecutionManager
-    from papermill.log import logger
-    from papermill.utils import merge_kwargs, remove_args
+_ENGINE = None
 
-    class Manager(NotebookExecutionManager):
-        started_index: int | None = None
 
-        def notebook_start(self, **kwargs):
-            super().notebook_start(**kwargs)
-            if not self.nb.metadata.get("kernelspec"):
-                self.nb.metadata["kernelspec"] = dict(kernel_meta)
-            STATE.nb = self.nb
-            STATE.cells_total = len(self.nb.cells)
-            _emit("start", cells_total=STATE.cells_total)
-
-        def cell_start(self, cell, cell_index=None, **kwargs):
-            if STATE.terminating:
-                raise _Terminated()
-            self.started_index = cell_index
-            STATE.cell_index = cell_index
-            super().cell_start(cell, cell_index, **kwargs)
-
-        def cell_complete(self, cell, cell_index=None, **kwargs):
-            super().cell_complete(cell, cell_index, **kwargs)
-            if self.started_index == cell_index:
-                STATE.cells_done += 1
-                _emit("progress", done=STATE.cells_done, total=STATE.cells_total)
-
-    class Client(PapermillNotebookClient):
-        reused = False
-
-        def start_new_kernel(self, **kwargs):
-            prestarted, STATE.prestarted = STATE.prestarted, None
-            if prestarted is not None and prestarted.kernel_name == self.kernel_name:
-                self.km, self.reused = prestarted, True
-            else:
-                _shutdown_kernel(prestarted)
-                super().start_new_kernel(**kwargs)
-            _track_kernel(self.km)
-            # If asked to stop meanwhile, the first cell_start raises _Terminated.
-
-        def start_new_kernel_client(self):
-            kc = super().start_new_kernel_client()
-            if self.reused:
-                # What a fresh kernel would have got at launch: the job's cwd and run dir.
-                code = (
-                    f"__import__('os').chdir({job_cwd!r})\n"
-                    f"__import__('os').environ[{RUN_DIR_ENV!r}] = {os.environ.get(RUN_DIR_ENV, '')!r}"
-                )
-                reply = self.wait_for_reply(kc.execute(code, silent=True, store_history=False))
-                if (reply or {}).get("content", {}).get("status") != "ok":
-                    raise RuntimeError("kernel didn't respond to its set-up")
-            return kc
+def _engine():
+    """Our papermill engine, registered under ``ENGINE_NAME``: papermill's nbclient engine with
+    the one method papermill's docs name for extension, ``execute_managed_notebook``,
+    wrapped to report progress and stop on request, and to run on the kernel we started."""
+    global _ENGINE
+    if _ENGINE is not None:
+        return _ENGINE
+    from papermill.engines import NBClientEngine
 
     class Engine(NBClientEngine):
         @classmethod
-        def execute_notebook(
-            cls,
-            nb,
-            kernel_name,
-            output_path=None,
-            progress_bar=True,
-            log_output=False,
-            autosave_cell_every=30,
-            **kwargs,
-        ):
-            # Same as papermill's Engine.execute_notebook, with our manager.
-            nb_man = Manager(
-                nb,
-                output_path=output_path,
-                progress_bar=progress_bar,
-                log_output=log_output,
-                autosave_cell_every=autosave_cell_every,
-            )
-            nb_man.notebook_start()
-            try:
-                cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
-            finally:
-                nb_man.cleanup_pbar()
-                nb_man.notebook_complete()
-            return nb_man.nb
+        def execute_managed_notebook(cls, nb_man, kernel_name, research_kernel_meta=None, **kwargs):
+            _observe(nb_man, research_kernel_meta or {})
+            # nbclient runs the notebook on the kernel manager it is given and leaves the
+            # kernel to its owner (this process shuts it down).
+            return super().execute_managed_notebook(nb_man, kernel_name, km=STATE.kernel_manager, **kwargs)
 
-        @classmethod
-        def execute_managed_notebook(
-            cls,
-            nb_man,
-            kernel_name,
-            log_output=False,
-            stdout_file=None,
-            stderr_file=None,
-            start_timeout=60,
-            execution_timeout=None,
-            **kwargs,
-        ):
-            # Same as papermill's NBClientEngine, with our client.
-            kwargs = remove_args(["input_path"], **kwargs)
-            safe_kwargs = remove_args(["timeout", "startup_timeout"], **kwargs)
-            final_kwargs = merge_kwargs(
-                safe_kwargs,
-                timeout=execution_timeout if execution_timeout else kwargs.get("timeout"),
-                startup_timeout=start_timeout,
-                kernel_name=kernel_name,
-                log=logger,
-                log_output=log_output,
-                stdout_file=stdout_file,
-                stderr_file=stderr_file,
-            )
-            return Client(nb_man, **final_kwargs).execute()
-
+    _ENGINE = Engine
     return Engine
+
+
+def _observe(nb_man, kernel_meta: dict) -> None:
+    """Follow the run through the execution manager's cell callbacks."""
+    if not nb_man.nb.metadata.get("kernelspec"):
+        nb_man.nb.metadata["kernelspec"] = dict(kernel_meta)
+    STATE.nb = nb_man.nb
+    STATE.cells_total = len(nb_man.nb.cells)
+    _emit("start", cells_total=STATE.cells_total)
+    cell_start, cell_complete = nb_man.cell_start, nb_man.cell_complete
+    started: list[int | None] = [None]
+
+    def on_cell_start(cell, cell_index=None, **kwargs):
+        if STATE.terminating:
+            raise _Terminated()
+        started[0] = STATE.cell_index = cell_index
+        cell_start(cell, cell_index, **kwargs)
+
+    def on_cell_complete(cell, cell_index=None, **kwargs):
+        cell_complete(cell, cell_index, **kwargs)
+        if started[0] == cell_index:
+            STATE.cells_done += 1
+            _emit("progress", done=STATE.cells_done, total=STATE.cells_total)
+
+    nb_man.cell_start, nb_man.cell_complete = on_cell_start, on_cell_complete
+
+
+def _start_kernel(kernel_name: str, cwd: str) -> None:
+    """The job's kernel: the one started while the job was on its way if it is the right
+    kind (moved to the job's folder and given its run dir), else a new one started here."""
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+
+    km, STATE.prestarted = STATE.prestarted, None
+    if km is not None and km.kernel_name == kernel_name:
+        STATE.kernel_manager = km
+        code = (
+            f"__import__('os').chdir({cwd!r})\n"
+            f"__import__('os').environ[{RUN_DIR_ENV!r}] = {os.environ.get(RUN_DIR_ENV, '')!r}"
+        )
+        reply = run_sync(_execute_quietly)(km, code)
+        if (reply or {}).get("content", {}).get("status") != "ok":
+            raise RuntimeError("kernel didn't respond to its set-up")
+        _track_kernel(km)  # the job's kernel now (the parent counts it from here)
+        return
+    _shutdown_kernel(km)
+    km = AsyncKernelManager(kernel_name=kernel_name)
+    STATE.kernel_manager = km
+    run_sync(km.start_kernel)(cwd=cwd, extra_arguments=KERNEL_ARGUMENTS)
+    _track_kernel(km)
+
+
+async def _execute_quietly(km, code: str):
+    client = km.client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=60)
+        return await client.execute_interactive(code, silent=True, store_history=False, timeout=60)
+    finally:
+        client.stop_channels()
 
 
 # --------------------------------------------------------------------------- running
@@ -346,7 +321,7 @@ def _run(job: dict) -> dict:
     from papermill.engines import papermill_engines
     from papermill.exceptions import PapermillExecutionError
 
-    papermill_engines.register(ENGINE_NAME, _make_engine(kernel_meta, job.get("cwd") or os.getcwd()))
+    papermill_engines.register(ENGINE_NAME, _engine())
     parameters = job.get("parameters") or {}
     had_injected = any(
         "injected-parameters" in ((c.get("metadata") or {}).get("tags") or [])
@@ -354,6 +329,9 @@ def _run(job: dict) -> dict:
     )
     injected = bool(parameters) and not had_injected
     try:
+        _start_kernel(kernel_name, job.get("cwd") or os.getcwd())
+        if STATE.terminating:
+            raise _Terminated()
         papermill.execute_notebook(
             job["notebook"],
             job["output"],
@@ -365,6 +343,7 @@ def _run(job: dict) -> dict:
             progress_bar=False,
             log_output=bool(job.get("log_output")),
             cwd=job.get("cwd"),
+            research_kernel_meta=kernel_meta,
         )
     except PapermillExecutionError as exc:
         index = _input_cell_index(exc.cell_index, injected)
@@ -447,8 +426,7 @@ def _prepare() -> None:
         return
     km = AsyncKernelManager(kernel_name=DEFAULT_KERNEL)
     try:
-        # The arguments nbclient would give it (its in-memory history).
-        run_sync(km.start_kernel)(extra_arguments=["--HistoryManager.hist_file=:memory:"])
+        run_sync(km.start_kernel)(extra_arguments=KERNEL_ARGUMENTS)
     except Exception:
         return  # the job starts its kernel itself, and reports what goes wrong
     STATE.prestarted = km
@@ -483,6 +461,7 @@ def main() -> int:
         result = _result("failed", f"{type(exc).__name__}: {_first_line(str(exc))}".rstrip(": "))
     finally:
         _shutdown_kernel(STATE.prestarted)  # the job ended before it took the kernel
+        _shutdown_kernel(STATE.kernel_manager)
         _stop_kernel_if_alive()
     if STATE.terminating and result["status"] != "succeeded":
         result["status"] = "interrupted"
