@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SEEDS = REPO_ROOT.parent / "shared" / "seeds"
+from tests.support import SEEDS, Cli, write_notebook
 
 
 @pytest.fixture(autouse=True)
@@ -23,30 +21,6 @@ def isolated(tmp_path, monkeypatch):
     from research.store.db import dispose_engines
 
     dispose_engines()
-
-
-class Cli:
-    """Invokes the Typer app in-process, the way a user would type it."""
-
-    def __init__(self):
-        from typer.testing import CliRunner
-
-        from research.cli import app
-
-        self.app = app
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, ok: bool = True, input: str | None = None):
-        result = self.runner.invoke(self.app, [str(a) for a in args], input=input)
-        if ok and result.exit_code != 0:
-            raise AssertionError(
-                f"research {' '.join(map(str, args))} exited {result.exit_code}\n"
-                f"stdout: {result.stdout}\nstderr: {result.stderr}\nexception: {result.exception!r}"
-            )
-        return result
-
-    def json(self, *args: str):
-        return json.loads(self(*args, "--json").stdout)
 
 
 @pytest.fixture
@@ -65,3 +39,15 @@ def seed_todo() -> Path:
     if not path.exists():
         pytest.skip("the user's seed documents (../shared/seeds) are not present")
     return path
+
+
+@pytest.fixture
+def make_cli():
+    """A new CLI runner (for tests that set up their own database)."""
+    return Cli
+
+
+@pytest.fixture(name="write_notebook")
+def write_notebook_fixture():
+    """``tests.support.write_notebook``: the one way tests write a notebook."""
+    return write_notebook

@@ -7,7 +7,7 @@ import json
 import random
 from pathlib import Path
 
-from tests.conftest import Cli
+from tests.support import Cli
 
 STATUSES = ["planned", "active", "paused", "done", "writing-up", "dropped"]
 WORDS = ["流式", "attention", "背压", "kernel", "缓存", "drift", "Flink", "窗口", "memory", "梯度", "🚀launch", "KV"]

@@ -24,8 +24,7 @@ from experiments import attention as A
 from experiments.attention.blockwise import blockwise_forward_with_lse, tile_status
 from experiments.attention.measure import errors_vs_float64, make_inputs, measure_peak_memory
 from experiments.attention.reference import allowed_mask
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support import REPO_ROOT
 
 # (name, n, d, causal, window, sinks, block_q, block_k)
 CASES = [

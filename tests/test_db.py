@@ -8,6 +8,7 @@ import pytest
 
 from research.errors import ResearchError
 from research.store import db, migrations
+from tests.support import Cli
 
 
 def test_resolution_order(isolated, monkeypatch):
@@ -33,8 +34,6 @@ def test_no_database_found_suggests_init(isolated, monkeypatch):
 
 
 def test_cli_without_database_says_so(isolated, monkeypatch):
-    from tests.conftest import Cli
-
     monkeypatch.delenv("RESEARCH_DB")
     result = Cli()("list", ok=False)
     assert result.exit_code == 1
@@ -42,8 +41,6 @@ def test_cli_without_database_says_so(isolated, monkeypatch):
 
 
 def test_init_is_idempotent_and_keeps_data(isolated, monkeypatch):
-    from tests.conftest import Cli
-
     monkeypatch.delenv("RESEARCH_DB")
     cli = Cli()
     cli("init", "--empty")
@@ -55,8 +52,6 @@ def test_init_is_idempotent_and_keeps_data(isolated, monkeypatch):
 
 
 def test_db_option_beats_environment(isolated):
-    from tests.conftest import Cli
-
     cli = Cli()
     other = isolated / "other.db"
     cli("--db", other, "init", "--empty")
@@ -79,8 +74,6 @@ def test_pragmas(isolated):
 def test_not_a_database(isolated):
     bogus = isolated / "todo.db"
     bogus.write_text("this is not sqlite " * 100)
-    from tests.conftest import Cli
-
     result = Cli()("list", ok=False)
     assert result.exit_code == 1 and "not a research database" in result.stderr
 

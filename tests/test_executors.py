@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.support import FIXTURE_NOTEBOOKS, REPO_ROOT
 
-FIXTURES = REPO_ROOT / "tests" / "notebooks"
+FIXTURES = FIXTURE_NOTEBOOKS
 BOOT_TIMEOUT_S = 60
 
 
@@ -250,30 +250,15 @@ def test_dask_worker_killed_mid_run_fails_that_run_and_the_sweep_ends(cli, proje
 
 # --------------------------------------------------------------------------- submitit (the Slurm path)
 
-ARTIFACT_CELLS = [
-    "n = 1",
+ARTIFACT_CELL = (
     "from pathlib import Path\nfrom research import record, record_artifact\n"
-    "Path(f'table-{n}.txt').write_text('n=' + str(n))\nrecord_artifact(f'table-{n}.txt')\nrecord('n2', n * n)",
-]
-
-
-def _write_notebook(path: Path, cells: list[str]) -> None:
-    import nbformat
-
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    for index, source in enumerate(cells):
-        cell = nbformat.v4.new_code_cell(source)
-        cell.id = f"cell-{index}"
-        if index == 0:
-            cell.metadata["tags"] = ["parameters"]
-        nb.cells.append(cell)
-    nbformat.write(nb, path)
+    "Path(f'table-{n}.txt').write_text('n=' + str(n))\nrecord_artifact(f'table-{n}.txt')\nrecord('n2', n * n)"
+)
 
 
 @pytest.mark.slow
-def test_submitit_local_sweep_is_collected_by_research_runs(cli, project):
-    _write_notebook(project / "notebooks" / "artifact.ipynb", ARTIFACT_CELLS)
+def test_submitit_local_sweep_is_collected_by_research_runs(cli, project, write_notebook):
+    write_notebook(project / "notebooks" / "artifact.ipynb", ARTIFACT_CELL, parameters="n = 1")
     cli("link", "exp", "notebooks/artifact.ipynb")
     result = cli("run", "exp", "-n", "artifact", "--grid", "n=1,2,3", "--executor", "slurm",
                  "-E", "cluster=local", "--no-wait")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli
 from tests.markdown_support import Bound, doc_state, random_changes, reimported_state
+from tests.support import Cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "markdown"
 
@@ -613,3 +613,18 @@ def test_long_imports_show_a_progress_bar_on_a_terminal():
     piped = io.StringIO()
     LateProgress("importing x.md", delay=0, stream=piped)("items", 1, 2)
     assert piped.getvalue() == ""
+
+
+def test_a_new_row_with_a_deleted_rows_id_is_written_as_new(cli, tmp_path):
+    """SQLite gives a new row the id of a deleted one; the deleted row's lines still go, and the
+    new row does not take over its anchor (a Hypothesis case: the new note replaced the old one's text)."""
+    source = tmp_path / "doc.md"
+    source.write_text("# T\n\n## A\nbody a\n\n### 2026-01-10 old\nold note\n\n## B\n", encoding="utf-8")
+    cli("import", source)
+    cli("rm", "a", "--yes")
+    cli("rm", "b", "--yes")
+    cli("add", "N1")
+    cli("note", "n1", "found KV", "--date", "2026-07-06")
+    out = tmp_path / "out.md"
+    cli("export", "-o", out)
+    assert out.read_text(encoding="utf-8") == "# T\n\n## N1\n\n### 2026-07-06\nfound KV\n"

@@ -58,11 +58,8 @@ def test_inspect_agrees_with_papermill():
             assert ours[name].type_name == p["inferred_type_name"]
 
 
-def test_inspect_cell_details(tmp_path):
-    import nbformat
-    from nbformat.v4 import new_code_cell, new_notebook
-
-    cell = new_code_cell(
+def test_inspect_cell_details(tmp_path, write_notebook):
+    parameters = (
         "%matplotlib inline\n"
         "s = 'a#b'  # hash in a string\n"
         "opt: Optional[int] = None\n"
@@ -72,9 +69,7 @@ def test_inspect_cell_details(tmp_path):
         "       2]  # spans lines\n"
         "a = b = 1\n"
     )
-    cell.metadata["tags"] = ["parameters"]
-    path = tmp_path / "cells.ipynb"
-    nbformat.write(new_notebook(cells=[cell]), path)
+    path = write_notebook(tmp_path / "cells.ipynb", parameters=parameters, kernelspec=None)
     specs = inspect_notebook(path)
     assert specs["s"].default == "a#b" and specs["s"].help == "hash in a string"
     assert specs["opt"].optional and specs["opt"].default is None

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.support import FIXTURE_NOTEBOOKS, REPO_ROOT, Cli
 
-FIXTURES = REPO_ROOT / "tests" / "notebooks"
+FIXTURES = FIXTURE_NOTEBOOKS
 
 
 @pytest.fixture
@@ -247,8 +247,6 @@ def test_concurrent_processes_lose_no_rows(cli, project):
 
 
 def test_init_links_the_shipped_experiments(isolated, monkeypatch):
-    from tests.conftest import Cli
-
     shutil.copytree(REPO_ROOT / "notebooks", isolated / "notebooks")
     cli = Cli()
     cli("init")

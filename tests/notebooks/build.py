@@ -6,27 +6,16 @@ Run ``python tests/notebooks/build.py`` after changing a notebook here; the
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.support import notebook, params_cell  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
-
-
-def params_cell(source: str):
-    cell = new_code_cell(source)
-    cell.metadata["tags"] = ["parameters"]
-    return cell
-
-
-def notebook(*cells, kernelspec: dict | None = KERNELSPEC):
-    nb = new_notebook(cells=list(cells))
-    if kernelspec is not None:
-        nb.metadata["kernelspec"] = dict(kernelspec)
-        nb.metadata["language_info"] = {"name": kernelspec["language"]}
-    return nb
 
 
 NOTEBOOKS = {

@@ -68,17 +68,31 @@ def load_base(conn: sqlite3.Connection, doc: DocumentRecord, items: set[int] | N
             (doc.id, ids, ids, ids),
         )
     base = Base(SourceLines.from_text(doc.text), dict(doc.conventions), dict(doc.layout))
+    stale = created_since_base(conn, doc)
+
+    def key(table_name: str, row_id: int | None) -> int | None:
+        # SQLite gives a new row the id of a deleted one: the row anchored under that id is
+        # gone (its lines go), and the new row is not it (it is written as new).
+        return -row_id if row_id is not None and (table_name, row_id) in stale else row_id
+
     for table_name, row_id, raw in rows:
         data = json.loads(raw)
         if table_name == "item":
             node = node_from_anchor(data["node"])
-            node.form["base_parent"] = data["parent"]
-            base.nodes[row_id] = node
+            node.form["base_parent"] = key("item", data["parent"])
+            base.nodes[key("item", row_id)] = node
         elif table_name == "note":
-            base.notes[row_id] = (note_from_anchor(data["note"]), data["owner"])
+            base.notes[key("note", row_id)] = (note_from_anchor(data["note"]), key("item", data["owner"]))
         elif table_name == "outcome":
-            base.outcomes[row_id] = (outcome_from_anchor(data["outcome"]), data["owner"])
+            base.outcomes[key("outcome", row_id)] = (outcome_from_anchor(data["outcome"]), key("item", data["owner"]))
     return base
+
+
+def created_since_base(conn: sqlite3.Connection, doc: DocumentRecord) -> set[tuple[str, int]]:
+    """Rows created after the document's text was set (undone or not): no anchor can be theirs."""
+    return set(conn.execute(
+        "SELECT table_name, row_id FROM event WHERE batch > ? AND (before IS NULL OR before = 'null')"
+        " AND table_name IN ('item', 'note', 'outcome')", (doc.base_batch,)))
 
 
 def anchored_parents(conn: sqlite3.Connection, doc_id: int, items: set[int]) -> set[int]:

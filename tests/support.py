@@ -1,0 +1,67 @@
+"""Helpers the tests share (fixtures built on them live in conftest.py): where the repository
+is, a CLI runner that types commands as a user would, and the one way tests write notebooks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SEEDS = REPO_ROOT.parent / "shared" / "seeds"
+FIXTURE_NOTEBOOKS = REPO_ROOT / "tests" / "notebooks"
+KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+class Cli:
+    """Invokes the Typer app in-process, the way a user would type it."""
+
+    def __init__(self):
+        from typer.testing import CliRunner
+
+        from research.cli import app
+
+        self.app = app
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, ok: bool = True, input: str | None = None):
+        result = self.runner.invoke(self.app, [str(a) for a in args], input=input)
+        if ok and result.exit_code != 0:
+            raise AssertionError(
+                f"research {' '.join(map(str, args))} exited {result.exit_code}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}\nexception: {result.exception!r}"
+            )
+        return result
+
+    def json(self, *args: str):
+        return json.loads(self(*args, "--json").stdout)
+
+
+def params_cell(source: str):
+    """A code cell tagged ``parameters`` (what papermill and `research link` look for)."""
+    from nbformat.v4 import new_code_cell
+
+    cell = new_code_cell(source)
+    cell.metadata["tags"] = ["parameters"]
+    return cell
+
+
+def notebook(*cells, kernelspec: dict | None = KERNELSPEC):
+    """A notebook of these cells (``nbformat`` cells or code sources), Python 3 unless told."""
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell(c) if isinstance(c, str) else c for c in cells])
+    if kernelspec is not None:
+        nb.metadata["kernelspec"] = dict(kernelspec)
+        nb.metadata["language_info"] = {"name": kernelspec["language"]}
+    for index, cell in enumerate(nb.cells):  # stable ids: writing it again changes nothing
+        cell.id = f"cell-{index}"
+    return nb
+
+
+def write_notebook(path: Path, *cells, parameters: str | None = None, kernelspec: dict | None = KERNELSPEC) -> Path:
+    """Write a notebook: a ``parameters`` cell (when given) and then ``cells``."""
+    import nbformat
+
+    first = [params_cell(parameters)] if parameters is not None else []
+    nbformat.write(notebook(*first, *cells, kernelspec=kernelspec), path)
+    return path
