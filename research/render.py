@@ -7,7 +7,7 @@ import re
 import sys
 from typing import Any
 
-from research.vocab import PRIORITY_FIRE, STATUS_EMOJI
+from research.vocab import PRIORITY_FIRE, status_with_emoji
 
 
 def console(stderr: bool = False):
@@ -72,7 +72,7 @@ def write_outline(parsed) -> None:
 
 
 def status_cell(status: str) -> str:
-    return f"{STATUS_EMOJI.get(status, '')} {status}"
+    return status_with_emoji(status)
 
 
 def priority_cell(priority: str) -> str:
@@ -306,11 +306,14 @@ def describe_event(event: dict[str, Any]) -> str:
 # Runs
 
 
-def _short(value) -> str:
+def short_value(value, limit: int = 40) -> str:
+    """A parameter or metric value in a few columns: floats to 4 digits, long text cut."""
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={short_value(v, limit)}" for k, v in value.items()) + "}"
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= 32 else text[:31] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _plain_table(headers: list[str], rows: list[list[str]]) -> None:
@@ -329,8 +332,8 @@ def write_runs_table(rows: list[dict]) -> None:
     remote = any(r.get("executor") not in (None, "local") for r in rows)
     table = []
     for r in rows:
-        params = " ".join(f"{k}={_short(v)}" for k, v in r["params_given"].items())
-        metrics = " ".join(f"{k}={_short(v)}" for k, v in list(r["metrics"].items())[:4])
+        params = " ".join(f"{k}={short_value(v, 32)}" for k, v in r["params_given"].items())
+        metrics = " ".join(f"{k}={short_value(v, 32)}" for k, v in list(r["metrics"].items())[:4])
         duration = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else ""
         row = [str(r["id"]), r["item"] or "", r["status"], r["sweep_id"] or "", duration, params, metrics]
         if remote:
@@ -342,12 +345,12 @@ def write_runs_table(rows: list[dict]) -> None:
 
 def write_compare_table(table: dict) -> None:
     headers = ["", *[f"#{rid} ({status})" for rid, status in zip(table["runs"], table["status"], strict=True)]]
-    rows = [[f"{row['section']}.{row['name']}", *[_short(v) for v in row["values"]]] for row in table["rows"]]
+    rows = [[f"{row['section']}.{row['name']}", *[short_value(v, 32) for v in row["values"]]] for row in table["rows"]]
     _plain_table(headers, rows)
 
 
 def run_summary_line(result) -> str:
-    metrics = " ".join(f"{k}={_short(v)}" for k, v in list(result.metrics.items())[:5])
+    metrics = " ".join(f"{k}={short_value(v, 32)}" for k, v in list(result.metrics.items())[:5])
     reason = f" ({result.reason})" if result.reason and result.status != "succeeded" else ""
     return f"run {result.run_id} {result.status} in {result.duration_s:.1f}s{reason} {metrics}".rstrip()
 
@@ -374,7 +377,7 @@ def show_run(detail: dict) -> None:
         if detail.get(section):
             out.print(f"[bold]{section.capitalize()}[/bold]")
             for k, v in detail[section].items():
-                out.print(f"  {k} = {_short(v)}", markup=False, highlight=False)
+                out.print(f"  {k} = {short_value(v, 32)}", markup=False, highlight=False)
     if detail.get("artifacts"):
         out.print("[bold]Artifacts[/bold]")
         for path in detail["artifacts"]:

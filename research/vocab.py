@@ -191,6 +191,11 @@ def normalize_priority(text: str) -> str:
     return found
 
 
+def status_with_emoji(status: str | None) -> str:
+    """``🚀 active``: how terminal tables and reviews show a status."""
+    return f"{STATUS_EMOJI.get(status, '')} {status}" if status else ""
+
+
 def status_label(status: str, lang: str = "en") -> str:
     return f"{STATUS_EMOJI[status]} {STATUS_WORDS[lang][status]}"
 

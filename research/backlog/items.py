@@ -426,7 +426,7 @@ def describe_undo(session: Session, events: list[Event], limit: int = 5) -> list
             lines.append(f"restored {what} (it was deleted)")
         else:
             changed = [
-                f"{name} {_short_value(event.after.get(name))} -> {_short_value(value)}"
+                f"{name} {_quoted(event.after.get(name))} -> {_quoted(value)}"
                 for name, value in event.before.items()
                 if not name.endswith("_at") and event.after.get(name) != value  # timestamps follow
             ]
@@ -436,7 +436,7 @@ def describe_undo(session: Session, events: list[Event], limit: int = 5) -> list
     return lines
 
 
-def _short_value(value) -> str:
+def _quoted(value) -> str:
     text = "(none)" if value is None else str(value)
     return repr(text if len(text) <= 40 else text[:37] + "...")
 

@@ -193,7 +193,7 @@ class DaskExecutor(Executor):
                     run_id,
                     "ended",
                     status="failed",
-                    reason=_short(f"fetching the result failed: {type(exc).__name__}: {exc}"),
+                    reason=_one_line(f"fetching the result failed: {type(exc).__name__}: {exc}"),
                 )
             finally:
                 future.release()
@@ -206,13 +206,13 @@ class DaskExecutor(Executor):
                     run_id,
                     "ended",
                     status="failed",
-                    reason=_short(f"dask worker died while running it (KilledWorker: {exc})"),
+                    reason=_one_line(f"dask worker died while running it (KilledWorker: {exc})"),
                 )
             return Update(
                 run_id,
                 "ended",
                 status="failed",
-                reason=_short(f"dask task failed: {type(exc).__name__}: {exc}"),
+                reason=_one_line(f"dask task failed: {type(exc).__name__}: {exc}"),
             )
         if run_id in self._cancelled:
             return Update(run_id, "ended", status="interrupted", reason=self._cancelled[run_id])
@@ -264,7 +264,8 @@ def _quiet_distributed() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def _short(text: str) -> str:
+def _one_line(text: str) -> str:
+    """A failure reason on one line, cut to REASON_LIMIT."""
     text = " ".join(str(text).split())
     return text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 1] + "…"
 

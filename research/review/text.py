@@ -7,7 +7,7 @@ import json
 from research import clock
 from research.vocab import (
     PRIORITY_FIRE,
-    STATUS_EMOJI,
+    status_with_emoji,
 )
 
 # ---------------------------------------------------------------------------
@@ -37,7 +37,7 @@ def change_text(entry: dict) -> str:
 
 
 def status_text(status: str | None) -> str:
-    return f"{STATUS_EMOJI.get(status, '')} {status}" if status else ""
+    return status_with_emoji(status)
 
 
 def priority_text(priority: str) -> str:

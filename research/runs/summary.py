@@ -7,10 +7,10 @@ listings from the same summaries.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from research.render import short_value
 from research.runs.metrics import final_metrics, parse_best
 from research.store.rows import ids_json
 from research.store.rows import select as select_rows
@@ -95,14 +95,3 @@ def runs_for_show(conn, item, detail: dict[str, Any]) -> None:
 def key_first(metrics: dict[str, Any], key: str | None) -> list[tuple[str, Any]]:
     items = list(metrics.items())
     return sorted(items, key=lambda kv: kv[0] != key) if key else items
-
-
-def short_value(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}={short_value(v)}" for k, v in value.items()) + "}"
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
-    return text if len(text) <= 40 else text[:39] + "…"
-
-
