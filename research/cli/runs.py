@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -125,15 +126,33 @@ def run(
         raise ResearchError("--no-wait is for the slurm executor (dask runs end with their client)")
     # The first run's worker starts now, importing papermill while we check and plan.
     worker = None if dry_run or settings.executor != "local" else start_worker()
+    request = RunRequest(item_id, notebook, param or [], params_file, grid or [], jobs, timeout, kernel, log_output,
+                         wait=not no_wait, worker=worker, settings=settings)
     try:
-        _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log_output, dry_run, worker,
-             settings, not no_wait)
+        _run(request, dry_run)
     finally:
         discard_worker(worker)
 
 
-def _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log_output, dry_run, worker,
-         settings=None, wait: bool = True) -> None:
+@dataclass
+class RunRequest:
+    """What `research run` was asked: the runs to plan and how to execute them."""
+
+    item_id: str
+    notebook: str | None = None
+    param: list[str] = field(default_factory=list)
+    params_file: Path | None = None
+    grid: list[str] = field(default_factory=list)
+    jobs: int = 1
+    timeout: float | None = None
+    kernel: str | None = None
+    log_output: bool = False
+    wait: bool = True
+    worker: Any = None  # a runner started ahead (runs.child.start_worker) for the first run
+    settings: Any = None  # executors.settings.ExecutorSettings
+
+
+def _run(request: RunRequest, dry_run: bool) -> None:
     from research import render
     from research.backlog.items import resolve_item
     from research.runs.params import expand_grid, load_params_file, parse_assignments
@@ -141,9 +160,11 @@ def _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log
 
     recover_runs()
     root = project_root()
-    given = parse_assignments(param)
-    file_params = load_params_file(params_file) if params_file else None
-    points = expand_grid(grid)
+    item_id, notebook, jobs, timeout, settings = (request.item_id, request.notebook, request.jobs, request.timeout,
+                                                  request.settings)
+    given = parse_assignments(request.param)
+    file_params = load_params_file(request.params_file) if request.params_file else None
+    points = expand_grid(request.grid)
     if dry_run:
         with open_session() as session:
             item = resolve_item(session, item_id)
@@ -162,7 +183,8 @@ def _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log
             plans = plan_runs(session, item, root, notebook, given, file_params, points)
             if started:
                 started()  # the engine is reachable before anything is written
-            run_ids, sweep_id = create_runs(session, plans, root, kernel, executor=remote.name if remote else "local")
+            run_ids, sweep_id = create_runs(session, plans, root, request.kernel,
+                                            executor=remote.name if remote else "local")
     except BaseException:
         if remote is not None:
             started(raise_errors=False)
@@ -171,11 +193,10 @@ def _run(item_id, notebook, param, params_file, grid, jobs, timeout, kernel, log
     if sweep_id:
         where = f"on {remote.name}" if remote else f"{min(jobs, len(run_ids))} at a time"
         typer.echo(f"sweep {sweep_id}: {len(run_ids)} runs, {where}", err=True)
-    _execute(run_ids, jobs, timeout, log_output, worker, remote, wait)
+    _execute(request, run_ids, remote)
 
 
-def _execute(run_ids: list[int], jobs: int, timeout: float | None, log_output: bool, worker=None,
-             executor=None, wait: bool = True) -> None:
+def _execute(request: RunRequest, run_ids: list[int], executor=None) -> None:
     """Submit the runs to ``executor`` (default: the local pool) and follow them to their end."""
     from research import render
     from research.executors.driver import follow, submit
@@ -184,16 +205,16 @@ def _execute(run_ids: list[int], jobs: int, timeout: float | None, log_output: b
 
     path = db_path()
     if executor is None:
-        progress = render.RunProgress(run_ids, enabled=not log_output)
-        executor = LocalExecutor(path, jobs, timeout, log_output, progress.update, worker)
+        progress = render.RunProgress(run_ids, enabled=not request.log_output)
+        executor = LocalExecutor(path, request.jobs, request.timeout, request.log_output, progress.update, request.worker)
     else:
         progress = render.SweepProgress(run_ids, f"{executor.name}")
     with executor, handle_interrupts() as interrupts, progress:
         external = submit(path, executor, run_ids)
-        if not wait:
+        if not request.wait:
             ids = ", ".join(e for e in external.values() if e)
             typer.echo(f"submitted {len(run_ids)} run(s) to {executor.name} ({ids}); "
-                       "`research runs --sync` collects their results", err=True)
+                       "`research runs sync` collects their results", err=True)
             return
         results = follow(path, executor, run_ids, interrupts,
                          on_running=getattr(progress, "start", None), on_done=progress.finish)
@@ -216,24 +237,15 @@ def rerun(
 
     Run a past run's notebook again with the same parameters (some overridden with -p).
     """
-    from research.runs.params import inspect_notebook, parse_assignments, resolve_parameters
-    from research.runs.plan import RunPlan, create_runs
-    from research.runs.query import resolve_run
+    from research.runs.params import parse_assignments
+    from research.runs.plan import create_runs, plan_rerun
 
     recover_runs()
     root = project_root()
     with open_session(write=True) as session:
-        from research.store.models import Item, Link
-
-        old = resolve_run(session, run_id)
-        specs = inspect_notebook(root / old.notebook)
-        overrides = resolve_parameters(specs, parse_assignments(param), old.notebook)
-        item = session.get(Item, old.item_id)
-        link_row = session.get(Link, old.link_id) if old.link_id else None
-        plan = RunPlan(item=item, link=link_row, notebook=old.notebook, given={**old.params_given, **overrides},
-                       params={**old.params, **overrides})
-        run_ids, _ = create_runs(session, [plan], root, old.kernel)
-    _execute(run_ids, 1, timeout, False)
+        plan, kernel = plan_rerun(session, run_id, parse_assignments(param), root)
+        run_ids, _ = create_runs(session, [plan], root, kernel)
+    _execute(RunRequest(item_id="", timeout=timeout), run_ids)
 
 
 class RunsGroup(ResearchGroup):

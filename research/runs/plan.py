@@ -103,3 +103,19 @@ def create_runs(
 
 def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
+
+
+def plan_rerun(session: Session, run_ref: str, overrides: dict[str, str], project_root: Path) -> tuple[RunPlan, str | None]:
+    """A past run again: its notebook and parameters, ``overrides`` (``-p`` values) checked
+    against the notebook as it is now; returns the plan and the run's kernel."""
+    from research.runs.params import inspect_notebook, resolve_parameters
+    from research.runs.query import resolve_run
+
+    old = resolve_run(session, run_ref)
+    specs = inspect_notebook(project_root / old.notebook)
+    checked = resolve_parameters(specs, overrides, old.notebook)
+    item = session.get(Item, old.item_id)
+    link = session.get(Link, old.link_id) if old.link_id else None
+    plan = RunPlan(item=item, link=link, notebook=old.notebook, given={**old.params_given, **checked},
+                   params={**old.params, **checked})
+    return plan, old.kernel
