@@ -7,16 +7,23 @@ import html
 from typing import Any
 
 from research.review.charts import Chart
-from research.review.report import DUE_GROUPS, SWEEP_ROWS_SHOWN
+from research.review.report import DUE_GROUPS
+from research.review.sections import (
+    Styled,
+    Table,
+    due_table,
+    experiments_table,
+    idle_table,
+    next_focus_table,
+    not_started_table,
+    sweep_table,
+)
 from research.review.text import (
-    change_text,
     has_activity,
     headline,
     item_text,
     number_text,
-    priority_text,
     review_title,
-    stars,
     status_text,
     when_text,
 )
@@ -76,6 +83,16 @@ def _html_table(header: list[str], rows: list[list], numeric: set[int] = frozens
         for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value) -> str:
+    if isinstance(value, Styled):
+        return f"<code>{_e(value.text)}</code>" if value.style == "code" else f'<span class="{value.style}">{_e(value.text)}</span>'
+    return _e(value)
+
+
+def _table_of(table: Table) -> str:
+    return _html_table(table.header, [[_cell(c) for c in row] for row in table.rows], set(table.numeric))
 
 
 def render_html(review: dict[str, Any], charts: list[Chart] | None = None) -> str:
@@ -154,44 +171,7 @@ def render_html(review: dict[str, Any], charts: list[Chart] | None = None) -> st
     if exp["items"] or charts:
         parts.append("<h2>🧪 Experiments</h2>")
         if exp["items"]:
-            rows = []
-            for e in exp["items"]:
-                change = change_text(e)
-                css = (
-                    "better"
-                    if change.endswith("better")
-                    else "worse"
-                    if change.endswith("worse")
-                    else "muted"
-                )
-                rows.append(
-                    [
-                        _e(item_text(e)),
-                        e["runs"],
-                        _e(", ".join(f"{n} {s}" for s, n in e["by_status"].items())),
-                        _e(f"{e['metric']} ({e['goal']})" if e["metric"] else ""),
-                        _e(e["best"]),
-                        _e(f"#{e['best_run']}" if e["best_run"] else ""),
-                        _e(e["previous_best"]),
-                        f'<span class="{css}">{_e(change)}</span>',
-                    ]
-                )
-            parts.append(
-                _html_table(
-                    [
-                        "Experiment",
-                        "Runs",
-                        "Status",
-                        "Key metric",
-                        "Best",
-                        "Run",
-                        "Previous",
-                        "Change",
-                    ],
-                    rows,
-                    {1, 4, 6},
-                )
-            )
+            parts.append(_table_of(experiments_table(exp["items"])))
         for chart in charts or []:
             data = base64.b64encode(chart.png).decode("ascii")
             parts.append(
@@ -220,21 +200,10 @@ def render_html(review: dict[str, Any], charts: list[Chart] | None = None) -> st
             parts.append(
                 f"<h3>Sweep <code>{_e(sweep['sweep_id'])}</code> — {_e(item_text({'id': sweep['item_id'], 'title': sweep['title']}))}</h3>"
             )
-            header = ["Run", *sweep["params"], sweep["metric"] or "metric", "Status"]
-            rows = [
-                [
-                    f"#{r['run_id']}",
-                    *(_e(r["params"].get(n)) for n in sweep["params"]),
-                    _e(r["value"]),
-                    _e(r["status"]),
-                ]
-                for r in sweep["rows"][:SWEEP_ROWS_SHOWN]
-            ]
-            parts.append(_html_table(header, rows, set(range(1, len(sweep["params"]) + 2))))
-            if len(sweep["rows"]) > SWEEP_ROWS_SHOWN:
-                parts.append(
-                    f'<p class="muted">… {len(sweep["rows"]) - SWEEP_ROWS_SHOWN} more runs</p>'
-                )
+            table = sweep_table(sweep)
+            parts.append(_table_of(table))
+            if table.more:
+                parts.append(f'<p class="muted">… {table.more} more runs</p>')
     if review["notes"]:
         parts.append("<h2>📝 Notes</h2>")
         for group in review["notes"]:
@@ -249,76 +218,19 @@ def render_html(review: dict[str, Any], charts: list[Chart] | None = None) -> st
         parts.append("<h2>🧊 Stuck</h2>")
         if stuck["idle"]:
             parts.append(f"<p>No run, note or change for {p['stale_days']} days or more:</p>")
-            parts.append(
-                _html_table(
-                    ["Item", "Status", "Priority", "Last activity", "Idle (days)"],
-                    [
-                        [
-                            _e(item_text(e)),
-                            _e(status_text(e["status"])),
-                            _e(priority_text(e["priority"])),
-                            _e(when_text(e["last_activity"])),
-                            e["days_idle"],
-                        ]
-                        for e in stuck["idle"]
-                    ],
-                    {4},
-                )
-            )
+            parts.append(_table_of(idle_table(stuck["idle"])))
         if stuck["not_started"]:
             parts.append("<p>Planned high and critical items not started:</p>")
-            parts.append(
-                _html_table(
-                    ["Item", "Priority", "Waiting (days)"],
-                    [
-                        [_e(item_text(e)), _e(priority_text(e["priority"])), e["days_waiting"]]
-                        for e in stuck["not_started"]
-                    ],
-                    {2},
-                )
-            )
+            parts.append(_table_of(not_started_table(stuck["not_started"])))
     due = review.get("due") or {}
     if any(due.values()):
         parts.append("<h2>📅 Due</h2>")
         for group, label in DUE_GROUPS:
             if due.get(group):
                 parts.append(f"<p>{_e(label)}:</p>")
-                parts.append(
-                    _html_table(
-                        ["Due", "Item", "Status", "Priority"],
-                        [[_e(e["due_date"]), _e(item_text(e)), _e(status_text(e["status"])), _e(priority_text(e["priority"]))]
-                         for e in due[group]],
-                    )
-                )
+                parts.append(_table_of(due_table(due[group])))
     if review["next_focus"]:
         parts.append("<h2>🎯 Next focus</h2>")
-        parts.append(
-            _html_table(
-                [
-                    "#",
-                    "Topic",
-                    "Innovation",
-                    "Practicality",
-                    "Feasibility",
-                    "Score",
-                    "Priority",
-                    "Status",
-                ],
-                [
-                    [
-                        e["rank"],
-                        _e(item_text(e)),
-                        stars(e["innovation"]),
-                        stars(e["practicality"]),
-                        stars(e["feasibility"]),
-                        _e(e["score"]),
-                        _e(priority_text(e["priority"])),
-                        _e(status_text(e["status"])),
-                    ]
-                    for e in review["next_focus"]
-                ],
-                {0, 5},
-            )
-        )
+        parts.append(_table_of(next_focus_table(review["next_focus"])))
     parts += ["</main>", "</body>", "</html>"]
     return "\n".join(parts) + "\n"

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from research.review.report import DUE_GROUPS, SWEEP_ROWS_SHOWN
+from research.review.report import DUE_GROUPS
+from research.review.sections import (
+    Styled,
+    Table,
+    due_table,
+    experiments_table,
+    idle_table,
+    next_focus_table,
+    not_started_table,
+    sweep_table,
+)
 from research.review.text import (
-    change_text,
     has_activity,
     headline,
     item_text,
     number_text,
-    priority_text,
     review_title,
-    stars,
     status_text,
     when_text,
 )
@@ -31,6 +38,10 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out.extend("| " + " | ".join(_cell(v) for v in row) + " |" for row in rows)
     return out
+
+
+def _table_of(table: Table) -> list[str]:
+    return _table(table.header, [[c.text if isinstance(c, Styled) else c for c in row] for row in table.rows])
 
 
 def render_markdown(review: dict[str, Any], charts: list[tuple[str, str]] | None = None) -> str:
@@ -67,23 +78,7 @@ def render_markdown(review: dict[str, Any], charts: list[tuple[str, str]] | None
     if exp["items"] or charts:
         out += ["## 🧪 Experiments", ""]
         if exp["items"]:
-            rows = [
-                [
-                    item_text(e),
-                    e["runs"],
-                    ", ".join(f"{n} {s}" for s, n in e["by_status"].items()),
-                    f"{e['metric']} ({e['goal']})" if e["metric"] else "",
-                    number_text(e["best"]),
-                    f"#{e['best_run']}" if e["best_run"] else "",
-                    number_text(e["previous_best"]),
-                    change_text(e),
-                ]
-                for e in exp["items"]
-            ]
-            out += _table(
-                ["Experiment", "Runs", "Status", "Key metric", "Best", "Run", "Previous", "Change"],
-                rows,
-            )
+            out += _table_of(experiments_table(exp["items"]))
             out.append("")
         for title, path in charts or []:
             out += [f"![{title}]({path})", ""]
@@ -100,21 +95,10 @@ def render_markdown(review: dict[str, Any], charts: list[tuple[str, str]] | None
                 f"### Sweep {sweep['sweep_id']} — {item_text({'id': sweep['item_id'], 'title': sweep['title']})}",
                 "",
             ]
-            header = ["Run", *sweep["params"], sweep["metric"] or "metric", "Status"]
-            rows = [
-                [
-                    f"#{r['run_id']}",
-                    *(number_text(r["params"].get(n)) for n in sweep["params"]),
-                    number_text(r["value"]),
-                    r["status"],
-                ]
-                for r in sweep["rows"][:SWEEP_ROWS_SHOWN]
-            ]
-            out += _table(header, rows)
-            if len(sweep["rows"]) > SWEEP_ROWS_SHOWN:
-                out.append(
-                    f"\n… {len(sweep['rows']) - SWEEP_ROWS_SHOWN} more runs (see --format json)"
-                )
+            table = sweep_table(sweep)
+            out += _table_of(table)
+            if table.more:
+                out.append(f"\n… {table.more} more runs (see --format json)")
             out.append("")
     if review["notes"]:
         out += ["## 📝 Notes", ""]
@@ -132,30 +116,12 @@ def render_markdown(review: dict[str, Any], charts: list[tuple[str, str]] | None
         if stuck["idle"]:
             out.append(f"No run, note or change for {review['period']['stale_days']} days or more:")
             out.append("")
-            out += _table(
-                ["Item", "Status", "Priority", "Last activity", "Idle (days)"],
-                [
-                    [
-                        item_text(e),
-                        status_text(e["status"]),
-                        priority_text(e["priority"]),
-                        when_text(e["last_activity"]),
-                        e["days_idle"],
-                    ]
-                    for e in stuck["idle"]
-                ],
-            )
+            out += _table_of(idle_table(stuck["idle"]))
             out.append("")
         if stuck["not_started"]:
             out.append("Planned high and critical items not started:")
             out.append("")
-            out += _table(
-                ["Item", "Priority", "Waiting (days)"],
-                [
-                    [item_text(e), priority_text(e["priority"]), e["days_waiting"]]
-                    for e in stuck["not_started"]
-                ],
-            )
+            out += _table_of(not_started_table(stuck["not_started"]))
             out.append("")
     due = review.get("due") or {}
     if any(due.values()):
@@ -163,37 +129,10 @@ def render_markdown(review: dict[str, Any], charts: list[tuple[str, str]] | None
         for group, label in DUE_GROUPS:
             if due.get(group):
                 out += [f"{label}:", ""]
-                out += _table(
-                    ["Due", "Item", "Status", "Priority"],
-                    [[e["due_date"], item_text(e), status_text(e["status"]), priority_text(e["priority"])] for e in due[group]],
-                )
+                out += _table_of(due_table(due[group]))
                 out.append("")
     if review["next_focus"]:
         out += ["## 🎯 Next focus", ""]
-        out += _table(
-            [
-                "#",
-                "Topic",
-                "Innovation",
-                "Practicality",
-                "Feasibility",
-                "Score",
-                "Priority",
-                "Status",
-            ],
-            [
-                [
-                    e["rank"],
-                    item_text(e),
-                    stars(e["innovation"]),
-                    stars(e["practicality"]),
-                    stars(e["feasibility"]),
-                    number_text(e["score"]),
-                    priority_text(e["priority"]),
-                    status_text(e["status"]),
-                ]
-                for e in review["next_focus"]
-            ],
-        )
+        out += _table_of(next_focus_table(review["next_focus"]))
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
