@@ -282,3 +282,21 @@ def test_list_fits_the_terminal(cli, monkeypatch):
     assert len(lines) == 5
     assert max(render.cell_width(line) for line in lines) <= 80
     assert any("…" in line for line in lines)  # long titles are cut, not wrapped
+
+
+def test_add_writes_without_the_orm(cli, isolated):
+    """`add` writes one row and its event with plain sqlite3 (backlog.rules), and undo takes it back."""
+    parent = add(cli, "KV cache eviction", "--priority", "high")
+    code = ("import sys\nfrom research.cli import app\n"
+            f"app(['add', 'read the H2O paper', '--task', '--parent', '{parent}', '-t', 'inference'], standalone_mode=False)\n"
+            "print('sqlalchemy' in sys.modules, file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=isolated, capture_output=True, text=True, check=True,
+                         env={**os.environ, "RESEARCH_DB": str(isolated / "todo.db")})
+    assert out.stderr.splitlines()[-1] == "False"
+    assert "added task" in out.stderr and "under" in out.stderr
+    task = cli.json("show", "read-the-h2o-paper")
+    assert (task["kind"], task["parent_id"], task["tags"], task["position"]) == ("task", parent, ["inference"], 0)
+    assert task["history"][0]["action"] == "created" and task["history"][0]["after"]["slug"] == "read-the-h2o-paper"
+    assert cli.json("show", parent)["progress"] == {"done": 0, "total": 1}
+    cli("undo")
+    assert cli("show", "read-the-h2o-paper", ok=False).exit_code == 1

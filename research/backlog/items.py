@@ -8,13 +8,13 @@ recursive delete, is undone as a whole.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import Session, SQLModel, select
 
 from research import clock
+from research.backlog.rules import INHERIT, ItemFields, insert_item, status_timestamps  # noqa: F401  (ItemFields, INHERIT: part of this API)
 from research.backlog.views import (  # noqa: F401
     Backlog,
     ItemRow,
@@ -39,12 +39,7 @@ from research.store.models import (
 )
 from research.vocab import (
     OUTCOME_LOOKUP,
-    check_date,
-    clean_title,
-    composite_score,
-    normalize_priority,
     normalize_status,
-    parse_estimate,
     slugify,
 )
 
@@ -137,17 +132,6 @@ def resolve_item(session: Session, ref: str | int) -> Item:
     return session.get(Item, find_item_id(raw_connection(session), ref))
 
 
-def unique_slug(session: Session, title: str, exclude_id: int | None = None, taken: set[str] | None = None) -> str:
-    base = slugify(title)
-    candidate, n = base, 1
-    while True:
-        clash = session.exec(select(Item.id).where(Item.slug == candidate)).first()
-        if (clash is None or clash == exclude_id) and not (taken and candidate in taken):
-            return candidate
-        n += 1
-        candidate = f"{base}-{n}"
-
-
 def subtree(session: Session, item: Item) -> list[Item]:
     """The item and all its descendants, parents before children."""
     out, frontier = [item], [item.id]
@@ -168,88 +152,6 @@ def _next_position(session: Session, parent_id: int | None) -> int:
 # Creating and changing items
 
 
-@dataclass
-class ItemFields:
-    """Optional field values from `add` and `edit`; None means 'leave as is'."""
-
-    title: str | None = None
-    body: str | None = None
-    status: str | None = None
-    priority: str | None = None
-    estimate: str | None = None
-    tags: list[str] | None = None
-    innovation: int | None = None
-    practicality: int | None = None
-    feasibility: int | None = None
-    slug: str | None = None
-    kind: str | None = None
-    due_date: str | None = None  # "" clears
-    scheduled_date: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def changes(self, item: Item | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.title is not None:
-            out["title"] = clean_title(self.title)
-        if self.body is not None:
-            out["body"] = self.body
-            if item is not None and item.style.get("tasks_at") is not None:
-                out["style"] = {k: v for k, v in item.style.items() if k != "tasks_at"}
-        if self.status is not None:
-            out["status"] = normalize_status(self.status)
-        if self.priority is not None:
-            out["priority"] = normalize_priority(self.priority)
-        if self.estimate is not None:
-            out["estimate"] = self.estimate.strip() or None
-            out["estimate_min_days"], out["estimate_max_days"] = parse_estimate(self.estimate)
-        if self.tags is not None:
-            out["tags"] = _clean_tags(self.tags)
-        for name in ("innovation", "practicality", "feasibility"):
-            value = getattr(self, name)
-            if value is not None:
-                if not 1 <= value <= 5:
-                    raise ResearchError(f"{name} must be between 1 and 5, got {value}")
-                out[name] = value
-        if any(name in out for name in ("innovation", "practicality", "feasibility")):
-            merged = {n: out.get(n, getattr(item, n) if item else None) for n in ("innovation", "practicality", "feasibility")}
-            out["score"] = composite_score(**merged)
-        if self.due_date is not None:
-            out["due_date"] = check_date(self.due_date, "due date")
-        if self.scheduled_date is not None:
-            out["scheduled_date"] = check_date(self.scheduled_date, "scheduled date")
-        if self.kind is not None:
-            if self.kind not in ("item", "task"):
-                raise ResearchError(f"unknown kind {self.kind!r}; use item or task")
-            out["kind"] = self.kind
-        out.update(self.extra)
-        return out
-
-
-def _clean_tags(tags: list[str]) -> list[str]:
-    seen: list[str] = []
-    for tag in tags:
-        for part in str(tag).split(","):
-            part = part.strip().lstrip("#")
-            if part and part not in seen:
-                seen.append(part)
-    return seen
-
-
-def _status_timestamps(item: Item | None, new_status: str) -> dict[str, Any]:
-    """started_at is set on first start; done_at follows the done state."""
-    now = clock.now_iso()
-    out: dict[str, Any] = {}
-    if new_status in ("active", "done", "writing-up") and (item is None or not item.started_at):
-        out["started_at"] = now
-    if new_status == "done":
-        if item is None or item.status != "done" or not item.done_at:
-            out["done_at"] = now
-    elif item is not None and item.done_at:
-        out["done_at"] = None
-    return out
-
-
-INHERIT = "inherit"
 
 
 def add_item(
@@ -261,31 +163,15 @@ def add_item(
     created_at: str | None = None,
     document_id: int | None | str = INHERIT,
 ) -> Item:
-    """A new item. It joins its parent's document; a top-level one joins the main document
-    (``document_id`` overrides: None keeps it in no document)."""
-    if not fields.title or not fields.title.strip():
-        raise ResearchError("title must not be empty")
-    values = fields.changes()
-    if document_id == INHERIT:
-        document_id = parent.document_id if parent is not None else _main_document_id(session)
-    now = clock.now_iso()
-    slug = fields.slug and slugify(fields.slug)
-    if slug and session.exec(select(Item.id).where(Item.slug == slug)).first() is not None:
-        raise ResearchError(f"slug {slug!r} is already taken")
-    values.setdefault("status", "planned")
-    values.update(_status_timestamps(None, values["status"]))
-    item = Item(
-        slug=slug or unique_slug(session, values["title"]),
-        parent_id=parent.id if parent else None,
-        position=_next_position(session, parent.id if parent else None) if position is None else position,
-        created_at=created_at or now,
-        updated_at=now,
-        document_id=document_id,
-        **values,
-    )
-    session.add(item)
-    log.created(item)
-    return item
+    """A new item (``rules.insert_item``, inside the session's transaction). It joins its
+    parent's document; a top-level one joins the main document (``document_id`` overrides:
+    None keeps it in no document)."""
+    from research.store.db import raw_connection
+
+    row = insert_item(raw_connection(session), log.batch, fields, parent.id if parent else None, position,
+                      created_at, document_id)
+    log.count += 1
+    return session.get(Item, row["id"])
 
 
 def edit_item(session: Session, log: ChangeLog, item: Item, fields: ItemFields) -> bool:
@@ -298,13 +184,13 @@ def edit_item(session: Session, log: ChangeLog, item: Item, fields: ItemFields) 
         changes["slug"] = slug
     status_changed = "status" in changes and changes["status"] != item.status
     if status_changed:
-        changes.update(_status_timestamps(item, changes["status"]))
+        changes.update(status_timestamps(item, changes["status"]))
     return log.updated(item, changes, action="status" if status_changed and len(changes) <= 4 else "edited")
 
 
 def set_status(session: Session, log: ChangeLog, item: Item, status: str, action: str = "status") -> bool:
     status = normalize_status(status)
-    changes = {"status": status, **_status_timestamps(item, status)}
+    changes = {"status": status, **status_timestamps(item, status)}
     if status == item.status:
         return False
     return log.updated(item, changes, action=action)

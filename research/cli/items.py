@@ -62,7 +62,7 @@ def _fields(
     title=None, body=None, status=None, priority=None, estimate=None, tags=None, innovation=None,
     practicality=None, feasibility=None, slug=None, kind=None, due=None, scheduled=None,
 ):
-    from research.backlog.items import ItemFields
+    from research.backlog.rules import ItemFields
 
     return ItemFields(
         title=title, body=body, status=status, priority=priority, estimate=estimate, tags=tags,
@@ -93,17 +93,33 @@ def add(
     scheduled: ScheduledOpt = None,
 ) -> None:
     """Add an item (or, with --task, a checklist task) to the backlog."""
-    from research.backlog.items import add_item, resolve_item
+    from research.backlog.rules import insert_item, next_batch
+    from research.backlog.views import find_item_id
+    from research.store.db import connect_raw, ensure_schema
 
-    with changes() as (session, log):
-        parent_item = resolve_item(session, parent) if parent else None
-        fields = _fields(title, body, status, priority, estimate, tag, innovation, practicality, feasibility, slug,
-                         "task" if task else None, due, scheduled)
-        item = add_item(session, log, fields, parent=parent_item)
-        where = f" under {parent_item.id} {parent_item.title!r}" if parent_item else " at the top level"
-        # stdout stays "ID<tab>SLUG" for scripts; the sentence is for the reader.
-        typer.echo(f"{item.id}\t{item.slug}")
-        typer.echo(f"added {item.kind} {item.id} {item.title!r}{where} ({item.status})", err=True)
+    # Plain sqlite3 in one transaction, like the row reader: no ORM to load for one row.
+    path = db_path()
+    ensure_schema(path)
+    conn = connect_raw(path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            parent_row = None
+            if parent:
+                parent_row = conn.execute("SELECT id, title FROM item WHERE id = ?", (find_item_id(conn, parent),)).fetchone()
+            fields = _fields(title, body, status, priority, estimate, tag, innovation, practicality, feasibility, slug,
+                             "task" if task else None, due, scheduled)
+            item = insert_item(conn, next_batch(conn), fields, parent_row[0] if parent_row else None)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.close()
+    where = f" under {parent_row[0]} {parent_row[1]!r}" if parent_row else " at the top level"
+    # stdout stays "ID<tab>SLUG" for scripts; the sentence is for the reader.
+    typer.echo(f"{item['id']}\t{item['slug']}")
+    typer.echo(f"added {item['kind']} {item['id']} {item['title']!r}{where} ({item['status']})", err=True)
 
 
 @app.command("list")

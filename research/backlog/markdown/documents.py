@@ -31,10 +31,10 @@ from sqlmodel import Session, select
 from research import clock
 from research.backlog.items import (
     ChangeLog,
-    _status_timestamps,
     add_note,
     add_outcome,
     delete_item,
+    status_timestamps,
 )
 from research.backlog.markdown import reader
 from research.backlog.markdown import writer as writer_module
@@ -298,7 +298,7 @@ class _Merge:
                 merged = {k: (value if k == name else getattr(item, k)) for k in ("innovation", "practicality", "feasibility")}
                 changes["score"] = composite_score(**merged)
             if name == "status":
-                changes.update(_status_timestamps(item, value))
+                changes.update(status_timestamps(item, value))
             if self.log.updated(item, changes, action="status" if name == "status" else "edited"):
                 changed_items[item.id] = item
         self.report.changed = [i.title for i in changed_items.values()]
