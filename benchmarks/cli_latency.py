@@ -123,7 +123,9 @@ def main() -> None:
             results[name] = median_time([research, *cmd], env, folder, args.repeats)
             line = f"  {name:<24} {results[name] * 1000:8.1f} ms"
             if other_env is not None:
-                other = median_time([sys.executable, "-m", "research", *cmd], other_env, folder, args.repeats)
+                # A tree from before --tasks lists every row with plain `list`.
+                theirs = [a for a in cmd if a != "--tasks"] if name.endswith("--tasks") else cmd
+                other = median_time([sys.executable, "-m", "research", *theirs], other_env, folder, args.repeats)
                 line += f"   other {other * 1000:8.1f} ms   this/other {results[name] / other:5.2f}x"
             print(line)
         if shutil.which("task"):
