@@ -14,6 +14,9 @@ outcome read from it (where it sits, and the values it had). From then on:
 
 Every change is recorded through the ``ChangeLog``, so ``research undo`` reverts an
 import or a sync as a whole.
+
+Why one module of this size: import, re-import and sync are one field-by-field merge of the
+file against its anchors and the backlog (``_Merge``), read three ways.
 """
 
 from __future__ import annotations

@@ -18,6 +18,12 @@ What becomes what (the rule the README states):
 
 A value it does not understand never stops the import: it stays in the text and a
 warning names its line.
+
+Why one module of this size: the dialects (seed labels, GitHub task lists, Obsidian Tasks,
+Logseq, front matter, the priority matrix) are read in one pass over markdown-it's blocks,
+and each decides what a block means from the context the others leave (the open heading, the
+list entry a line belongs to, which lines are already claimed). The vocabulary they read is in
+``dialects``; the rest of this file is that single pass.
 """
 
 from __future__ import annotations

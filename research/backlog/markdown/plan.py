@@ -13,6 +13,10 @@ read from) and the backlog's current rows, ``plan_text`` returns the new text:
   in the document's conventions.
 
 Nothing else changes: every line not named by an edit is copied as it was.
+
+Why one module of this size: each kind of carrier (box, emoji, label, matrix cell, Obsidian
+signifier, Logseq keyword) has its writer here beside the others, and they share one edit list
+and one ranking of insertion points; split apart, each would need the whole planner's state.
 """
 
 from __future__ import annotations
