@@ -179,3 +179,25 @@ def test_records_decode_json_and_booleans(cli):
         conn.close()
     assert item.tags == ["systems"] and item.style == {} and item.title == "Exp"
     assert event.undone is False and event.action == "created" and event.after["slug"] == "exp"
+
+
+@pytest.mark.parametrize("command", [["show", "1"], ["runs"], ["runs", "show", "1"], ["add", "x"], ["list"]])
+def test_a_damaged_file_gets_one_line(isolated, command):
+    damaged = isolated / "damaged.db"
+    damaged.write_bytes(bytes(range(256)) * 40)
+    result = Cli()("--db", damaged, *command, ok=False)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # a clean exit, no traceback
+    assert result.stderr.startswith("Error:") and "not a research database" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_table_dropped_by_hand_gets_one_line(cli, isolated):
+    cli("add", "Exp")
+    conn = sqlite3.connect(isolated / "todo.db")
+    conn.execute("DROP TABLE note")
+    conn.commit()
+    conn.close()
+    for command in (["show", "exp"], ["note", "exp", "hello"], ["export"]):
+        result = cli(*command, ok=False)
+        assert result.exit_code == 1, command
+        assert result.stderr.strip() == "Error: database error: no such table: note (set RESEARCH_DEBUG=1 for the traceback)"

@@ -53,8 +53,13 @@ def project_root() -> Path:
 
 
 def recover_runs() -> None:
+    """End runs whose runner died, once the database is known to be ours (a damaged file
+    gets the one-line error of ``ensure_schema``, not a traceback from the recovery's SQL)."""
     from research.runs.recovery import recover_stale_runs
+    from research.store.db import ensure_schema
 
-    count = recover_stale_runs(db_path())
+    path = db_path()
+    ensure_schema(path)
+    count = recover_stale_runs(path)
     if count:
         typer.echo(f"marked {count} run(s) whose runner died as interrupted", err=True)
