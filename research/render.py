@@ -22,7 +22,21 @@ def console(stderr: bool = False):
 def print_json(data: Any) -> None:
     # The C encoder is used only without indent: pretty-print for people, not for pipes.
     indent = 2 if sys.stdout.isatty() else None
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=indent, default=str) + "\n")
+    try:
+        text = json.dumps(data, ensure_ascii=False, indent=indent, default=str, allow_nan=False)
+    except ValueError:  # NaN or an infinity somewhere (a metric, a parameter): JSON has no such number
+        text = json.dumps(_finite(data), ensure_ascii=False, indent=indent, default=str)
+    sys.stdout.write(text + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def info(message: str) -> None:

@@ -300,3 +300,24 @@ def test_add_writes_without_the_orm(cli, isolated):
     assert cli.json("show", parent)["progress"] == {"done": 0, "total": 1}
     cli("undo")
     assert cli("show", "read-the-h2o-paper", ok=False).exit_code == 1
+
+
+def test_an_id_past_sqlites_range_names_nothing(cli):
+    add(cli, "Exp")
+    result = cli("show", "99999999999999999999999", ok=False)
+    assert result.exit_code == 1 and "no item with id or slug" in result.stderr
+    assert "no run" in cli("runs", "show", "99999999999999999999999", ok=False).stderr
+
+
+def test_an_all_digit_slug_is_refused(cli):
+    twelve = add(cli, "Twelve")
+    result = cli("add", "x", "--slug", "12", ok=False)
+    assert result.exit_code == 1 and "all digits" in result.stderr
+    assert "all digits" in cli("edit", twelve, "--slug", "007", ok=False).stderr
+
+
+def test_json_output_stays_json_with_nan(capsys):
+    from research import render
+
+    render.print_json([{"metrics": {"loss": float("nan"), "best": float("inf"), "ok": 1.5}}])
+    assert json.loads(capsys.readouterr().out) == [{"metrics": {"loss": None, "best": None, "ok": 1.5}}]

@@ -261,3 +261,15 @@ def test_init_links_the_shipped_experiments(isolated, monkeypatch):
     again = cli("init")
     assert "Already initialised" in again.stderr
     assert len(cli.json("list")) == len(items)
+
+
+def test_where_nested_too_deeply_is_one_line(cli):
+    result = cli("runs", "--where", "not " * 5000 + "status = failed", ok=False)
+    assert result.exit_code == 1 and "nested too deeply" in result.stderr
+    result = cli("runs", "--where", "(" * 3000 + "status = failed" + ")" * 3000, ok=False)
+    assert result.exit_code == 1 and "nested too deeply" in result.stderr
+
+
+def test_a_parameter_both_given_and_swept_is_refused(cli, project):
+    result = cli("run", "exp", "--grid", "steps=1,2", "-p", "steps=3", "--dry-run", ok=False)
+    assert result.exit_code == 1 and "steps: given with -p and swept with --grid" in result.stderr

@@ -14,7 +14,7 @@ from sqlalchemy import func
 from sqlmodel import Session, SQLModel, select
 
 from research import clock
-from research.backlog.rules import INHERIT, ItemFields, insert_item, status_timestamps  # noqa: F401  (ItemFields, INHERIT: part of this API)
+from research.backlog.rules import INHERIT, ItemFields, check_slug, insert_item, status_timestamps  # noqa: F401  (ItemFields, INHERIT: part of this API)
 from research.backlog.views import (  # noqa: F401
     Backlog,
     ItemRow,
@@ -178,6 +178,7 @@ def edit_item(session: Session, log: ChangeLog, item: Item, fields: ItemFields) 
     changes = fields.changes(item)
     if fields.slug is not None:
         slug = slugify(fields.slug)
+        check_slug(slug)
         clash = session.exec(select(Item.id).where(Item.slug == slug)).first()
         if clash is not None and clash != item.id:
             raise ResearchError(f"slug {slug!r} is already taken")

@@ -127,6 +127,11 @@ def unique_slug_in(conn: sqlite3.Connection, title: str, exclude_id: int | None 
         candidate = f"{base}-{n}"
 
 
+def check_slug(slug: str | None) -> None:
+    if slug and slug.isdigit():
+        raise ResearchError(f"slug {slug!r} is all digits: it would be read as item {slug}; add a letter")
+
+
 def main_document_id(conn: sqlite3.Connection) -> int | None:
     rows = conn.execute("SELECT id, is_main FROM document ORDER BY id").fetchall()
     return next((i for i, main in rows if main), rows[0][0] if rows else None)
@@ -152,6 +157,7 @@ def insert_item(
             document_id = main_document_id(conn)
     now = clock.now_iso()
     slug = fields.slug and slugify(fields.slug)
+    check_slug(slug)
     if slug and conn.execute("SELECT 1 FROM item WHERE slug = ?", (slug,)).fetchone() is not None:
         raise ResearchError(f"slug {slug!r} is already taken")
     values.setdefault("status", "planned")

@@ -38,7 +38,7 @@ def find_item_id(conn, ref: str | int) -> int:
     """``match_item_ref`` over the database (a DB-API connection), reading only what it needs."""
     text = str(ref).strip()
     ids = set()
-    if text.isdigit():
+    if text.isdigit() and int(text) < 2**63:  # (a larger number is no SQLite id)
         ids = {row[0] for row in conn.execute("SELECT id FROM item WHERE id = ?", (int(text),))}
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     slugs = dict(conn.execute("SELECT slug, id FROM item WHERE slug = ? OR slug LIKE ? ESCAPE '\\' LIMIT 50",

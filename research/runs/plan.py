@@ -54,6 +54,9 @@ def plan_runs(
         chosen = links
     if not chosen:
         raise ResearchError(f"{item.slug} has no linked notebook; link one with `research link {item.slug} NOTEBOOK`")
+    both = sorted(set(given or {}) & {name for point in grid or [] for name in point})
+    if both:
+        raise ResearchError(f"{', '.join(both)}: given with -p and swept with --grid; keep one")
     plans = []
     for link in chosen:
         path = project_root / link.notebook

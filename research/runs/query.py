@@ -23,7 +23,7 @@ from research.vocab import OPEN_RUN_STATUSES, RUN_STATUSES
 
 def resolve_run(session: Session, ref: str | int) -> Run:
     text = str(ref).strip().lstrip("#")
-    run = session.get(Run, int(text)) if text.isdigit() else None
+    run = session.get(Run, int(text)) if text.isdigit() and int(text) < 2**63 else None
     if run is None:
         raise ResearchError(f"no run {ref!r}")
     return run

@@ -96,7 +96,10 @@ def compile_where(text: str) -> Callable[[dict], bool]:
             raise ResearchError(f"bad --where expression {text!r}: expected a value after {op}")
         return lambda row: _compare(_lookup(row, field_name), op, literal)
 
-    predicate = parse_or()
+    try:
+        predicate = parse_or()
+    except RecursionError:
+        raise ResearchError(f"bad --where expression: nested too deeply ({len(tokens)} tokens)") from None
     if position[0] != len(tokens):
         raise ResearchError(f"bad --where expression {text!r}: unexpected {tokens[position[0]][1]!r}")
     return predicate
