@@ -380,3 +380,11 @@ def test_sha256_file(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"abc")
     assert sha256_file(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_the_child_finds_the_package_it_was_started_from():
+    """The runner process gets the folder holding `research` on its path (not the package itself)."""
+    from research.runs.child import _worker_env
+
+    first = Path(_worker_env(None)["PYTHONPATH"].split(os.pathsep)[0])
+    assert (first / "research" / "__init__.py").is_file()

@@ -138,7 +138,10 @@ def handle_interrupts(
 
 
 def _package_root() -> str:
-    return str(Path(__file__).resolve().parent.parent)
+    """The folder that holds the ``research`` package (the child must import it from there)."""
+    import research
+
+    return str(Path(research.__file__).resolve().parent.parent)
 
 
 def _worker_command() -> list[str]:
