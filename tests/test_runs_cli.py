@@ -273,3 +273,14 @@ def test_where_nested_too_deeply_is_one_line(cli):
 def test_a_parameter_both_given_and_swept_is_refused(cli, project):
     result = cli("run", "exp", "--grid", "steps=1,2", "-p", "steps=3", "--dry-run", ok=False)
     assert result.exit_code == 1 and "steps: given with -p and swept with --grid" in result.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_interrupts_a_run_and_exits_143(cli, project):
+    runner = _sleeping_runner(cli, project, "-p", "seconds=60")
+    runner.send_signal(signal.SIGTERM)
+    out, err = runner.communicate(timeout=60)
+    assert runner.returncode == 143, err  # 128 + SIGTERM, as a shell reports it
+    row = run_rows(project / "todo.db")[0]
+    assert row["status"] == "interrupted" and "SIGTERM" in row["reason"]
+    assert "Traceback" not in err

@@ -219,10 +219,12 @@ def _execute(request: RunRequest, run_ids: list[int], executor=None) -> None:
         results = follow(path, executor, run_ids, interrupts,
                          on_running=getattr(progress, "start", None), on_done=progress.finish)
         interrupted = interrupts.is_set()
+        stopped_by = interrupts.signal_name
     for result in results:
         typer.echo(render.run_summary_line(result))
     if interrupted:
-        raise typer.Exit(130)
+        # The shell's convention: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
+        raise typer.Exit(143 if stopped_by == "SIGTERM" else 130)
     if any(r.status != "succeeded" for r in results):
         raise typer.Exit(1)
 
