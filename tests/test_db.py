@@ -201,3 +201,19 @@ def test_a_table_dropped_by_hand_gets_one_line(cli, isolated):
         result = cli(*command, ok=False)
         assert result.exit_code == 1, command
         assert result.stderr.strip() == "Error: database error: no such table: note (set RESEARCH_DEBUG=1 for the traceback)"
+
+
+@pytest.mark.parametrize(("raised", "said"), [
+    ("attempt to write a readonly database", "Error: the database is read-only: this command writes to it"),
+    ("database or disk is full", "Error: disk full: the database could not be written (nothing was changed)"),
+    ("database is locked", "Error: the database is locked by another research process; try again"),
+])
+def test_a_write_the_database_refuses_is_one_line_naming_why(cli, monkeypatch, raised, said):
+    def refuse(*args, **kwargs):
+        raise sqlite3.OperationalError(raised)
+
+    monkeypatch.setattr("research.backlog.rules.insert_item", refuse)
+    result = cli("add", "x", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"{said} (set RESEARCH_DEBUG=1 for the traceback)"
+    assert cli.json("list") == []

@@ -32,8 +32,20 @@ class ResearchGroup(TyperGroup):
             if cause is None or os.environ.get(DEBUG_ENV):
                 raise
             # A damaged file, a full disk, a lock held too long: one line, nothing written.
-            typer.echo(f"Error: database error: {cause} (set {DEBUG_ENV}=1 for the traceback)", err=True)
+            typer.echo(f"Error: {_database_message(cause)} (set {DEBUG_ENV}=1 for the traceback)", err=True)
             ctx.exit(1)
+
+
+_KNOWN_DATABASE_ERRORS = {
+    "attempt to write a readonly database": "the database is read-only: this command writes to it",
+    "database or disk is full": "disk full: the database could not be written (nothing was changed)",
+    "database is locked": "the database is locked by another research process; try again",
+}
+
+
+def _database_message(cause: BaseException) -> str:
+    text = str(cause)
+    return next((said for known, said in _KNOWN_DATABASE_ERRORS.items() if known in text), f"database error: {text}")
 
 
 def _database_error(exc: BaseException):
