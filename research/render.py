@@ -7,7 +7,7 @@ import re
 import sys
 from typing import Any
 
-from research.vocab import PRIORITY_FIRE, status_with_emoji
+from research.vocab import priority_with_fire, stars, status_with_emoji
 
 
 def console(stderr: bool = False):
@@ -85,19 +85,6 @@ def write_outline(parsed) -> None:
     sys.stdout.write("\n".join(lines) + ("\n" if lines else ""))
 
 
-def status_cell(status: str) -> str:
-    return status_with_emoji(status)
-
-
-def priority_cell(priority: str) -> str:
-    fire = PRIORITY_FIRE.get(priority, "")
-    return f"{fire}{priority}" if fire else priority
-
-
-def stars(value: int | None) -> str:
-    return "⭐" * value if value else ""
-
-
 # Characters a terminal draws two columns wide (CJK, fullwidth forms, emoji), and
 # zero-width joiners, variation selectors and combining marks. A regex count runs
 # in C, which matters for 10,000-row tables.
@@ -151,8 +138,8 @@ def write_items_table(rows, tree: bool = False) -> None:
         marker = ("☑ " if item.status == "done" else "☐ ") if item.kind == "task" else ""
         cells = [
             str(item.id),
-            status_cell(item.status),
-            priority_cell(item.priority),
+            status_with_emoji(item.status),
+            priority_with_fire(item.priority),
             f"{prefix}{marker}{item.title}",
             row.progress,
             item.estimate or "",
@@ -232,8 +219,8 @@ def show_item(detail: dict[str, Any]) -> None:
         ("ID", f"{detail['id']}  ({detail['slug']})"),
         ("Path", " › ".join(detail["path"])),
         ("Kind", detail["kind"]),
-        ("Status", status_cell(detail["status"])),
-        ("Priority", priority_cell(detail["priority"])),
+        ("Status", status_with_emoji(detail["status"])),
+        ("Priority", priority_with_fire(detail["priority"])),
         ("Estimate", detail["estimate"] or ""),
         ("Tags", ", ".join(detail["tags"])),
         (

@@ -196,6 +196,17 @@ def status_with_emoji(status: str | None) -> str:
     return f"{STATUS_EMOJI.get(status, '')} {status}" if status else ""
 
 
+def priority_with_fire(priority: str, separator: str = "") -> str:
+    """``🔥high`` in terminal tables, ``🔥 high`` (``separator=" "``) in reviews."""
+    fire = PRIORITY_FIRE.get(priority, "")
+    return f"{fire}{separator}{priority}" if fire else priority
+
+
+def stars(score: int | None) -> str:
+    """A 1-5 matrix score as stars."""
+    return "⭐" * score if score else ""
+
+
 def status_label(status: str, lang: str = "en") -> str:
     return f"{STATUS_EMOJI[status]} {STATUS_WORDS[lang][status]}"
 

@@ -24,9 +24,9 @@ from research.review.text import (
     item_text,
     number_text,
     review_title,
-    status_text,
     when_text,
 )
+from research.vocab import status_with_emoji
 
 # ---------------------------------------------------------------------------
 # HTML
@@ -133,7 +133,7 @@ def render_html(review: dict[str, Any], charts: list[Chart] | None = None) -> st
             for c in group["changes"]:
                 item = _e(f"#{c['item_id']} {c['title']}")
                 rows.append(
-                    f"<tr><td>{_e(c['date'])}</td><td>{item}</td><td>{_e(status_text(c['from']))}</td><td>{_e(status_text(c['to']))}</td></tr>"
+                    f"<tr><td>{_e(c['date'])}</td><td>{item}</td><td>{_e(status_with_emoji(c['from']))}</td><td>{_e(status_with_emoji(c['to']))}</td></tr>"
                 )
         parts.append(
             "<table><thead><tr><th>Date</th><th>Item</th><th>From</th><th>To</th></tr></thead>"

@@ -21,9 +21,9 @@ from research.review.text import (
     item_text,
     number_text,
     review_title,
-    status_text,
     when_text,
 )
+from research.vocab import status_with_emoji
 
 # ---------------------------------------------------------------------------
 # Markdown
@@ -60,7 +60,7 @@ def render_markdown(review: dict[str, Any], charts: list[tuple[str, str]] | None
             out.append("")
             for c in group["changes"]:
                 out.append(
-                    f"- {c['date']} #{c['item_id']} {c['title']}: {status_text(c['from'])} → {status_text(c['to'])}"
+                    f"- {c['date']} #{c['item_id']} {c['title']}: {status_with_emoji(c['from'])} → {status_with_emoji(c['to'])}"
                 )
             out.append("")
     if review["finished"]:

@@ -11,11 +11,9 @@ from research.review.text import (
     change_text,
     item_text,
     number_text,
-    priority_text,
-    stars,
-    status_text,
     when_text,
 )
+from research.vocab import priority_with_fire, stars, status_with_emoji
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ def sweep_table(sweep: dict) -> Table:
 def idle_table(entries: list[dict]) -> Table:
     return Table(
         ["Item", "Status", "Priority", "Last activity", "Idle (days)"],
-        [[item_text(e), status_text(e["status"]), priority_text(e["priority"]), when_text(e["last_activity"]),
+        [[item_text(e), status_with_emoji(e["status"]), priority_with_fire(e["priority"], " "), when_text(e["last_activity"]),
           e["days_idle"]] for e in entries],
         frozenset({4}),
     )
@@ -76,18 +74,18 @@ def idle_table(entries: list[dict]) -> Table:
 
 def not_started_table(entries: list[dict]) -> Table:
     return Table(["Item", "Priority", "Waiting (days)"],
-                 [[item_text(e), priority_text(e["priority"]), e["days_waiting"]] for e in entries], frozenset({2}))
+                 [[item_text(e), priority_with_fire(e["priority"], " "), e["days_waiting"]] for e in entries], frozenset({2}))
 
 
 def due_table(entries: list[dict]) -> Table:
     return Table(["Due", "Item", "Status", "Priority"],
-                 [[e["due_date"], item_text(e), status_text(e["status"]), priority_text(e["priority"])] for e in entries])
+                 [[e["due_date"], item_text(e), status_with_emoji(e["status"]), priority_with_fire(e["priority"], " ")] for e in entries])
 
 
 def next_focus_table(entries: list[dict]) -> Table:
     return Table(
         ["#", "Topic", "Innovation", "Practicality", "Feasibility", "Score", "Priority", "Status"],
         [[e["rank"], item_text(e), stars(e["innovation"]), stars(e["practicality"]), stars(e["feasibility"]),
-          number_text(e["score"]), priority_text(e["priority"]), status_text(e["status"])] for e in entries],
+          number_text(e["score"]), priority_with_fire(e["priority"], " "), status_with_emoji(e["status"])] for e in entries],
         frozenset({0, 5}),
     )

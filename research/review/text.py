@@ -5,10 +5,6 @@ from __future__ import annotations
 import json
 
 from research import clock
-from research.vocab import (
-    PRIORITY_FIRE,
-    status_with_emoji,
-)
 
 # ---------------------------------------------------------------------------
 # Rendering helpers
@@ -34,19 +30,6 @@ def change_text(entry: dict) -> str:
     pct = f" ({entry['change_pct']:+.1f}%)" if entry["change_pct"] is not None else ""
     mark = "" if entry["change"] == 0 else (" better" if better else " worse")
     return f"{arrow} {entry['change']:+.4g}{pct}{mark}"
-
-
-def status_text(status: str | None) -> str:
-    return status_with_emoji(status)
-
-
-def priority_text(priority: str) -> str:
-    fire = PRIORITY_FIRE.get(priority, "")
-    return f"{fire} {priority}" if fire else priority
-
-
-def stars(value: int | None) -> str:
-    return "⭐" * value if value else ""
 
 
 def when_text(ts: str | None) -> str:
