@@ -68,7 +68,8 @@ def add_shipped_experiments(session, project_root: Path) -> list[str]:
     """Add one item per shipped experiment that the backlog lacks; returns the slugs added."""
     from sqlmodel import select
 
-    from research.backlog.items import ChangeLog, ItemFields, add_item
+    from research.backlog.items import ChangeLog, add_item
+    from research.backlog.rules import ItemFields
     from research.store.models import Item
 
     log = ChangeLog(session)

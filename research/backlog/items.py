@@ -14,7 +14,15 @@ from sqlalchemy import func
 from sqlmodel import Session, SQLModel, select
 
 from research import clock
-from research.backlog.rules import INHERIT, ItemFields, check_slug, insert_item, status_timestamps  # noqa: F401  (ItemFields, INHERIT: part of this API)
+from research.backlog.rules import (
+    INHERIT,
+    ItemFields,
+    check_slug,
+    insert_item,
+    next_batch,
+    next_position,
+    status_timestamps,
+)
 from research.backlog.views import (  # noqa: F401
     Backlog,
     ItemRow,
@@ -24,6 +32,7 @@ from research.backlog.views import (  # noqa: F401
     sort_key,
 )
 from research.errors import ResearchError
+from research.store.db import raw_connection
 from research.store.models import (
     OUTCOME_KINDS,
     Anchor,
@@ -67,8 +76,7 @@ class ChangeLog:
     @property
     def batch(self) -> int:
         if self._batch is None:
-            last = self.session.exec(select(func.max(Event.batch))).one()
-            self._batch = (last or 0) + 1
+            self._batch = next_batch(raw_connection(self.session))
         return self._batch
 
     def _add(self, action: str, table: str, row_id: int, item_id: int | None, before, after) -> None:
@@ -127,8 +135,6 @@ def _item_id_of(obj: SQLModel) -> int | None:
 def resolve_item(session: Session, ref: str | int) -> Item:
     """An item by numeric id, slug or the beginning of one slug (``views.match_item_ref``)."""
     from research.backlog.views import find_item_id
-    from research.store.db import raw_connection
-
     return session.get(Item, find_item_id(raw_connection(session), ref))
 
 
@@ -140,12 +146,6 @@ def subtree(session: Session, item: Item) -> list[Item]:
         out.extend(kids)
         frontier = [k.id for k in kids]
     return out
-
-
-def _next_position(session: Session, parent_id: int | None) -> int:
-    cond = Item.parent_id == parent_id if parent_id else Item.parent_id.is_(None)
-    last = session.exec(select(func.max(Item.position)).where(cond)).one()
-    return 0 if last is None else last + 1
 
 
 # ---------------------------------------------------------------------------
@@ -166,8 +166,6 @@ def add_item(
     """A new item (``rules.insert_item``, inside the session's transaction). It joins its
     parent's document; a top-level one joins the main document (``document_id`` overrides:
     None keeps it in no document)."""
-    from research.store.db import raw_connection
-
     row = insert_item(raw_connection(session), log.batch, fields, parent.id if parent else None, position,
                       created_at, document_id)
     log.count += 1
@@ -197,13 +195,6 @@ def set_status(session: Session, log: ChangeLog, item: Item, status: str, action
     return log.updated(item, changes, action=action)
 
 
-def _main_document_id(session: Session) -> int | None:
-    from research.store.models import Document
-
-    rows = list(session.exec(select(Document.id, Document.is_main).order_by(Document.id)))
-    return next((i for i, main in rows if main), rows[0][0] if rows else None)
-
-
 def move_item(session: Session, log: ChangeLog, item: Item, new_parent: Item | None,
               document_id: int | None | str = INHERIT) -> bool:
     """Move ``item`` (with its subtree) under ``new_parent``, or to the top level.
@@ -223,7 +214,7 @@ def move_item(session: Session, log: ChangeLog, item: Item, new_parent: Item | N
     changes: dict[str, Any] = {"document_id": document_id}
     if new_parent_id != item.parent_id or document_id != item.document_id:
         # It goes last among its new siblings, where a document writes it.
-        changes.update(parent_id=new_parent_id, position=_next_position(session, new_parent_id))
+        changes.update(parent_id=new_parent_id, position=next_position(raw_connection(session), new_parent_id))
     changed = log.updated(item, changes, action="move")
     for child in items[1:]:
         log.updated(child, {"document_id": document_id}, action="move")

@@ -132,6 +132,12 @@ def check_slug(slug: str | None) -> None:
         raise ResearchError(f"slug {slug!r} is all digits: it would be read as item {slug}; add a letter")
 
 
+def next_position(conn: sqlite3.Connection, parent_id: int | None) -> int:
+    """After the last of the parent's children (or of the top level)."""
+    last = conn.execute("SELECT max(position) FROM item WHERE parent_id IS ?", (parent_id,)).fetchone()[0]
+    return 0 if last is None else last + 1
+
+
 def main_document_id(conn: sqlite3.Connection) -> int | None:
     rows = conn.execute("SELECT id, is_main FROM document ORDER BY id").fetchall()
     return next((i for i, main in rows if main), rows[0][0] if rows else None)
@@ -163,8 +169,7 @@ def insert_item(
     values.setdefault("status", "planned")
     values.update(status_timestamps(None, values["status"]))
     if position is None:
-        last = conn.execute("SELECT max(position) FROM item WHERE parent_id IS ?", (parent_id,)).fetchone()[0]
-        position = 0 if last is None else last + 1
+        position = next_position(conn, parent_id)
     row = {name: None for name in COLUMNS["item"]}
     row.update({k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
                 for k, v in ITEM_DEFAULTS.items()})
@@ -190,4 +195,5 @@ def _encode(table: str, column: str, value: Any) -> Any:
 
 
 def next_batch(conn: sqlite3.Connection) -> int:
+    """The batch number the next command's events get (``research undo`` reverts one batch)."""
     return (conn.execute("SELECT max(batch) FROM event").fetchone()[0] or 0) + 1

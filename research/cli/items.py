@@ -248,7 +248,8 @@ def mv(
 
     Move an item (with its children) under another parent, or into a document.
     """
-    from research.backlog.items import INHERIT, move_item, resolve_item
+    from research.backlog.items import move_item, resolve_item
+    from research.backlog.rules import INHERIT
 
     if sum(bool(x) for x in (parent, top, doc)) != 1:
         raise ResearchError("give one of --parent ID, --top or --doc NAME")

@@ -17,6 +17,7 @@ from typing import Any
 
 from research.backlog.markdown import writer
 from research.backlog.markdown.parse import parse_document
+from research.backlog.rules import next_batch
 from research.errors import ResearchError
 from research.files import read_text_file
 
@@ -126,7 +127,7 @@ def _import_new_file(db_path: Path, path: Path, strict: bool, progress) -> Repor
                 return None
             report = Report(document=str(path), new_document=True)
             report.warnings = parsed.messages()
-            _doc_id, rows = writer.create_document(conn, writer.next_batch(conn), str(path), full, file, parsed,
+            _doc_id, rows = writer.create_document(conn, next_batch(conn), str(path), full, file, parsed,
                                                    report.added, progress)
             report.notes_added, report.outcomes_added = rows.notes_added, rows.outcomes_added
             conn.execute("COMMIT")

@@ -55,10 +55,6 @@ def insert_many(conn: sqlite3.Connection, table: str, rows: list[dict]) -> None:
     conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", data)
 
 
-def next_batch(conn: sqlite3.Connection) -> int:
-    return (conn.execute("SELECT max(batch) FROM event").fetchone()[0] or 0) + 1
-
-
 class BulkWriter:
     """A document's items, notes, outcomes, anchors and their events, inserted in bulk."""
 
