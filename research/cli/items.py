@@ -184,15 +184,13 @@ def show(item_id: IdArg, json_: JsonOpt = False) -> None:
     from research import render
     from research.backlog.views import find_item_id, item_detail
     from research.runs.summary import runs_for_show
-    from research.store.db import connect_raw, ensure_schema
+    from research.store.db import connect_raw
 
-    recover_runs()
-    path = db_path()
-    ensure_schema(path)
-    conn = connect_raw(path)
+    recover_runs()  # (it checks the schema first)
+    conn = connect_raw(db_path())
     try:
         detail = item_detail(conn, find_item_id(conn, item_id))
-        runs_for_show(conn, _Ref(detail["id"], detail["slug"]), detail)
+        runs_for_show(conn, detail["id"], detail["slug"], detail)
     finally:
         conn.close()
     if json_:
@@ -201,13 +199,6 @@ def show(item_id: IdArg, json_: JsonOpt = False) -> None:
         render.print_json(detail)
     else:
         render.show_item(detail)
-
-
-class _Ref:
-    """The item as ``runs_for_show`` reads it: its id and slug."""
-
-    def __init__(self, id: int, slug: str):
-        self.id, self.slug = id, slug
 
 
 @app.command()

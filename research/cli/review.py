@@ -56,19 +56,15 @@ def review(
     self-contained file with its charts embedded; Markdown charts are PNG files
     written beside -o FILE (none on stdout).
     """
-    from research.cli.context import db_path
-    from research.review.data import recover_stale_runs
+    from research.cli.context import db_path, recover_runs
     from research.review.output import resolve_format, write_review
     from research.review.period import parse_period
     from research.review.report import build_review
 
     period = parse_period(week=week, month=month, since=since, until=until)
     fmt = resolve_format(format_, output)
-    path = db_path()
-    count = recover_stale_runs(path)
-    if count:
-        typer.echo(f"marked {count} run(s) whose runner died as interrupted", err=True)
-    data = build_review(path, period, stale_days=stale_days)
+    recover_runs()
+    data = build_review(db_path(), period, stale_days=stale_days)
     text, written = write_review(data, fmt, output)
     if text is not None:
         typer.echo(text, nl=False)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from research.review.period import Period, utc_bound
 from research.runs.metrics import final_metrics
@@ -238,15 +237,6 @@ class ReviewData:
                 break
             current = parent
         return current["id"]
-
-
-def recover_stale_runs(db_path: Path) -> int:
-    """Marks runs whose runner died as interrupted, as `research runs` does."""
-    from research.runs.recovery import recover_stale_runs as recover
-    from research.store.db import ensure_schema
-
-    ensure_schema(db_path)
-    return recover(db_path)
 
 
 def status_moved_to(event: dict) -> str | None:

@@ -63,10 +63,10 @@ def best_run_ids(conn, links: list) -> dict[int, int]:
     return out
 
 
-def runs_for_show(conn, item, detail: dict[str, Any]) -> None:
+def runs_for_show(conn, item_id: int, slug: str, detail: dict[str, Any]) -> None:
     """Adds links and runs (best marked, failures summarized) to an item's `show` output."""
-    links = select_rows(conn, "link", "item_id = ?", (item.id,))
-    runs = select_rows(conn, "run", "item_id = ?", (item.id,))
+    links = select_rows(conn, "link", "item_id = ?", (item_id,))
+    runs = select_rows(conn, "run", "item_id = ?", (item_id,))
     metrics = final_metrics_by_run(conn, [r.id for r in runs])
     best = set(best_run_ids(conn, links).values())
     key_metrics = {lk.id: parse_best(lk.best)[1] for lk in links if lk.best}
@@ -74,7 +74,7 @@ def runs_for_show(conn, item, detail: dict[str, Any]) -> None:
     detail["runs"] = []
     lines = []
     for run in runs:
-        entry = run_summary(run, metrics[run.id], item.slug)
+        entry = run_summary(run, metrics[run.id], slug)
         entry["best"] = run.id in best
         if run.error:
             entry["error"] = {"cell_index": run.error.get("cell_index"), "ename": run.error.get("ename"), "evalue": run.error.get("evalue")}

@@ -54,21 +54,22 @@ def compile_where(text: str) -> Callable[[dict], bool]:
         position[0] += 1
         return tok
 
-    def parse_or():
-        left = parse_and()
-        while peek()[0] == "word" and peek()[1].lower() == "or":
+    def chain(word: str, operand: Callable[[], Callable[[dict], bool]]):
+        """``operand (word operand)*``: all of them (and) or any of them (or)."""
+        parts = [operand()]
+        while peek()[0] == "word" and peek()[1].lower() == word:
             take()
-            right = parse_and()
-            left = (lambda a, b: lambda row: a(row) or b(row))(left, right)
-        return left
+            parts.append(operand())
+        if len(parts) == 1:
+            return parts[0]
+        combine = all if word == "and" else any
+        return lambda row: combine(part(row) for part in parts)
+
+    def parse_or():
+        return chain("or", parse_and)
 
     def parse_and():
-        left = parse_not()
-        while peek()[0] == "word" and peek()[1].lower() == "and":
-            take()
-            right = parse_not()
-            left = (lambda a, b: lambda row: a(row) and b(row))(left, right)
-        return left
+        return chain("and", parse_not)
 
     def parse_not():
         if peek()[0] == "word" and peek()[1].lower() == "not":
