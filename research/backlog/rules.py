@@ -139,8 +139,9 @@ def next_position(conn: sqlite3.Connection, parent_id: int | None) -> int:
 
 
 def main_document_id(conn: sqlite3.Connection) -> int | None:
-    rows = conn.execute("SELECT id, is_main FROM document ORDER BY id").fetchall()
-    return next((i for i, main in rows if main), rows[0][0] if rows else None)
+    """The main document: the one marked (`research docs --main`), else the first imported."""
+    row = conn.execute("SELECT id FROM document ORDER BY is_main DESC, id LIMIT 1").fetchone()
+    return row[0] if row else None
 
 
 def insert_item(

@@ -154,14 +154,15 @@ def docs(
 ) -> None:
     """List the imported Markdown documents."""
     from research import render
-    from research.backlog.markdown import documents
+    from research.backlog.markdown import documents, reader
+    from research.store.db import raw_connection
 
     if main:
         with changes() as (session, log):
             documents.set_main(session, log, documents.resolve_document(session, main))
     with open_session() as session:
         rows = documents.document_summaries(session)
-        loose = documents.loose_items(session)
+        loose = reader.loose_items(raw_connection(session))
     if json_:
         render.print_json(rows)
         return

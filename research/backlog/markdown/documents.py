@@ -53,6 +53,7 @@ from research.backlog.markdown.model import (
 from research.backlog.markdown.parse import parse_document
 from research.backlog.markdown.plan import Base, item_value, plan_text
 from research.backlog.markdown.source import SourceLines
+from research.backlog.rules import main_document_id
 from research.errors import ResearchError
 from research.files import write_text_file
 from research.store.db import raw_connection
@@ -74,8 +75,8 @@ def documents(session: Session) -> list[Document]:
 
 
 def main_document(session: Session) -> Document | None:
-    docs = documents(session)
-    return next((d for d in docs if d.is_main), docs[0] if docs else None)
+    main_id = main_document_id(raw_connection(session))
+    return session.get(Document, main_id) if main_id is not None else None
 
 
 def resolve_document(session: Session, ref: str) -> Document:
@@ -112,11 +113,6 @@ def document_summaries(session: Session) -> list[dict[str, Any]]:
             "imported_at": doc.imported_at, "synced_at": doc.synced_at, "changes_since_sync": since,
         })
     return out
-
-
-def loose_items(session: Session) -> int:
-    """Items in no document (the shipped experiments, until moved into one)."""
-    return session.exec(select(func.count()).select_from(Item).where(Item.document_id.is_(None))).one()
 
 
 # ---------------------------------------------------------------------------

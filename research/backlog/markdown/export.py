@@ -16,6 +16,7 @@ from typing import Any
 from research.backlog.markdown import reader
 from research.backlog.markdown.plan import Base, plan_text
 from research.backlog.markdown.source import SourceLines
+from research.backlog.rules import main_document_id
 from research.errors import ResearchError
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -49,7 +50,7 @@ def export_text(conn: sqlite3.Connection, doc_ref: str | None, today: str) -> tu
     else:
         names = ", ".join(d.name for d in docs)
         raise ResearchError(f"the backlog has {len(docs)} documents ({names}): give --doc NAME")
-    return export_document(conn, doc, doc.id == reader.main_document_id(docs), today), doc
+    return export_document(conn, doc, doc.id == main_document_id(conn), today), doc
 
 
 def export_document(conn: sqlite3.Connection, doc, main: bool, today: str) -> str:

@@ -26,11 +26,8 @@ def documents(conn: sqlite3.Connection) -> list[DocumentRecord]:
     return select_rows(conn, "document")
 
 
-def main_document_id(docs: list[DocumentRecord]) -> int | None:
-    return next((d.id for d in docs if d.is_main), docs[0].id if docs else None)
-
-
 def loose_items(conn: sqlite3.Connection) -> int:
+    """Items in no document (the shipped experiments, until moved into one)."""
     return conn.execute("SELECT count(*) FROM item WHERE document_id IS NULL").fetchone()[0]
 
 
