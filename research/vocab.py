@@ -207,16 +207,6 @@ def stars(score: int | None) -> str:
     return "⭐" * score if score else ""
 
 
-def status_label(status: str, lang: str = "en") -> str:
-    return f"{STATUS_EMOJI[status]} {STATUS_WORDS[lang][status]}"
-
-
-def priority_label(priority: str, lang: str = "en") -> str:
-    fire = PRIORITY_FIRE[priority]
-    word = PRIORITY_WORDS[lang][priority]
-    return f"{fire} {word}" if fire else word
-
-
 # Estimates: "2-3天深度学习", "5-7天研究 + 实践", "3-4 days", "2 weeks", "4h", "半天".
 _UNIT_DAYS = [
     (r"小时|hours?|hrs?|h\b", 1 / 8),  # a working day is 8 hours

@@ -40,7 +40,6 @@ from research.store.models import (
     Event,
     Item,
     Link,
-    Meta,
     Metric,
     Note,
     Outcome,
@@ -402,20 +401,6 @@ def _undo_creations(session: Session, batch: int, events: list[Event]) -> None:
 
 # ---------------------------------------------------------------------------
 # Reading
-
-
-def get_meta(session: Session, key: str, default: str | None = None) -> str | None:
-    row = session.get(Meta, key)
-    return row.value if row else default
-
-
-def set_meta(session: Session, key: str, value: str) -> None:
-    row = session.get(Meta, key)
-    if row is None:
-        session.add(Meta(key=key, value=value))
-    else:
-        row.value = value
-        session.add(row)
 
 
 def export_json(session: Session) -> str:
