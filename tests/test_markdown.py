@@ -628,3 +628,24 @@ def test_a_new_row_with_a_deleted_rows_id_is_written_as_new(cli, tmp_path):
     out = tmp_path / "out.md"
     cli("export", "-o", out)
     assert out.read_text(encoding="utf-8") == "# T\n\n## N1\n\n### 2026-07-06\nfound KV\n"
+
+
+def test_a_new_note_does_not_swallow_the_sub_headings_after_it(cli, tmp_path):
+    """(Found on a public CONTRIBUTING.md.) An H2 whose sub-items are H4s: a note written at H3
+    would take the H4s in as its text on re-import; it is written at their level."""
+    source = tmp_path / "doc.md"
+    source.write_text("## Guidelines\n\nIntro.\n\n#### With an issue\n\nText.\n\n#### With code\n\nMore.\n", encoding="utf-8")
+    cli("import", source)
+    cli("note", "guidelines", "found it", "--date", "2026-09-08")
+    out = tmp_path / "out.md"
+    cli("export", "-o", out)
+    assert "Intro.\n\n#### 2026-09-08\nfound it\n\n#### With an issue" in out.read_text(encoding="utf-8")
+    cli("--db", tmp_path / "copy.db", "init", "--empty")
+    cli("--db", tmp_path / "copy.db", "import", out)
+    titles = {i["title"] for i in cli.json("--db", tmp_path / "copy.db", "list", "--all", "--tasks")}
+    assert titles == {"Guidelines", "With an issue", "With code"}
+
+
+def test_a_body_keeps_no_trailing_blank_lines(cli):
+    cli("add", "Exp", "--body", "first paragraph\n\n")
+    assert cli.json("show", "exp")["body"] == "first paragraph"

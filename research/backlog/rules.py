@@ -58,7 +58,7 @@ class ItemFields:
         if self.title is not None:
             out["title"] = clean_title(self.title)
         if self.body is not None:
-            out["body"] = self.body
+            out["body"] = self.body.rstrip("\n")  # (trailing blank lines cannot be told apart in Markdown)
             if item is not None and item.style.get("tasks_at") is not None:
                 out["style"] = {k: v for k, v in item.style.items() if k != "tasks_at"}
         if self.status is not None:

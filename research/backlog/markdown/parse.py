@@ -1133,7 +1133,10 @@ class _Parser:
             if notes:
                 node.slots["note"] = Slot(notes[-1].end, level=notes[-1].level)
             else:
-                node.slots["note"] = Slot(own_trim, level=min(node.level + 1, 6))
+                # A note heading sits above the item's sub-headings; at their level (not deeper)
+                # the first of them ends it, instead of being read as part of the note.
+                sub = [c.level for c in node.children if c.kind == "item" and not c.form.get("in_list")]
+                node.slots["note"] = Slot(own_trim, level=min(sub[0] if sub else node.level + 1, 6))
             if node.outcomes:
                 node.slots["outcome"] = Slot(node.outcomes[-1].end, after_list=True)
             else:
