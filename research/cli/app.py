@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from research.cli.coercion import direct_coercion
 from research.errors import ResearchError
 
 DEBUG_ENV = "RESEARCH_DEBUG"
@@ -15,6 +16,12 @@ DEBUG_ENV = "RESEARCH_DEBUG"
 
 class ResearchGroup(TyperGroup):
     """Turns ResearchError into one line on stderr and exit code 1."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:  # these include --help and the completion options Typer adds
+            direct_coercion(param)
+        return params
 
     def invoke(self, ctx):
         try:
@@ -91,6 +98,12 @@ class ResearchCommand(TyperCommand):
                     param.metavar = readable_metavar(param.name)
             elif isinstance(param, TyperOption) and not param.is_flag and param.metavar is None:
                 param.metavar = readable_metavar(param.name.rstrip("_"))
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:  # these include --help, which Typer adds here
+            direct_coercion(param)
+        return params
 
 
 class ResearchTyper(typer.Typer):
