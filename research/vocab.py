@@ -239,11 +239,15 @@ def parse_estimate(text: str | None) -> tuple[float | None, float | None]:
     return round(low * factor, 3), round(high * factor, 3)
 
 
+_SLUG_SEPARATORS = re.compile(r"[^\w]+")
+_SLUG_REPEATS = re.compile(r"[-_]{2,}")
+
+
 def slugify(title: str, max_length: int = 60) -> str:
     """A URL- and shell-friendly slug; CJK characters are kept, emoji and punctuation go."""
     text = unicodedata.normalize("NFKC", title).lower()
-    text = re.sub(r"[^\w]+", "-", text, flags=re.UNICODE).strip("-_")
-    text = re.sub(r"[-_]{2,}", "-", text)
+    text = _SLUG_SEPARATORS.sub("-", text).strip("-_")
+    text = _SLUG_REPEATS.sub("-", text)
     if len(text) > max_length:
         text = text[:max_length].rstrip("-_")
     return text or "item"

@@ -985,6 +985,7 @@ class _Parser:
         taken: set[int] = set()
         for row in self.matrix["rows"]:
             topic = row.topic.strip()
+            grams = _bigrams(topic)
             best, best_score = None, 0.0
             for node in candidates:
                 if id(node) in taken:
@@ -994,7 +995,6 @@ class _Parser:
                 elif topic and (topic in node.title or node.title in topic):
                     score = 1.5
                 else:
-                    grams = _bigrams(topic)
                     if id(node) not in grams_of:
                         grams_of[id(node)] = _bigrams(node.title)
                     score = len(grams & grams_of[id(node)]) / len(grams) if grams else 0.0

@@ -22,6 +22,7 @@ from typing import Any
 
 from research import clock
 from research.backlog.markdown.model import (
+    DEFAULTS,
     FIELDS,
     ParsedNode,
     ParsedNote,
@@ -35,6 +36,7 @@ Progress = Callable[[str, int, int], None]
 CREATED_FIELDS = ("id", "slug", "title", "kind", "parent_id", "status", "priority", "document_id", "created_at")
 _DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _EMPTY_JSON = {list: "[]", dict: "{}", str: '""'}
+_FIELD_DEFAULTS = tuple((name, DEFAULTS.get(name)) for name in FIELDS if name not in ("title", "kind"))
 
 
 def insert_many(conn: sqlite3.Connection, table: str, rows: list[dict]) -> None:
@@ -155,7 +157,9 @@ def walk(nodes: list[ParsedNode]):
 
 def item_row(node: ParsedNode, item_id: int, parent_id: int | None, position: int, slug: str,
              document_id: int | None, now: str) -> dict[str, Any]:
-    values = {name: node.value(name) for name in FIELDS}
+    # (node.value(name) for each field, read straight from the dicts: this runs per item)
+    given = node.values
+    values = {name: given.get(name, default) for name, default in _FIELD_DEFAULTS}
     status = values["status"]
     started = now if status in ("active", "done", "writing-up") else None
     done = (local_day(node.values["done_on"]) if node.values.get("done_on") else now) if status == "done" else None
