@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -649,3 +650,45 @@ def test_json_to_a_file_by_suffix(cli, history, isolated):
     result = cli("review", "--week", "2025-W46", "-o", "w46.json")
     assert result.stdout == "" and "wrote" in result.stderr
     assert json.loads((isolated / "w46.json").read_text())["counts"]["runs_failed"] == 1
+
+
+def test_both_forms_write_every_section_of_the_one_model(cli, history):
+    """The sections are defined once (review.sections); each renderer writes all of their text."""
+    import html as html_module
+
+    from research.review.sections import (
+        Bullets,
+        Notes,
+        Paragraph,
+        Styled,
+        SubHeading,
+        Table,
+        review_sections,
+    )
+
+    def plain(parts):
+        return "".join(p.text if isinstance(p, Styled) else p for p in parts)
+
+    review = cli.json_review("--week", "2025-W46")
+    markdown = cli("review", "--week", "2025-W46").stdout
+    page = cli("review", "--week", "2025-W46", "--format", "html").stdout
+    page_text = html_module.unescape(re.sub(r"<[^>]+>", "", page))
+    markdown_plain = markdown.replace("**", "").replace("`", "").replace("_", "")
+    sections = review_sections(review)
+    assert [s.title for s in sections] == [
+        "🔄 Moved this period", "✅ Finished", "🧪 Experiments", "📝 Notes", "🧊 Stuck", "🎯 Next focus"]
+    for section in sections:
+        assert f"## {section.title}" in markdown and f"<h2>{section.title}</h2>" in html_module.unescape(page)
+        for block in section.blocks:
+            if isinstance(block, (Paragraph, SubHeading)):
+                texts = [plain(block.parts)]
+            elif isinstance(block, Bullets):
+                texts = [plain(e.parts) for e in block.entries] + [plain(c) for e in block.entries for c in e.children]
+            elif isinstance(block, Notes):
+                texts = [n["text"].splitlines()[0] for n in block.notes]
+            elif isinstance(block, Table):
+                texts = block.header + [c.text if isinstance(c, Styled) else str(c) for row in block.rows for c in row
+                                        if isinstance(c, str | Styled)]
+            for text in texts:
+                assert text.replace("_", "") in markdown_plain, (section.title, text)
+                assert text in page_text, (section.title, text)

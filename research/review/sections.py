@@ -1,12 +1,13 @@
-"""The review's tables, defined once: their columns and cells as plain values, which the
-Markdown and HTML renderers each write in their own form."""
+"""The review's sections, defined once: headings, paragraphs, lists, notes and tables as
+plain values (``review_sections``), which the Markdown and HTML renderers each write in
+their own form. A renderer knows how to write a kind of block, never what a section says."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from research.review.report import SWEEP_ROWS_SHOWN
+from research.review.report import DUE_GROUPS, SWEEP_ROWS_SHOWN
 from research.review.text import (
     change_text,
     item_text,
@@ -18,11 +19,51 @@ from research.vocab import priority_with_fire, stars, status_with_emoji
 
 @dataclass(frozen=True)
 class Styled:
-    """A cell with a role the HTML page colours (``better``, ``worse``, ``muted``, ``fail``)
-    or sets in code (``code``); Markdown writes its text."""
+    """Text with a role: ``bold``, ``code`` and ``empty`` (an absence, in italics) are set
+    in both forms; the HTML page also colours ``better``, ``worse``, ``muted`` and ``fail``."""
 
     text: str
     style: str
+
+
+Inline = list  # of str and Styled, written one after another
+
+
+@dataclass
+class Paragraph:
+    parts: Inline
+
+
+@dataclass
+class SubHeading:
+    parts: Inline
+
+
+@dataclass
+class Entry:
+    parts: Inline
+    children: list[Inline] = field(default_factory=list)  # a nested list under the entry
+
+
+@dataclass
+class Bullets:
+    entries: list[Entry]
+
+
+@dataclass
+class Notes:
+    notes: list[dict]  # date, title, text (several lines kept as written)
+
+
+@dataclass
+class Charts:
+    """Where the charts go (the renderer has them: files beside a Markdown report, embedded in HTML)."""
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list
 
 
 @dataclass
@@ -89,3 +130,115 @@ def next_focus_table(entries: list[dict]) -> Table:
           number_text(e["score"]), priority_with_fire(e["priority"], " "), status_with_emoji(e["status"])] for e in entries],
         frozenset({0, 5}),
     )
+
+
+# ---------------------------------------------------------------------------
+# The sections of a review, in order
+
+
+def review_sections(review: dict[str, Any], with_charts: bool = False) -> list[Section]:
+    builders = (_moved, _finished, lambda r: _experiments(r, with_charts), _notes, _stuck, _due, _next_focus)
+    return [section for build in builders if (section := build(review)) is not None]
+
+
+def _moved(review: dict) -> Section | None:
+    if not review["moved"]:
+        return None
+    blocks: list = []
+    for group in review["moved"]:
+        blocks.append(SubHeading([group["direction"]["title"]]))
+        blocks.append(Bullets([
+            Entry([f"{c['date']} #{c['item_id']} {c['title']}: {status_with_emoji(c['from'])} → {status_with_emoji(c['to'])}"])
+            for c in group["changes"]
+        ]))
+    return Section("🔄 Moved this period", blocks)
+
+
+def _finished(review: dict) -> Section | None:
+    if not review["finished"]:
+        return None
+    entries = []
+    for entry in review["finished"]:
+        where = [Styled(f" ({entry['direction']})", "muted")] if entry["direction"] else []
+        outcomes = [_outcome(o) for o in entry["outcomes"]] or [[Styled("no outcome recorded", "empty")]]
+        entries.append(Entry([Styled(item_text(entry), "bold"), *where, f", {when_text(entry['done_at'])}"], outcomes))
+    return Section("✅ Finished", [Bullets(entries)])
+
+
+def _outcome(outcome: dict) -> Inline:
+    parts: Inline = [f"{outcome['kind']}: "]
+    if outcome["ref"]:
+        parts.append(Styled(outcome["ref"], "code"))
+    if outcome["ref"] and outcome["text"]:
+        parts.append(" — ")
+    if outcome["text"]:
+        parts.append(outcome["text"])
+    return parts
+
+
+def _experiments(review: dict, with_charts: bool) -> Section | None:
+    exp = review["experiments"]
+    if not (exp["items"] or with_charts):
+        return None
+    blocks: list = []
+    if exp["items"]:
+        blocks.append(experiments_table(exp["items"]))
+    if with_charts:
+        blocks.append(Charts())
+    if exp["failures"]:
+        blocks.append(SubHeading(["Failures"]))
+        blocks.append(Bullets([Entry(_failure(f)) for f in exp["failures"]]))
+    for sweep in exp["sweeps"]:
+        blocks.append(SubHeading(["Sweep ", Styled(str(sweep["sweep_id"]), "code"),
+                                  f" — {item_text({'id': sweep['item_id'], 'title': sweep['title']})}"]))
+        table = sweep_table(sweep)
+        blocks.append(table)
+        if table.more:
+            blocks.append(Paragraph([Styled(f"… {table.more} more runs (see --format json)", "muted")]))
+    return Section("🧪 Experiments", blocks)
+
+
+def _failure(failure: dict) -> Inline:
+    cell = f"cell {failure['cell_index']}: " if failure["cell_index"] is not None else ""
+    item = item_text({"id": failure["item_id"], "title": failure["title"]})
+    return [f"run #{failure['run_id']} ({item}, ", Styled(failure["notebook"], "code"), f") {failure['status']}: ",
+            Styled(f"{cell}{failure['error']}", "fail")]
+
+
+def _notes(review: dict) -> Section | None:
+    if not review["notes"]:
+        return None
+    blocks: list = []
+    for group in review["notes"]:
+        blocks += [SubHeading([item_text(group["item"])]), Notes(group["notes"])]
+    return Section("📝 Notes", blocks)
+
+
+def _stuck(review: dict) -> Section | None:
+    stuck = review["stuck"]
+    if not (stuck["idle"] or stuck["not_started"]):
+        return None
+    blocks: list = []
+    if stuck["idle"]:
+        blocks += [Paragraph([f"No run, note or change for {review['period']['stale_days']} days or more:"]),
+                   idle_table(stuck["idle"])]
+    if stuck["not_started"]:
+        blocks += [Paragraph(["Planned high and critical items not started:"]), not_started_table(stuck["not_started"])]
+    return Section("🧊 Stuck", blocks)
+
+
+def _due(review: dict) -> Section | None:
+    due = review.get("due") or {}
+    if not any(due.values()):
+        return None
+    blocks: list = []
+    for group, label in DUE_GROUPS:
+        if due.get(group):
+            blocks += [Paragraph([f"{label}:"]), due_table(due[group])]
+    return Section("📅 Due", blocks)
+
+
+def _next_focus(review: dict) -> Section | None:
+    if not review["next_focus"]:
+        return None
+    return Section("🎯 Next focus", [next_focus_table(review["next_focus"])])
