@@ -11,6 +11,7 @@ Julia notebooks be checked here, where neither kernel exists.
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -156,6 +157,8 @@ def test_notebooks_lists_what_papermill_reads(cli, project):
         "msg", "a", "names", "steps", "sizes", "table", "when"
     ]
     assert entries["notebooks/r.ipynb"]["parameters"] == []
+    assert entries["notebooks/r.ipynb"]["error"] == "papermill cannot read R parameters cells; -p values go unchecked"
+    assert entries["notebooks/pm.ipynb"]["error"] is None
 
 
 @pytest.mark.slow
@@ -200,3 +203,27 @@ def test_link_defaults_are_given_and_reruns_inject_the_same(cli, project):
     with session_scope(project / "todo.db", write=True) as session:
         loose, _ = plan_rerun(session, str(new_id), {"nope": "1"}, project, check=False)
         assert injected_parameters(loose.given, loose.params)["nope"] == 1
+
+
+@pytest.mark.slow
+def test_a_run_on_another_kernel_is_parameterized_by_its_translator(cli, project, monkeypatch, write_notebook):
+    """The runner's own path for a non-Python kernel: a kernelspec named `ir` with language R
+    (run by ipykernel, as no R exists here) gets its cell from papermill's R translator. The
+    parameters cell gives Python R's TRUE and NULL, so the injected R runs too."""
+    import nbformat
+
+    kernels = project / "jupyter" / "kernels" / "ir"
+    kernels.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (kernels / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "R", "language": "R"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(project / "jupyter"))
+    write_notebook(project / "notebooks" / "r.ipynb", "from research import record\nrecord('got', [alpha, name, n, flag, none])",
+                   parameters="TRUE, NULL = True, None\nalpha = 0.1\nname = 'x'\nn = 1\n", kernelspec=R_KERNEL)
+    given = ["alpha=0.5", "name=007", "n=007", "flag=True", "none=None"]
+    result = cli("run", "r", "-p", given[0], "-r", given[1], *[a for g in given[2:] for a in ("-p", g)])
+    assert "run 1 succeeded" in result.stdout
+    executed = nbformat.read(project / "runs" / "1" / "output.ipynb", as_version=4)
+    theirs = papermills(project, "r", "-p", "alpha", "0.5", "-r", "name", "007", "-p", "n", "007",
+                        "-p", "flag", "True", "-p", "none", "None")
+    assert injected_cell(executed) == theirs and "flag = TRUE" in theirs and "none = NULL" in theirs
+    assert cli.json("runs", "show", "1")["metrics"]["got"] == [0.5, "007", 7, True, None]
