@@ -139,6 +139,20 @@ def test_cell_nobody_can_read_takes_values_unchecked(tmp_path, write_notebook, k
     assert not specs.readable and dict(specs) == {} and specs.language == kernelspec["language"]
     given = {"alpha": "0.5", "steps": "20", "name": "007", "flag": "True", "text": ""}
     assert resolve_parameters(specs, given) == {"alpha": 0.5, "steps": 20, "name": 7, "flag": True, "text": ""}
+    assert specs.injectable
+
+
+def test_language_without_translator_takes_no_values(tmp_path, write_notebook):
+    """papermill cannot write a parameters cell for a language it has no translator for: refuse
+    before the run, instead of the run failing in papermill."""
+    js = {"name": "javascript", "display_name": "JavaScript", "language": "javascript"}
+    path = write_notebook(tmp_path / "js.ipynb", parameters="let a = 1;\n", kernelspec=js)
+    specs = inspect_notebook(path)
+    assert not specs.readable and not specs.injectable
+    assert resolve_parameters(specs, {}) == {}
+    with pytest.raises(ResearchError, match=r"^papermill has no parameter translator for javascript notebooks "
+                       r"\(js.ipynb\), so it cannot inject a, b$"):
+        resolve_parameters(specs, {"a": "2", "b": "3"}, "js.ipynb", check=False)
 
 
 # --------------------------------------------------------------------------- coercion

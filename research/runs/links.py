@@ -100,7 +100,9 @@ def list_notebooks(project_root: Path) -> list[dict[str, Any]]:
                 {"name": s.name, "type": s.type_name, "default": s.default_repr, "help": s.help}
                 for s in specs.values()
             ]
-            if not specs.readable:
+            if not specs.injectable:
+                entry["error"] = f"papermill has no parameter translator for {specs.language} notebooks"
+            elif not specs.readable:
                 entry["error"] = f"papermill cannot read {specs.language} parameters cells; -p values go unchecked"
         except ResearchError as exc:
             entry["error"] = str(exc)

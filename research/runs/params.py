@@ -132,13 +132,15 @@ class NotebookParameters(dict):
     ``readable`` is False when neither our reader nor papermill's translator for the
     kernel's language can read the cell (papermill inspects Python cells only): then
     nothing is known about names or types, and values pass unchecked, as papermill
-    passes them.
+    passes them. ``injectable`` is False when papermill has no translator for the
+    language at all, so it cannot write a parameters cell.
     """
 
-    def __init__(self, specs: list[ParamSpec], language: str, readable: bool = True):
+    def __init__(self, specs: list[ParamSpec], language: str, readable: bool = True, injectable: bool = True):
         super().__init__((spec.name, spec) for spec in specs)
         self.language = language
         self.readable = readable
+        self.injectable = injectable
 
 
 def inspect_notebook(path: str | Path) -> NotebookParameters:
@@ -160,8 +162,25 @@ def inspect_notebook(path: str | Path) -> NotebookParameters:
     if specs is None:
         specs = _inspect_with_papermill(nb, source)
     if specs is None:
-        return NotebookParameters([], language, readable=False)
+        return NotebookParameters([], language, readable=False, injectable=_has_translator(nb))
     return NotebookParameters(specs, language)
+
+
+def _kernel_and_language(nb: dict) -> tuple[str, str]:
+    """What papermill picks a translator by: the kernel's name, then the language."""
+    kernel = ((nb.get("metadata") or {}).get("kernelspec") or {}).get("name") or "python3"
+    return kernel, _notebook_language(nb)
+
+
+def _has_translator(nb: dict) -> bool:
+    from papermill.exceptions import PapermillException
+    from papermill.translators import papermill_translators
+
+    try:
+        papermill_translators.find_translator(*_kernel_and_language(nb))
+    except PapermillException:
+        return False
+    return True
 
 
 def _mask_magics(source: str) -> str:
@@ -235,9 +254,8 @@ def _inspect_with_papermill(nb: dict, source: str) -> list[ParamSpec] | None:
     from papermill.exceptions import PapermillException
     from papermill.translators import papermill_translators
 
-    kernel = ((nb.get("metadata") or {}).get("kernelspec") or {}).get("name") or "python3"
     try:
-        translator = papermill_translators.find_translator(kernel, _notebook_language(nb))
+        translator = papermill_translators.find_translator(*_kernel_and_language(nb))
         # The translator reads ``cell.source`` as one string: a notebook file may hold a list of lines.
         params = translator.inspect(new_code_cell(source))
     except (PapermillException, NotImplementedError):  # no translator; one that cannot inspect
@@ -534,6 +552,11 @@ def resolve_parameters(
     values are what papermill passes: strings typed as ``papermill -p`` types them,
     raw and typed values as they are, and any name.
     """
+    if given and not getattr(specs, "injectable", True):
+        raise ResearchError(
+            f"papermill has no parameter translator for {specs.language} notebooks"
+            f"{f' ({notebook})' if notebook is not None else ''}, so it cannot inject {', '.join(given)}"
+        )
     raw, typed = set(raw), set(typed)
     unchecked = not check or not getattr(specs, "readable", True)
     resolved: dict[str, Any] = {}
@@ -595,11 +618,11 @@ def _split_assignment(text: str, option: str = "-p") -> tuple[str, str]:
     return key, value
 
 
-def parse_assignments(items: list[str] | tuple[str, ...] | None) -> dict[str, str]:
+def parse_assignments(items: list[str] | tuple[str, ...] | None, option: str = "-p") -> dict[str, str]:
     """``["steps=10", "name=007"]`` -> ``{"steps": "10", "name": "007"}`` (values stay strings)."""
     result: dict[str, str] = {}
     for item in items or []:
-        key, value = _split_assignment(item)
+        key, value = _split_assignment(item, option)
         result[key] = value
     return result
 
