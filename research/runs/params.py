@@ -542,7 +542,7 @@ def resolve_parameters(
     """Check every given name against the notebook's parameters and coerce each value.
 
     ``given`` holds ``-p``/``--grid`` text, and under the names in ``typed`` values typed
-    by YAML or JSON (``-f``, ``-y``, a link's defaults) and under the names in ``raw``
+    by YAML or JSON (``-f``, ``-y``) and under the names in ``raw``
     ``-r`` values, text that is never converted. Returns a new dict of the
     given parameters with typed values (defaults are not added). Raises ResearchError on
     an unknown name (listing the known ones) or a value of the wrong type, saying what
@@ -651,10 +651,10 @@ def load_params_file(path: str | Path) -> dict[str, Any]:
 
 def parse_yaml_params(texts: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
     """``-y 'lr: 0.1'`` strings (papermill's ``--parameters_yaml``), merged in order; values typed by YAML."""
+    import yaml
+
     result: dict[str, Any] = {}
     for text in texts or []:
-        import yaml
-
         try:
             data = _yaml_load(text)
         except yaml.YAMLError as exc:
