@@ -16,7 +16,9 @@ from research.runs.params import (
     expand_grid,
     inspect_notebook,
     load_params_file,
+    papermill_value,
     parse_assignments,
+    parse_yaml_params,
     resolve_parameters,
 )
 
@@ -94,6 +96,65 @@ def test_inspect_without_kernelspec():
     assert list(inspect_notebook(NOTEBOOKS / "no_kernelspec.ipynb")) == ["a"]
 
 
+# A parameters cell in papermill's documented styles; the last lines are ones no Python parser
+# reads, so ours gives up on the cell and papermill's translator (which skips them) reads it.
+PAPERMILL_STYLE = (
+    "msg = None\n"
+    "a: float = 2.25  # the a value\n"
+    "names = [\n"
+    "    'x',  # first\n"
+    "    'y'\n"
+    "]  # type: List[str] the names\n"
+    'c: "NoneType" = None\n'
+    "= 2\n"
+)
+R_KERNEL = {"name": "ir", "display_name": "R", "language": "R"}
+JULIA_KERNEL = {"name": "julia-1.10", "display_name": "Julia 1.10", "language": "julia"}
+
+
+def test_unparsable_python_cell_is_read_by_papermill(tmp_path, write_notebook):
+    import papermill
+
+    path = write_notebook(tmp_path / "pm.ipynb", parameters=PAPERMILL_STYLE)
+    ours = inspect_notebook(path)
+    theirs = papermill.inspect_notebook(str(path))
+    assert ours.readable and list(ours) == list(theirs) == ["msg", "a", "names", "c"]
+    assert ours["a"] == ParamSpec("a", "float", 2.25, "2.25", "the a value")
+    assert ours["names"].type_name == "List[str]" and ours["names"].default == ["x", "y"]
+    assert ours["msg"].type_name is None and ours["c"].optional
+    # ... and so its typed parameters are checked, not refused as unknown.
+    assert resolve_parameters(ours, {"a": "1", "names": '["p", "q"]', "msg": "hi"}) == {
+        "a": 1.0, "names": ["p", "q"], "msg": "hi"
+    }
+    with pytest.raises(ResearchError, match="parameter 'names' expects List"):
+        resolve_parameters(ours, {"names": '{"p": 1}'})
+
+
+@pytest.mark.parametrize("kernelspec", [R_KERNEL, JULIA_KERNEL], ids=["R", "julia"])
+def test_cell_nobody_can_read_takes_values_unchecked(tmp_path, write_notebook, kernelspec):
+    """papermill inspects Python only: an R or Julia cell declares nothing we can check, so
+    values pass as papermill passes them instead of every name being refused."""
+    path = write_notebook(tmp_path / "k.ipynb", parameters="alpha = 0.1\nname = 'x'\n", kernelspec=kernelspec)
+    specs = inspect_notebook(path)
+    assert not specs.readable and dict(specs) == {} and specs.language == kernelspec["language"]
+    given = {"alpha": "0.5", "steps": "20", "name": "007", "flag": "True", "text": ""}
+    assert resolve_parameters(specs, given) == {"alpha": 0.5, "steps": 20, "name": 7, "flag": True, "text": ""}
+    assert specs.injectable
+
+
+def test_language_without_translator_takes_no_values(tmp_path, write_notebook):
+    """papermill cannot write a parameters cell for a language it has no translator for: refuse
+    before the run, instead of the run failing in papermill."""
+    js = {"name": "javascript", "display_name": "JavaScript", "language": "javascript"}
+    path = write_notebook(tmp_path / "js.ipynb", parameters="let a = 1;\n", kernelspec=js)
+    specs = inspect_notebook(path)
+    assert not specs.readable and not specs.injectable
+    assert resolve_parameters(specs, {}) == {}
+    with pytest.raises(ResearchError, match=r"^papermill has no parameter translator for javascript notebooks "
+                       r"\(js.ipynb\), so it cannot inject a, b$"):
+        resolve_parameters(specs, {"a": "2", "b": "3"}, "js.ipynb", check=False)
+
+
 # --------------------------------------------------------------------------- coercion
 
 
@@ -111,8 +172,13 @@ def test_unknown_parameter_lists_known_ones():
 
 def test_bad_type_is_one_clear_line():
     specs = inspect_notebook(TYPED)
-    with pytest.raises(ResearchError, match=r"^parameter 'steps' expects int, got 'abc'$"):
+    # One line that also says what papermill would do, and how to get that.
+    with pytest.raises(ResearchError) as info:
         resolve_parameters(specs, {"steps": "abc"})
+    assert str(info.value) == (
+        "parameter 'steps' expects int, got 'abc'; "
+        "papermill would pass the str 'abc'; `research run --no-check` does the same"
+    )
     with pytest.raises(ResearchError, match="parameter 'lr' expects float"):
         resolve_parameters(specs, {"lr": "fast"})
     with pytest.raises(ResearchError, match="parameter 'flag' expects bool"):
@@ -203,6 +269,81 @@ def test_unknown_type_guesses():
     assert coerce_value(unknown, "007") == "007"
     assert coerce_value(unknown, "[1, 2]") == [1, 2]
     assert coerce_value(unknown, "hello") == "hello"
+
+
+PAPERMILL_P_VALUES = ["", "True", "true", "False", "None", "none", "007", "-3", "1e-3", "nan", "inf", "1_000", " 5 ",
+                      "[1, 2]", "{a: 1}", "x=y", "hello"]
+
+
+def test_papermill_value_is_what_papermill_p_passes():
+    from papermill.cli import _resolve_type
+
+    for text in PAPERMILL_P_VALUES:
+        ours, theirs = papermill_value(text), _resolve_type(text)
+        assert type(ours) is type(theirs) and (ours == theirs or ours != ours), text  # nan != nan
+
+
+def test_empty_value_of_untyped_parameter_is_empty_string():
+    # `papermill NB out -p msg ""` passes ""; it was None here (read as empty YAML).
+    assert coerce_value(spec(None), "") == ""
+    assert coerce_value(spec("str | None"), "") == ""
+    assert coerce_value(spec(None), " ") == " "
+
+
+def test_raw_values_are_text():
+    specs = inspect_notebook(TYPED)
+    got = resolve_parameters(specs, {"name": "007", "steps": "5"}, raw=["name"])
+    assert got == {"name": "007", "steps": 5}
+    untyped = {"tag": spec(None, "tag")}
+    assert resolve_parameters(untyped, {"tag": "True"}, raw=["tag"]) == {"tag": "True"}
+    assert resolve_parameters(untyped, {"tag": "True"}) == {"tag": True}
+    with pytest.raises(ResearchError) as info:
+        resolve_parameters(specs, {"steps": "5"}, raw=["steps"])
+    assert str(info.value).startswith("parameter 'steps' expects int, got '5' (-r passes text; -p converts it)")
+    assert "papermill would pass the str '5'" in str(info.value)
+
+
+def test_typed_values_are_not_guessed_again():
+    untyped = {"x": spec(None, "x")}
+    assert resolve_parameters(untyped, {"x": "5"}, typed=["x"]) == {"x": "5"}  # YAML said "5"
+    assert resolve_parameters(untyped, {"x": "5"}) == {"x": 5}  # -p x=5
+
+
+def test_no_check_passes_values_as_papermill_does():
+    specs = inspect_notebook(TYPED)
+    given = {"steps": "abc", "nope": "3", "name": "007", "lr": "None", "sizes": "[1]", "cfg": {"b": 1}, "r": "1"}
+    got = resolve_parameters(specs, given, raw=["r"], typed=["cfg"], check=False)
+    assert got == {"steps": "abc", "nope": 3, "name": 7, "lr": None, "sizes": "[1]", "cfg": {"b": 1}, "r": "1"}
+
+
+def test_unknown_name_says_what_papermill_does():
+    specs = inspect_notebook(TYPED)
+    with pytest.raises(ResearchError) as info:
+        resolve_parameters(specs, {"stepz": "4"})
+    assert str(info.value).endswith(
+        "(did you mean 'steps'?); papermill would only warn and inject it (`research run --no-check` does the same)"
+    )
+
+
+def test_yaml_parameters_read_as_papermill_reads_them(tmp_path):
+    import yaml
+    from papermill.iorw import NoDatesSafeLoader
+
+    texts = ["day: 2024-01-31\nlr: 1e-3\nsizes: [1, 2]\nok: yes", "lr: 0.5\nname: '007'"]
+    theirs: dict = {}
+    for text in texts:
+        theirs.update(yaml.load(text, Loader=NoDatesSafeLoader))
+    assert parse_yaml_params(texts) == theirs
+    assert theirs["day"] == "2024-01-31" and theirs["lr"] == 0.5
+    (tmp_path / "p.yaml").write_text(texts[0])
+    assert load_params_file(tmp_path / "p.yaml")["day"] == "2024-01-31"
+    assert parse_yaml_params([]) == {} and parse_yaml_params([""]) == {}
+    with pytest.raises(ResearchError, match=r"^-y '\[1, 2\]' must hold a mapping"):
+        parse_yaml_params(["[1, 2]"])
+    with pytest.raises(ResearchError, match="could not parse -y"):
+        parse_yaml_params(["a: [1"])
+    with pytest.raises(ResearchError, match="bad parameter name"):
+        parse_yaml_params(["1x: 2"])
 
 
 # --------------------------------------------------------------------------- CLI input

@@ -24,6 +24,7 @@ from research.errors import ResearchError
 # Notebooks and runs
 
 ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value, checked against the notebook's parameters (repeatable).")]
+NoCheckOpt = Annotated[bool, typer.Option("--no-check", help="Skip the name and type checks and pass values as papermill does: -p types guessed (True, None, 5, 0.5, else text), unknown names injected.")]
 
 
 
@@ -100,7 +101,10 @@ def run(
     item_id: IdArg,
     notebook: Annotated[str | None, typer.Option("--notebook", "-n", help="Run only this linked notebook (by name).")] = None,
     param: ParamOpt = None,
-    params_file: Annotated[Path | None, typer.Option("--params-file", "-f", help="YAML or JSON file of parameters.")] = None,
+    params_file: Annotated[list[Path] | None, typer.Option("--params-file", "-f", help="YAML or JSON file of parameters, as papermill's -f (repeatable).")] = None,
+    params_yaml: Annotated[list[str] | None, typer.Option("--params-yaml", "-y", help="Parameters as YAML, e.g. -y 'lr: 0.1' (papermill's -y; repeatable).")] = None,
+    param_raw: Annotated[list[str] | None, typer.Option("--param-raw", "-r", help="key=value, the value passed as text, never converted (papermill's -r NAME VALUE; repeatable).")] = None,
+    no_check: NoCheckOpt = False,
     grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="key=v1,v2,... : sweep the cartesian product (repeatable).")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own kernel.")] = 1,
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="End a run as 'timeout' after this many seconds.")] = None,
@@ -115,6 +119,8 @@ def run(
     """Run an item's linked notebooks.
 
     Run an item's linked notebook(s) with checked parameters; --grid sweeps; --executor dask|slurm runs them elsewhere.
+    Parameters as papermill takes them: -f FILE, -y YAML, -p key=value, -r key=value (text), later ones winning;
+    only those given are injected (the notebook keeps its own defaults). --no-check passes them as papermill would.
     """
     from research.executors import load_settings
     from research.runs.child import discard_worker, start_worker
@@ -126,8 +132,9 @@ def run(
         raise ResearchError("--no-wait is for the slurm executor (dask runs end with their client)")
     # The first run's worker starts now, importing papermill while we check and plan.
     worker = None if dry_run or settings.executor != "local" else start_worker()
-    request = RunRequest(item_id, notebook, param or [], params_file, grid or [], jobs, timeout, kernel, log_output,
-                         wait=not no_wait, worker=worker, settings=settings)
+    request = RunRequest(item_id, notebook, param or [], params_file or [], grid or [], jobs, timeout, kernel, log_output,
+                         wait=not no_wait, worker=worker, settings=settings, params_yaml=params_yaml or [],
+                         param_raw=param_raw or [], check=not no_check)
     try:
         _run(request, dry_run)
     finally:
@@ -141,7 +148,7 @@ class RunRequest:
     item_id: str
     notebook: str | None = None
     param: list[str] = field(default_factory=list)
-    params_file: Path | None = None
+    params_file: list[Path] = field(default_factory=list)
     grid: list[str] = field(default_factory=list)
     jobs: int = 1
     timeout: float | None = None
@@ -150,12 +157,21 @@ class RunRequest:
     wait: bool = True
     worker: Any = None  # a runner started ahead (runs.child.start_worker) for the first run
     settings: Any = None  # executors.settings.ExecutorSettings
+    params_yaml: list[str] = field(default_factory=list)
+    param_raw: list[str] = field(default_factory=list)
+    check: bool = True
 
 
 def _run(request: RunRequest, dry_run: bool) -> None:
     from research import render
     from research.backlog.items import resolve_item
-    from research.runs.params import expand_grid, load_params_file, parse_assignments
+    from research.runs.params import (
+        expand_grid,
+        injected_parameters,
+        load_params_file,
+        parse_assignments,
+        parse_yaml_params,
+    )
     from research.runs.plan import create_runs, plan_runs
 
     recover_runs()
@@ -163,13 +179,20 @@ def _run(request: RunRequest, dry_run: bool) -> None:
     item_id, notebook, jobs, timeout, settings = (request.item_id, request.notebook, request.jobs, request.timeout,
                                                   request.settings)
     given = parse_assignments(request.param)
-    file_params = load_params_file(request.params_file) if request.params_file else None
+    raw = parse_assignments(request.param_raw, "-r")
+    # papermill's order: files, then YAML strings, then -p, then -r; each later one wins.
+    file_params = {}
+    for path in request.params_file:
+        file_params.update(load_params_file(path))
+    file_params.update(parse_yaml_params(request.params_yaml))
     points = expand_grid(request.grid)
     if dry_run:
         with open_session() as session:
             item = resolve_item(session, item_id)
-            plans = plan_runs(session, item, root, notebook, given, file_params, points)
-        render.print_json([{"item": p.item.slug, "notebook": p.notebook, "params": p.params} for p in plans])
+            plans = plan_runs(session, item, root, notebook, given, file_params, points, raw, request.check)
+        # "inject": what the parameters cell injected by papermill will assign; "params": what the run records.
+        render.print_json([{"item": p.item.slug, "notebook": p.notebook, "params": p.params,
+                            "inject": injected_parameters(p.given, p.params)} for p in plans])
         return
     remote = started = None
     if settings is not None and settings.executor != "local":
@@ -180,7 +203,7 @@ def _run(request: RunRequest, dry_run: bool) -> None:
     try:
         with open_session(write=True) as session:
             item = resolve_item(session, item_id)
-            plans = plan_runs(session, item, root, notebook, given, file_params, points)
+            plans = plan_runs(session, item, root, notebook, given, file_params, points, raw, request.check)
             if started:
                 started()  # the engine is reachable before anything is written
             run_ids, sweep_id = create_runs(session, plans, root, request.kernel,
@@ -234,6 +257,7 @@ def rerun(
     run_id: Annotated[str, typer.Argument(help="The run to repeat.")],
     param: ParamOpt = None,
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="End the run as 'timeout' after this many seconds.")] = None,
+    no_check: NoCheckOpt = False,
 ) -> None:
     """Run a past run again with the same parameters.
 
@@ -245,7 +269,7 @@ def rerun(
     recover_runs()
     root = project_root()
     with open_session(write=True) as session:
-        plan, kernel = plan_rerun(session, run_id, parse_assignments(param), root)
+        plan, kernel = plan_rerun(session, run_id, parse_assignments(param), root, check=not no_check)
         run_ids, _ = create_runs(session, [plan], root, kernel)
     _execute(RunRequest(item_id="", timeout=timeout), run_ids)
 

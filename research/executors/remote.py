@@ -37,9 +37,12 @@ def build_task(
     run, project_root: Path, timeout: float | None, git: dict[str, Any], key: str | None = None
 ) -> dict[str, Any]:
     """The self-contained description of one queued run (``run`` is a Run row)."""
+    import hashlib
+
+    from research.runs.params import injected_parameters
+
     notebook = Path(project_root) / run.notebook
     data = notebook.read_bytes()
-    import hashlib
 
     return {
         "version": PAYLOAD_VERSION,
@@ -48,7 +51,7 @@ def build_task(
         "notebook": run.notebook,
         "notebook_bytes": data,
         "notebook_sha256": hashlib.sha256(data).hexdigest(),
-        "params": run.params,
+        "params": injected_parameters(run.params_given, run.params),  # what papermill injects
         "kernel": run.kernel,
         "timeout": timeout,
         "project_root": str(project_root),

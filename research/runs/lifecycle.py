@@ -73,6 +73,7 @@ def execute_run(
 
     from research.runs.child import execute_notebook
     from research.runs.environment import capture_environment, sha256_file
+    from research.runs.params import injected_parameters
 
     project_root = project_root_of(db_path)
 
@@ -120,7 +121,7 @@ def execute_run(
     outcome = execute_notebook(
         notebook=project_root / run.notebook,
         output=project_root / run.output_path,
-        parameters=run.params,
+        parameters=injected_parameters(run.params_given, run.params),
         run_dir=run_dir,
         cwd=project_root,
         kernel_name=run.kernel,

@@ -95,10 +95,15 @@ def list_notebooks(project_root: Path) -> list[dict[str, Any]]:
             continue
         entry: dict[str, Any] = {"notebook": path.relative_to(project_root).as_posix(), "parameters": [], "error": None}
         try:
+            specs = inspect_notebook(path)
             entry["parameters"] = [
                 {"name": s.name, "type": s.type_name, "default": s.default_repr, "help": s.help}
-                for s in inspect_notebook(path).values()
+                for s in specs.values()
             ]
+            if not specs.injectable:
+                entry["error"] = f"papermill has no parameter translator for {specs.language} notebooks"
+            elif not specs.readable:
+                entry["error"] = f"papermill cannot read {specs.language} parameters cells; -p values go unchecked"
         except ResearchError as exc:
             entry["error"] = str(exc)
         out.append(entry)

@@ -11,9 +11,13 @@ A notebook declares its parameters the papermill way, in a code cell tagged
 help). Python cells are read with ``ast`` (same result as papermill's
 ``PythonTranslator.inspect`` for ordinary cells, but it also understands
 ``int | None`` annotations and ``#`` inside strings, and it does not import
-papermill, so the CLI stays fast); other kernels fall back to papermill's own
-inspection. ``coerce_value``/``resolve_parameters`` convert ``-p key=value``
-strings and ``-f params.yaml`` values to the declared types before anything runs.
+papermill, so the CLI stays fast); a cell ``ast`` cannot parse, and other kernels,
+are read by papermill's translator for the language. Where nobody can read the cell
+(papermill inspects Python only: R, Julia...), names and types go unchecked.
+``coerce_value``/``resolve_parameters`` convert ``-p key=value`` strings and
+``-f params.yaml`` values to the declared types before anything runs, and say what
+papermill would do where we refuse; without the check they pass values as papermill
+does. A run injects only the parameters it was given (``injected_parameters``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import math
 import re
 import tokenize
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +126,24 @@ def _notebook_language(nb: dict) -> str:
     )
 
 
-def inspect_notebook(path: str | Path) -> dict[str, ParamSpec]:
+class NotebookParameters(dict):
+    """The parameters a notebook declares, ``name -> ParamSpec`` in cell order.
+
+    ``readable`` is False when neither our reader nor papermill's translator for the
+    kernel's language can read the cell (papermill inspects Python cells only): then
+    nothing is known about names or types, and values pass unchecked, as papermill
+    passes them. ``injectable`` is False when papermill has no translator for the
+    language at all, so it cannot write a parameters cell.
+    """
+
+    def __init__(self, specs: list[ParamSpec], language: str, readable: bool = True, injectable: bool = True):
+        super().__init__((spec.name, spec) for spec in specs)
+        self.language = language
+        self.readable = readable
+        self.injectable = injectable
+
+
+def inspect_notebook(path: str | Path) -> NotebookParameters:
     """The parameters declared in the notebook's ``parameters`` cell, in cell order.
 
     Raises ResearchError if the file is missing, is not a notebook, or has no
@@ -133,12 +155,32 @@ def inspect_notebook(path: str | Path) -> dict[str, ParamSpec]:
     if index < 0:
         raise ResearchError(f"notebook {path} has no cell tagged 'parameters'")
     source = _source(nb["cells"][index])
+    language = _notebook_language(nb)
     specs = None
-    if _notebook_language(nb).lower() == "python":
+    if language.lower() == "python":
         specs = _inspect_python_source(source)
     if specs is None:
-        specs = _inspect_with_papermill(nb, index)
-    return {spec.name: spec for spec in specs}
+        specs = _inspect_with_papermill(nb, source)
+    if specs is None:
+        return NotebookParameters([], language, readable=False, injectable=_has_translator(nb))
+    return NotebookParameters(specs, language)
+
+
+def _kernel_and_language(nb: dict) -> tuple[str, str]:
+    """What papermill picks a translator by: the kernel's name, then the language."""
+    kernel = ((nb.get("metadata") or {}).get("kernelspec") or {}).get("name") or "python3"
+    return kernel, _notebook_language(nb)
+
+
+def _has_translator(nb: dict) -> bool:
+    from papermill.exceptions import PapermillException
+    from papermill.translators import papermill_translators
+
+    try:
+        papermill_translators.find_translator(*_kernel_and_language(nb))
+    except PapermillException:
+        return False
+    return True
 
 
 def _mask_magics(source: str) -> str:
@@ -205,20 +247,19 @@ def _inspect_python_source(source: str) -> list[ParamSpec] | None:
     return list(specs.values())
 
 
-def _inspect_with_papermill(nb: dict, index: int) -> list[ParamSpec]:
-    """Fallback for non-Python kernels or cells ``ast`` cannot read."""
-    import nbformat
+def _inspect_with_papermill(nb: dict, source: str) -> list[ParamSpec] | None:
+    """papermill's reading of the cell, for cells ``ast`` cannot parse (it skips the lines it
+    cannot read) and other kernels; None when papermill has no reader for the language."""
+    from nbformat.v4 import new_code_cell
+    from papermill.exceptions import PapermillException
     from papermill.translators import papermill_translators
 
-    node = nbformat.from_dict(nb)
-    meta = node.metadata
-    kernel = (meta.get("kernelspec") or {}).get("name") or "python3"
-    language = _notebook_language(nb)
     try:
-        translator = papermill_translators.find_translator(kernel, language)
-        params = translator.inspect(node.cells[index])
-    except Exception:  # papermill raises several types: no translator, not implemented
-        return []
+        translator = papermill_translators.find_translator(*_kernel_and_language(nb))
+        # The translator reads ``cell.source`` as one string: a notebook file may hold a list of lines.
+        params = translator.inspect(new_code_cell(source))
+    except (PapermillException, NotImplementedError):  # no translator; one that cannot inspect
+        return None
     specs = []
     for p in params:
         type_name = None if p.inferred_type_name in (None, "None") else p.inferred_type_name
@@ -318,6 +359,27 @@ def _fail(spec: ParamSpec, raw: Any, note: str = "") -> ResearchError:
     )
 
 
+_YAML_LOADER = None
+
+
+def _yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that keeps dates as text, as papermill reads ``-f`` and ``-y``: a
+    ``date: 2024-01-31`` parameter reaches the notebook as the string a user typed."""
+    global _YAML_LOADER
+    import yaml
+
+    if _YAML_LOADER is None:
+
+        class NoDatesLoader(yaml.SafeLoader):
+            yaml_implicit_resolvers = {
+                first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:timestamp"]
+                for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+            }
+
+        _YAML_LOADER = NoDatesLoader
+    return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 (a SafeLoader subclass)
+
+
 def _parse_structured(text: str) -> Any:
     """Parse a JSON or YAML value; raises ValueError."""
     try:
@@ -327,9 +389,24 @@ def _parse_structured(text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return _yaml_load(text)
     except yaml.YAMLError as exc:
         raise ValueError(str(exc).splitlines()[0]) from None
+
+
+def papermill_value(text: str) -> Any:
+    """What ``papermill -p NAME VALUE`` passes for ``text``: exactly True, False or None,
+    else an int, else a float, else the text itself (so ``""`` stays ``""``)."""
+    if text in ("True", "False"):
+        return text == "True"
+    if text == "None":
+        return None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            continue
+    return text
 
 
 def _guess(raw: str) -> Any:
@@ -349,7 +426,7 @@ def _guess(raw: str) -> Any:
         if convert is int and len(text.lstrip("+-")) > 1 and text.lstrip("+-").startswith("0"):
             return raw
         return value
-    if text[:1] in "[{":
+    if text.startswith(("[", "{")):  # ``text[:1] in "[{"`` is true for "" too
         try:
             return _parse_structured(text)
         except ValueError:
@@ -442,16 +519,53 @@ def coerce_value(spec: ParamSpec, raw: Any) -> Any:
     return _coerce_base(spec, base, raw, element)
 
 
+_NO_CHECK = "`research run --no-check` does the same"
+
+
+def _papermill_note(value: Any) -> str:
+    shown = value if isinstance(value, str) else json.dumps(value, default=str)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    kind = "None" if value is None else type(value).__name__
+    return f"papermill would pass the {kind} {shown!r}; {_NO_CHECK}"
+
+
 def resolve_parameters(
-    specs: dict[str, ParamSpec], given: dict[str, Any], notebook: str | Path | None = None
+    specs: dict[str, ParamSpec],
+    given: dict[str, Any],
+    notebook: str | Path | None = None,
+    *,
+    raw: Iterable[str] = (),
+    typed: Iterable[str] = (),
+    check: bool = True,
 ) -> dict[str, Any]:
     """Check every given name against the notebook's parameters and coerce each value.
 
-    Returns a new dict of the given parameters with typed values (defaults are not
-    added). Raises ResearchError on an unknown name, listing the known ones.
+    ``given`` holds ``-p``/``--grid`` text, and under the names in ``typed`` values typed
+    by YAML or JSON (``-f``, ``-y``) and under the names in ``raw``
+    ``-r`` values, text that is never converted. Returns a new dict of the
+    given parameters with typed values (defaults are not added). Raises ResearchError on
+    an unknown name (listing the known ones) or a value of the wrong type, saying what
+    papermill would do instead.
+
+    Without ``check``, or when the notebook's cell cannot be read (``readable`` False),
+    values are what papermill passes: strings typed as ``papermill -p`` types them,
+    raw and typed values as they are, and any name.
     """
+    if given and not getattr(specs, "injectable", True):
+        raise ResearchError(
+            f"papermill has no parameter translator for {specs.language} notebooks"
+            f"{f' ({notebook})' if notebook is not None else ''}, so it cannot inject {', '.join(given)}"
+        )
+    raw, typed = set(raw), set(typed)
+    unchecked = not check or not getattr(specs, "readable", True)
     resolved: dict[str, Any] = {}
-    for name, raw in given.items():
+    for name, value in given.items():
+        is_text = isinstance(value, str) and name not in raw and name not in typed
+        as_papermill = papermill_value(value) if is_text else value
+        if unchecked:
+            resolved[name] = as_papermill
+            continue
         spec = specs.get(name)
         if spec is None:
             where = f" for {notebook}" if notebook is not None else ""
@@ -460,9 +574,33 @@ def resolve_parameters(
             close = difflib.get_close_matches(name, list(specs), n=1)
             if close:
                 message += f" (did you mean '{close[0]}'?)"
-            raise ResearchError(message)
-        resolved[name] = coerce_value(spec, raw)
+            raise ResearchError(f"{message}; papermill would only warn and inject it ({_NO_CHECK})")
+        try:
+            if name in raw:
+                resolved[name] = _coerce_raw(spec, value)
+            elif name in typed and _parse_type(spec.type_name)[0] is None:
+                resolved[name] = value  # YAML already typed it; guessing would undo a quoted "5"
+            else:
+                resolved[name] = coerce_value(spec, value)
+        except ResearchError as exc:
+            raise ResearchError(f"{exc}; {_papermill_note(as_papermill)}") from None
     return resolved
+
+
+def _coerce_raw(spec: ParamSpec, text: str) -> str:
+    """A ``-r`` value is text: right for a ``str`` or untyped parameter, a mismatch otherwise."""
+    base = _parse_type(spec.type_name)[0]
+    if base not in (None, "str"):
+        raise _fail(spec, text, "-r passes text; -p converts it")
+    return text
+
+
+def injected_parameters(given: dict[str, Any], effective: dict[str, Any]) -> dict[str, Any]:
+    """What a run injects into the notebook: papermill's convention, only the parameters
+    given (on the link, with -p, -f, -y, -r or --grid), at their effective typed values.
+    The notebook's own defaults stay as its cell writes them: re-injected through a
+    record (JSON) a tuple would come back a list and ``{1: ...}`` keys strings."""
+    return {name: effective[name] for name in given if name in effective}
 
 
 # --------------------------------------------------------------------------- command-line input
@@ -480,11 +618,11 @@ def _split_assignment(text: str, option: str = "-p") -> tuple[str, str]:
     return key, value
 
 
-def parse_assignments(items: list[str] | tuple[str, ...] | None) -> dict[str, str]:
+def parse_assignments(items: list[str] | tuple[str, ...] | None, option: str = "-p") -> dict[str, str]:
     """``["steps=10", "name=007"]`` -> ``{"steps": "10", "name": "007"}`` (values stay strings)."""
     result: dict[str, str] = {}
     for item in items or []:
-        key, value = _split_assignment(item)
+        key, value = _split_assignment(item, option)
         result[key] = value
     return result
 
@@ -504,17 +642,36 @@ def load_params_file(path: str | Path) -> dict[str, Any]:
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            data = _yaml_load(text)
         except yaml.YAMLError as exc:
             first = " ".join(str(exc).split())
             raise ResearchError(f"could not parse {path}: {first}") from None
+    return _parameter_mapping(data, str(path))
+
+
+def parse_yaml_params(texts: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
+    """``-y 'lr: 0.1'`` strings (papermill's ``--parameters_yaml``), merged in order; values typed by YAML."""
+    import yaml
+
+    result: dict[str, Any] = {}
+    for text in texts or []:
+        try:
+            data = _yaml_load(text)
+        except yaml.YAMLError as exc:
+            first = " ".join(str(exc).split())
+            raise ResearchError(f"could not parse -y {text!r}: {first}") from None
+        result.update(_parameter_mapping(data, f"-y {text!r}"))
+    return result
+
+
+def _parameter_mapping(data: Any, where: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ResearchError(f"{path} must hold a mapping of parameter names to values")
+        raise ResearchError(f"{where} must hold a mapping of parameter names to values")
     for key in data:
         if not isinstance(key, str) or not _NAME.match(key):
-            raise ResearchError(f"bad parameter name {key!r} in {path}")
+            raise ResearchError(f"bad parameter name {key!r} in {where}")
     return dict(data)
 
 

@@ -28,8 +28,8 @@ class RunPlan:
     item: Item
     link: Link | None
     notebook: str  # relative to the project root
-    given: dict[str, Any]
-    params: dict[str, Any]
+    given: dict[str, Any]  # as given (link defaults, -p text, YAML values): the names the run injects
+    params: dict[str, Any]  # effective typed values, notebook defaults included: what the run records
 
 
 def plan_runs(
@@ -40,8 +40,17 @@ def plan_runs(
     given: dict[str, Any] | None = None,
     file_params: dict[str, Any] | None = None,
     grid: list[dict[str, str]] | None = None,
+    raw: dict[str, str] | None = None,
+    check: bool = True,
 ) -> list[RunPlan]:
-    """Check everything and return one plan per run; raises before anything is written."""
+    """Check everything and return one plan per run; raises before anything is written.
+
+    Values come as papermill takes them, later ones winning: ``file_params`` (typed,
+    from ``-f`` files and ``-y`` YAML), ``given`` (``-p`` text), ``raw`` (``-r`` text,
+    never converted), then each ``grid`` point. A plan's ``given`` is what the run
+    injects (the link's defaults too); its ``params`` are the effective values, the
+    notebook's defaults included, as the run records them.
+    """
     from research.runs.params import inspect_notebook, resolve_parameters
 
     links = item_links(session, item)
@@ -54,7 +63,7 @@ def plan_runs(
         chosen = links
     if not chosen:
         raise ResearchError(f"{item.slug} has no linked notebook; link one with `research link {item.slug} NOTEBOOK`")
-    both = sorted(set(given or {}) & {name for point in grid or [] for name in point})
+    both = sorted(set({**(given or {}), **(raw or {})}) & {name for point in grid or [] for name in point})
     if both:
         raise ResearchError(f"{', '.join(both)}: given with -p and swept with --grid; keep one")
     plans = []
@@ -64,11 +73,18 @@ def plan_runs(
             raise ResearchError(f"linked notebook {link.notebook} no longer exists")
         specs = inspect_notebook(path)
         for point in grid or [{}]:
-            merged = {**(file_params or {}), **(given or {}), **point}
-            declared = {name: spec.default for name, spec in specs.items() if spec.default is not None or spec.default_repr == "None"}
-            resolved = {**declared, **link.defaults, **resolve_parameters(specs, merged, link.notebook)}
-            plans.append(RunPlan(item=item, link=link, notebook=link.notebook, given=merged, params=resolved))
+            merged = {**(file_params or {}), **(given or {}), **(raw or {}), **point}
+            typed = [name for name in file_params or {} if name not in {**(given or {}), **(raw or {}), **point}]
+            checked = resolve_parameters(specs, merged, link.notebook, raw=raw or {}, typed=typed, check=check)
+            resolved = {**declared_defaults(specs), **link.defaults, **checked}
+            plans.append(RunPlan(item=item, link=link, notebook=link.notebook, given={**link.defaults, **merged},
+                                 params=resolved))
     return plans
+
+
+def declared_defaults(specs) -> dict[str, Any]:
+    """The notebook's defaults that are values (literals), to record on a run beside what it was given."""
+    return {name: spec.default for name, spec in specs.items() if spec.default is not None or spec.default_repr == "None"}
 
 
 def create_runs(
@@ -108,17 +124,27 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 
 
-def plan_rerun(session: Session, run_ref: str, overrides: dict[str, str], project_root: Path) -> tuple[RunPlan, str | None]:
+def plan_rerun(
+    session: Session, run_ref: str, overrides: dict[str, str], project_root: Path, check: bool = True
+) -> tuple[RunPlan, str | None]:
     """A past run again: its notebook and parameters, ``overrides`` (``-p`` values) checked
-    against the notebook as it is now; returns the plan and the run's kernel."""
+    against the notebook as it is now; returns the plan and the run's kernel.
+
+    The rerun injects what the old run was given, and any recorded value that is no
+    longer the notebook's default (a run from before runs recorded their link's defaults
+    as given, or a notebook whose default changed since): the same parameters again.
+    """
     from research.runs.params import inspect_notebook, resolve_parameters
     from research.runs.query import resolve_run
 
     old = resolve_run(session, run_ref)
     specs = inspect_notebook(project_root / old.notebook)
-    checked = resolve_parameters(specs, overrides, old.notebook)
+    checked = resolve_parameters(specs, overrides, old.notebook, check=check)
+    defaults = _jsonable(declared_defaults(specs))
+    kept = {name: old.params_given.get(name, value) for name, value in old.params.items()
+            if name in old.params_given or name not in defaults or defaults[name] != value}
     item = session.get(Item, old.item_id)
     link = session.get(Link, old.link_id) if old.link_id else None
-    plan = RunPlan(item=item, link=link, notebook=old.notebook, given={**old.params_given, **checked},
+    plan = RunPlan(item=item, link=link, notebook=old.notebook, given={**old.params_given, **kept, **checked},
                    params={**old.params, **checked})
     return plan, old.kernel
