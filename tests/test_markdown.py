@@ -649,3 +649,34 @@ def test_a_new_note_does_not_swallow_the_sub_headings_after_it(cli, tmp_path):
 def test_a_body_keeps_no_trailing_blank_lines(cli):
     cli("add", "Exp", "--body", "first paragraph\n\n")
     assert cli.json("show", "exp")["body"] == "first paragraph"
+
+
+OUTLINE = (
+    "- ## Usage\n\t- Intro line.\n\t- ### Settings\n\t\t- Under the menu you find it.\n\t- The closing line.\n"
+    "- ## Media\n\t- ```clojure\n\t  [:img {:src \"x.gif\"}]\n\t  ```\n\t- ### Gifs\n\t\t- one\n"
+    "- ## Queries\n\t- **Note** 2026-04-09: found it\n\t-"
+)
+
+
+def test_body_edits_in_a_tab_indented_outline_read_back_as_written(cli, tmp_path):
+    """(Found on public Logseq pages.) New body lines take the outline's tabs; a line replacing
+    one read after the entry's children goes after the body line before it (there it would run
+    on into the child's text); one before a note goes under the entry; a fence opened after a
+    bullet is not escaped when the entry is moved and written again."""
+    source = tmp_path / "outline.md"
+    source.write_text(OUTLINE, encoding="utf-8")
+    cli("import", source)
+    cli("edit", "usage", "--body", "- Intro line.\nplain edited")
+    cli("edit", "queries", "--body", "new first\n-")
+    cli("mv", "media", "--parent", "queries")
+    out = tmp_path / "out.md"
+    cli("export", "-o", out)
+    text = out.read_text(encoding="utf-8")
+    assert "- ## Usage\n\t- Intro line.\n\tplain edited\n\t- ### Settings\n" in text
+    assert "- ## Queries\n\tnew first\n\t- **Note** 2026-04-09: found it\n" in text
+    assert "\\```" not in text
+    copy = tmp_path / "copy.db"
+    cli("--db", copy, "init", "--empty")
+    cli("--db", copy, "import", out)
+    for slug in ("usage", "queries", "media"):
+        assert cli.json("--db", copy, "show", slug)["body"] == cli.json("show", slug)["body"], slug

@@ -133,7 +133,7 @@ NUMBERED = re.compile(r"^(\d{1,4})([.、)])\s+")
 TIMESTAMP_LINE = re.compile(r"^[*_]*\s*(\d{4}-\d{2}-\d{2})(?:[ T](\d{2}:\d{2}(?::\d{2})?))?\s*[*_]*$")
 # A line that starts a block of its own (a list entry, heading, quote, fence, table row),
 # so it cannot run on into the paragraph before it.
-BLOCK_START = re.compile(r"^[ \t]*(?:[-*+][ \t]|\d{1,9}[.)][ \t]|#{1,6}[ \t]|>|```|~~~|\|)")
+BLOCK_START = re.compile(r"^[ \t]*(?:[-*+](?:[ \t]|$)|\d{1,9}[.)](?:[ \t]|$)|#{1,6}(?:[ \t]|$)|>|```|~~~|\|)")
 RULE = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
 ESCAPED = re.compile(r"^([ \t]*(?:>[ \t]?)*[ \t]*(?:(?:[-*+]|\d{1,9}[.)])[ \t]+)?)\\(?=[#\[\-*+=<`~])")
 _STATUS_EMOJI_ALT = "|".join(sorted(map(re.escape, d.HEADING_STATUS), key=len, reverse=True))

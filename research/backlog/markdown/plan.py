@@ -307,7 +307,7 @@ class _Planner:
         old_lines = [t for _i, t in node.body]
         sources = [i for i, _t in node.body]
         new_lines = new.split("\n") if new else []
-        indent = " " * node.form.get("body_indent", node.form.get("content_col", 0)) if _in_list(node) else ""
+        indent = self._body_lead(node) if _in_list(node) else ""
         escaped = [indent + line if line.strip() else "" for line in r.escape_body(new_lines)]
         if not old_lines:
             if _in_list(node):
@@ -318,6 +318,18 @@ class _Planner:
         fallback = node.slots["body"].line if "body" in node.slots else node.line + 1
         self._rewrite_lines(sources, old_lines, new_lines, escaped, (_BODY,), fallback, owner=node)
 
+    def _body_lead(self, node) -> str:
+        """The whitespace a new body line of a list entry starts with: the body's own (tabs
+        where its lines have tabs), else spaces to its column."""
+        columns = node.form.get("body_indent", node.form.get("content_col", 0))
+        for i, text in node.body:
+            line = self.lines[i] if i is not None and i < len(self.lines) else ""
+            if text.strip() and line.strip():
+                lead = line[: len(line) - len(line.lstrip(" \t"))]
+                if len(lead.expandtabs(4)) == columns:
+                    return lead
+        return " " * columns
+
     def _rewrite_lines(self, sources: list, old_lines: list[str], new_lines: list[str], written: list[str],
                        rank: tuple, fallback: int, owner: ParsedNode | None = None) -> None:
         """Edit the source lines ``sources`` (which read as ``old_lines``) to read as ``new_lines``.
@@ -326,6 +338,8 @@ class _Planner:
         ``new_lines`` as they must be written) go where the diff puts them. ``None`` in
         ``sources`` is a line with no source of its own (a blank line read between two blocks).
         """
+        from research.backlog.markdown.parse import BLOCK_START
+
         was_escaped, now_escaped = r.escape_body(old_lines), r.escape_body(new_lines)
         matcher = difflib.SequenceMatcher(a=old_lines, b=new_lines, autojunk=False)
         for op, i1, i2, j1, j2 in matcher.get_opcodes():
@@ -341,7 +355,19 @@ class _Planner:
                 if sources[i] is not None:
                     self.edits.delete(sources[i], sources[i] + 1)
             if j2 > j1:
-                self._put(_position(sources, i1, fallback), written[j1:j2], (*rank, j1), owner=owner)
+                at = _position(sources, i1, fallback)
+                if i1 > 0 and sources[i1 - 1] is not None and at != sources[i1 - 1] + 1 \
+                        and not BLOCK_START.match(written[j1]):
+                    # The next line is past lines of other nodes (a list entry read after its
+                    # children): text put there would run on into the child above it.
+                    # Right after the line before, it reads as the body says.
+                    at = sources[i1 - 1] + 1
+                elif i1 == 0 and owner is not None and _in_list(owner) and rank[0] == _BODY and at > fallback \
+                        and self.lines[at - 1].strip() and not BLOCK_START.match(written[j1]):
+                    # The same before the body's first line, when lines of others (a note)
+                    # come between the entry's own line and it: the text goes under the entry.
+                    at = fallback
+                self._put(at, written[j1:j2], (*rank, j1), owner=owner)
 
     def _add_label(self, node: ParsedNode, name: str, value: Any) -> None:
         if _in_list(node):

@@ -47,7 +47,9 @@ def escape_line(line: str) -> str:
     return line
 
 
-_FENCE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})")
+# A fence opens a line, or follows a list entry's bullet (``- ```py``): then its lines, and
+# its closing fence, are indented to the entry's text, not to the margin.
+_FENCE = re.compile(r"^(?P<entry>[ \t]*(?:[-*+]|\d{1,9}[.)])[ \t]+)?[ \t]{0,3}(`{3,}|~{3,})")
 
 
 def escape_body(lines: list[str]) -> list[str]:
@@ -58,9 +60,10 @@ def escape_body(lines: list[str]) -> list[str]:
         line = lines[i]
         opener = _FENCE.match(line)
         if opener:
-            mark = opener.group(1)
+            mark = opener.group(2)
+            margin = "[ \t]*" if opener.group("entry") else "[ \t]{0,3}"
             close = next((j for j in range(i + 1, len(lines))
-                          if re.match(rf"^[ \t]{{0,3}}{re.escape(mark[0])}{{{len(mark)},}}[ \t]*$", lines[j])), None)
+                          if re.match(rf"^{margin}{re.escape(mark[0])}{{{len(mark)},}}[ \t]*$", lines[j])), None)
             if close is not None:
                 out.extend(lines[i : close + 1])
                 i = close + 1
