@@ -284,3 +284,42 @@ def test_sigterm_interrupts_a_run_and_exits_143(cli, project):
     row = run_rows(project / "todo.db")[0]
     assert row["status"] == "interrupted" and "SIGTERM" in row["reason"]
     assert "Traceback" not in err
+
+
+def _add_runs(path: Path, *runs: tuple[dict, dict]) -> None:
+    """Runs of item 1 with these (params, metrics), recorded without running anything."""
+    from research.store.db import session_scope
+    from research.store.models import Metric, Run
+
+    with session_scope(path, write=True) as session:
+        for params, metrics in runs:
+            run = Run(item_id=1, status="succeeded", notebook="notebooks/x.ipynb", params=params,
+                      queued_at="2025-11-11T10:00:00+00:00")
+            session.add(run)
+            session.flush()
+            for name, value in metrics.items():
+                session.add(Metric(run_id=run.id, name=name, value=value, step=0))
+
+
+def test_where_compares_by_type_and_names_a_field_no_run_has(cli, isolated):
+    cli("add", "Experiment", "--slug", "exp")
+    _add_runs(isolated / "todo.db",
+              ({"name": "abc", "steps": 9}, {"loss": 0.5}),
+              ({"name": "10", "steps": 10}, {"loss": 2.0}),
+              ({"steps": 100}, {}))
+
+    def ids(expr: str) -> list[int]:
+        return [r["id"] for r in cli.json("runs", "--where", expr)]
+
+    assert ids("params.steps > 9") == [2, 3]  # numerically: as text, '100' < '9'
+    assert ids("params.steps < 10") == [1]
+    assert ids("params.name > 5") == []  # text against a number matches nothing...
+    assert ids("params.name != 5") == []  # ...not even !=
+    assert ids("params.name = '10'") == [2] and ids("params.name > 'abb'") == [1]
+    assert ids("params.name != abc") == [2]  # run 3 has no name: != does not match it
+    assert ids("params.name = null") == [3] and ids("params.name != null") == [1, 2]
+    assert ids("metrics.loss >= 0.5 and metrics.loss < 2") == [1]
+    result = cli("runs", "--where", "metrics.los > 1")
+    assert result.stdout == "" and "No runs." in result.stderr
+    assert "--where: no run has 'metrics.los' (fields: params.name, params.steps, metrics.loss)" in result.stderr
+    assert "no run has" not in cli("runs", "--where", "params.name = abc").stderr

@@ -289,7 +289,7 @@ app.add_typer(runs_app, name="runs")
 
 StatusFilter = Annotated[str | None, typer.Option("--status", "-s", metavar="STATUS", help="Only runs with this status.")]
 SweepFilter = Annotated[str | None, typer.Option("--sweep", metavar="SWEEP", help="Only runs of this sweep.")]
-WhereFilter = Annotated[str | None, typer.Option("--where", "-w", metavar="EXPR", help="Filter on params and metrics, e.g. 'metrics.loss < 0.1 and params.lr = 0.01'.")]
+WhereFilter = Annotated[str | None, typer.Option("--where", "-w", metavar="EXPR", help="Filter on params and metrics, e.g. 'metrics.loss < 0.1 and params.lr = 0.01'. Numbers compare as numbers, text as text (quote it: params.name = '007'); a value of another type, a missing field or null matches no comparison, not even != (use = null for those).")]
 RunArg = Annotated[str, typer.Argument(metavar="RUN", help="Run id.", show_default=False)]
 RunsArg = Annotated[list[str] | None, typer.Argument(metavar="RUN", help="Run ids.", show_default=False)]
 
@@ -334,9 +334,12 @@ def _list_runs(item_ref: str | None, status, sweep, where, json_: bool, verbose_
 
     recover_runs()
     _sync_remote(verbose=verbose_sync)
+    notes: list[str] = []
     with open_session() as session:
         item = resolve_item(session, item_ref) if item_ref else None
-        rows = query_runs(session, item, status, sweep, where)
+        rows = query_runs(session, item, status, sweep, where, notes)
+    for note in notes:
+        render.info(note)
     if json_:
         render.print_json(rows)
     elif not rows:

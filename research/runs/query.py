@@ -12,7 +12,7 @@ from research.runs.lifecycle import run_record
 from research.runs.metrics import final_metrics
 from research.runs.recovery import pid_alive
 from research.runs.summary import final_metrics_by_run, run_summary
-from research.runs.where import compile_where
+from research.runs.where import compile_where, known_fields
 from research.store.db import raw_connection
 from research.store.models import Item, Metric, Run
 from research.vocab import OPEN_RUN_STATUSES, RUN_STATUSES
@@ -39,7 +39,10 @@ def query_runs(
     status: str | None = None,
     sweep: str | None = None,
     where: str | None = None,
+    notes: list[str] | None = None,
 ) -> list[dict[str, Any]]:
+    """Runs as summaries, oldest first; a hint for the user (a --where field that no run has)
+    goes to ``notes`` when given."""
     query = select(Run).order_by(Run.id)
     if item is not None:
         query = query.where(Run.item_id == item.id)
@@ -55,8 +58,18 @@ def query_runs(
     rows = [run_summary(r, metrics[r.id], slugs.get(r.item_id)) for r in runs]
     if where:
         predicate = compile_where(where)
+        absent = predicate.absent_fields(rows) if rows else []
+        if absent and notes is not None:
+            notes.append(_absent_note(absent, rows))
         rows = [row for row in rows if predicate(row)]
     return rows
+
+
+def _absent_note(absent: list[str], rows: list[dict[str, Any]]) -> str:
+    known = [name for name in known_fields(rows) if name.startswith(("params.", "metrics."))]
+    shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+    names = ", ".join(repr(name) for name in absent)
+    return f"--where: no run has {names}" + (f" (fields: {shown})" if known else "")
 
 
 def run_detail(session: Session, run: Run) -> dict[str, Any]:
