@@ -99,7 +99,7 @@ def test_bad_parameters_are_rejected_before_anything_runs(cli, project):
     result = cli("run", "exp", "--grid", "lr=0.1,fast", ok=False)
     assert "expects float" in result.stderr
     assert run_rows(project / "todo.db") == []
-    plan = json.loads(cli("run", "exp", "-p", "name=007", "--dry-run").stdout)
+    plan = json.loads(cli("run", "exp", "-p", "name=007", "--dry-run", "--json").stdout)
     assert plan[0]["params"]["name"] == "007"
 
 
@@ -323,3 +323,34 @@ def test_where_compares_by_type_and_names_a_field_no_run_has(cli, isolated):
     assert result.stdout == "" and "No runs." in result.stderr
     assert "--where: no run has 'metrics.los' (fields: params.name, params.steps, metrics.loss)" in result.stderr
     assert "no run has" not in cli("runs", "--where", "params.name = abc").stderr
+
+
+def test_dry_run_is_a_table_and_json_on_request(cli, project):
+    table = cli("run", "exp", "--grid", "steps=1..3", "-p", "name=007", "--dry-run").stdout.splitlines()
+    assert table[0].split() == ["#", "Item", "Notebook", "Params"]
+    assert [line.split() for line in table[1:]] == [
+        [str(n), "exp", "notebooks/typed.ipynb", "name=007", f"steps={n}"] for n in (1, 2, 3)]
+    plans = cli.json("run", "exp", "--grid", "steps=1..3", "--dry-run")
+    assert [p["params"]["steps"] for p in plans] == [1, 2, 3] and plans[0]["params"]["lr"] == 0.5
+
+
+def test_a_grid_of_over_1000_runs_needs_yes_without_a_terminal(cli, project):
+    result = cli("run", "exp", "--grid", "steps=0..999", "--grid", "lr=1..1000", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("Error: refusing to queue 1,000,000 runs (over 1,000) without confirmation; "
+                                     "pass --yes")
+    result = cli("run", "exp", "--grid", "steps=0..1000", "--dry-run", ok=False)
+    assert "refusing to show 1,001 planned runs" in result.stderr and result.stdout == ""
+    assert run_rows(project / "todo.db") == []
+    assert len(cli.json("run", "exp", "--grid", "steps=0..1000", "--dry-run", "--yes")) == 1001
+    assert len(cli.json("run", "exp", "--grid", "steps=1..1000", "--dry-run")) == 1000  # 1,000 itself: no question
+
+
+def test_a_grid_of_over_1000_runs_asks_on_a_terminal(cli, project, monkeypatch):
+    monkeypatch.setattr("research.cli.ask.interactive", lambda: True)
+    result = cli("run", "exp", "--grid", "steps=1..2000", ok=False, input="n\n")
+    assert result.exit_code == 1 and "Queue 2,000 runs?" in result.stderr
+    assert run_rows(project / "todo.db") == []
+    result = cli("run", "exp", "--grid", "steps=1..2000", "--dry-run", "--json", input="y\n")
+    echoed, shown = result.stdout.split("\n", 1)  # CliRunner echoes the typed answer to stdout
+    assert "Show 2,000 planned runs?" in result.stderr and echoed.strip() == "y" and len(json.loads(shown)) == 2000

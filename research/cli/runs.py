@@ -105,16 +105,18 @@ def run(
     params_yaml: Annotated[list[str] | None, typer.Option("--params-yaml", "-y", help="Parameters as YAML, e.g. -y 'lr: 0.1' (papermill's -y; repeatable).")] = None,
     param_raw: Annotated[list[str] | None, typer.Option("--param-raw", "-r", help="key=value, the value passed as text, never converted (papermill's -r NAME VALUE; repeatable).")] = None,
     no_check: NoCheckOpt = False,
-    grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="key=v1,v2,... : sweep the cartesian product (repeatable).")] = None,
+    grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="key=v1,v2,... or key=0..9 (integers, both ends included): sweep the cartesian product (repeatable); more than 1,000 runs asks first.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own kernel.")] = 1,
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="End a run as 'timeout' after this many seconds.")] = None,
     kernel: Annotated[str | None, typer.Option("--kernel", help="Jupyter kernel name (default: the notebook's, else python3).")] = None,
     log_output: Annotated[bool, typer.Option("--log-output", help="Stream the notebook's output to the terminal.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and show the runs without running them.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and show the runs without running them (a table; --json for every resolved parameter).")] = False,
     executor: Annotated[str | None, typer.Option("--executor", "-x", help="local, dask or slurm (default: `executor` in [tool.research], else local).")] = None,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler, e.g. tcp://HOST:8786 (default: a local cluster of -j workers).")] = None,
     executor_option: Annotated[list[str] | None, typer.Option("--executor-option", "-E", help="KEY=VALUE for the executor, e.g. partition=gpu, gpus_per_task=1, time_limit=120, array_parallelism=8, cluster=local (repeatable).")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="slurm: submit and return; `research runs` collects the results.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help=f"Do not ask before more than {MANY_RUNS:,} runs.")] = False,
+    json_: JsonOpt = False,
 ) -> None:
     """Run an item's linked notebooks.
 
@@ -136,7 +138,7 @@ def run(
                          wait=not no_wait, worker=worker, settings=settings, params_yaml=params_yaml or [],
                          param_raw=param_raw or [], check=not no_check)
     try:
-        _run(request, dry_run)
+        _run(request, dry_run, yes=yes, json_=json_)
     finally:
         discard_worker(worker)
 
@@ -162,14 +164,30 @@ class RunRequest:
     check: bool = True
 
 
-def _run(request: RunRequest, dry_run: bool) -> None:
+MANY_RUNS = 1000  # more runs than this at once: ask first (--yes does not)
+
+
+def _confirm_many(dry_run: bool, yes: bool):
+    """What plan_runs calls with the number of runs: asks (or refuses) past MANY_RUNS."""
+    from research.cli.ask import confirm
+
+    def check(count: int) -> None:
+        if yes or count <= MANY_RUNS:
+            return
+        what = f"show {count:,} planned runs" if dry_run else f"queue {count:,} runs"
+        confirm(f"{what[0].upper()}{what[1:]}?", f"refusing to {what} (over {MANY_RUNS:,}) without confirmation; pass --yes")
+
+    return check
+
+
+def _run(request: RunRequest, dry_run: bool, yes: bool = False, json_: bool = False) -> None:
     from research import render
     from research.backlog.items import resolve_item
     from research.runs.params import (
-        expand_grid,
         injected_parameters,
         load_params_file,
         parse_assignments,
+        parse_grid,
         parse_yaml_params,
     )
     from research.runs.plan import create_runs, plan_runs
@@ -185,14 +203,19 @@ def _run(request: RunRequest, dry_run: bool) -> None:
     for path in request.params_file:
         file_params.update(load_params_file(path))
     file_params.update(parse_yaml_params(request.params_yaml))
-    points = expand_grid(request.grid)
+    points = parse_grid(request.grid)
+    confirm = _confirm_many(dry_run, yes)
     if dry_run:
         with open_session() as session:
             item = resolve_item(session, item_id)
-            plans = plan_runs(session, item, root, notebook, given, file_params, points, raw, request.check)
+            plans = plan_runs(session, item, root, notebook, given, file_params, points, raw, request.check, confirm)
         # "inject": what the parameters cell injected by papermill will assign; "params": what the run records.
-        render.print_json([{"item": p.item.slug, "notebook": p.notebook, "params": p.params,
-                            "inject": injected_parameters(p.given, p.params)} for p in plans])
+        planned = [{"item": p.item.slug, "notebook": p.notebook, "params": p.params,
+                    "inject": injected_parameters(p.given, p.params)} for p in plans]
+        if json_:
+            render.print_json(planned)
+        else:
+            render.write_plan_table(planned)
         return
     remote = started = None
     if settings is not None and settings.executor != "local":
@@ -203,7 +226,7 @@ def _run(request: RunRequest, dry_run: bool) -> None:
     try:
         with open_session(write=True) as session:
             item = resolve_item(session, item_id)
-            plans = plan_runs(session, item, root, notebook, given, file_params, points, raw, request.check)
+            plans = plan_runs(session, item, root, notebook, given, file_params, points, raw, request.check, confirm)
             if started:
                 started()  # the engine is reachable before anything is written
             run_ids, sweep_id = create_runs(session, plans, root, request.kernel,
