@@ -280,11 +280,17 @@ def rm(
     typer.echo(f"deleted {removed} item(s)", err=True)
 
 
-def _set_status(item_id: str, status: str, action: str = "status") -> None:
-    from research.backlog.items import resolve_item, set_status
+def _set_status(item_id: str, status: str, action: str = "status", force: bool = True) -> None:
+    """``force=False`` (check, uncheck): an item that is not a checklist task needs a yes or --force."""
+    from research.backlog.items import not_a_task, resolve_item, set_status
 
     with changes() as (session, log):
         item = resolve_item(session, item_id)
+        concern = None if force else not_a_task(session, item)
+        if concern:
+            from research.cli.ask import confirm
+
+            confirm(f"{concern}; {action} it anyway?", f"{concern}; pass --force to {action} it")
         before = item.status
         changed = set_status(session, log, item, status, action=action)
         typer.echo(f"{item.id}\t{item.slug}\t{before} → {item.status}" if changed else f"{item.id}\t{item.slug}\talready {item.status}")
@@ -332,16 +338,19 @@ def status_(item_id: IdArg, status: Annotated[str, typer.Argument(help="The new 
     _set_status(item_id, status)
 
 
-@app.command()
-def check(item_id: IdArg) -> None:
-    """Tick a checklist task."""
-    _set_status(item_id, "done", action="check")
+ForceTaskOpt = Annotated[bool, typer.Option("--force", help="Do it to an item that is not a checklist task, without asking.")]
 
 
 @app.command()
-def uncheck(item_id: IdArg) -> None:
-    """Untick a checklist task."""
-    _set_status(item_id, "planned", action="uncheck")
+def check(item_id: IdArg, force: ForceTaskOpt = False) -> None:
+    """Tick a checklist task (anything else asks first, or needs --force)."""
+    _set_status(item_id, "done", action="check", force=force)
+
+
+@app.command()
+def uncheck(item_id: IdArg, force: ForceTaskOpt = False) -> None:
+    """Untick a checklist task (anything else asks first, or needs --force)."""
+    _set_status(item_id, "planned", action="uncheck", force=force)
 
 
 @app.command()
