@@ -354,3 +354,36 @@ def test_a_grid_of_over_1000_runs_asks_on_a_terminal(cli, project, monkeypatch):
     result = cli("run", "exp", "--grid", "steps=1..2000", "--dry-run", "--json", input="y\n")
     echoed, shown = result.stdout.split("\n", 1)  # CliRunner echoes the typed answer to stdout
     assert "Show 2,000 planned runs?" in result.stderr and echoed.strip() == "y" and len(json.loads(shown)) == 2000
+
+
+@pytest.mark.slow
+def test_a_database_outside_the_project_links_and_runs_the_projects_notebooks(isolated, monkeypatch):
+    repo, lab = isolated / "repo", isolated / "lab"
+    shutil.copytree(REPO_ROOT / "notebooks", repo / "notebooks")
+    shutil.copy(FIXTURES / "typed.ipynb", repo / "notebooks" / "typed.ipynb")
+    (repo / "src").mkdir()
+    lab.mkdir()
+    monkeypatch.setenv("RESEARCH_DB", str(lab / "todo.db"))
+    monkeypatch.chdir(repo / "src")  # found upward, as git finds .git
+    cli = Cli()
+    result = cli("init")
+    assert "no project" not in result.stderr
+    assert cli.json("show", "streaming-attention")["links"][0]["notebook"] == "notebooks/streaming_attention.ipynb"
+    plan = cli.json("run", "streaming-attention", "-p", "quick=true", "--dry-run")
+    assert plan[0]["params"]["quick"] is True
+    cli("add", "Experiment", "--slug", "exp")
+    cli("link", "exp", "../notebooks/typed.ipynb")
+    assert "run 1 succeeded" in cli("run", "exp", "-p", "steps=2").stdout
+    assert (lab / "runs" / "1" / "output.ipynb").is_file()  # outputs beside the database
+    assert not (repo / "runs").exists() and not (repo / "src" / "runs").exists()
+    assert cli.json("runs", "show", "1")["metrics"]["loss"] == pytest.approx(0.5)
+
+
+def test_init_with_no_project_says_so_in_one_line(isolated, monkeypatch):
+    (isolated / "elsewhere").mkdir()
+    monkeypatch.chdir(isolated / "elsewhere")
+    result = Cli()("init")
+    notes = [line for line in result.stderr.splitlines() if "no project" in line]
+    assert len(notes) == 1 and "notebooks/" in notes[0]
+    assert Cli().json("show", "streaming-attention")["links"] == []
+    assert "no project" not in Cli()("init", "--empty").stderr

@@ -42,16 +42,22 @@ def init(
     path = init_target(state.db)
     created = create_database(path)
     added: list[str] = []
+    project = None
     if not empty:
         from research.experiments_catalog import add_shipped_experiments
+        from research.runs.links import find_project
         from research.store.db import session_scope
 
+        project = find_project(path)
         with session_scope(path, write=True) as session:
-            added = add_shipped_experiments(session, project_root=path.resolve().parent)
+            added = add_shipped_experiments(session, project_root=project)
     verb = "Created" if created else "Already initialised:"
     typer.echo(f"{verb} {path}", err=True)
     for slug in added:
         typer.echo(f"  added experiment item {slug}", err=True)
+    if added and project is None:
+        typer.echo("no project (a folder with notebooks/) here, above or beside the database: the experiment "
+                   "items have no notebook; `research link ITEM NOTEBOOK` from the project links one", err=True)
 
 
 # ---------------------------------------------------------------------------

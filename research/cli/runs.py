@@ -23,6 +23,14 @@ from research.errors import ResearchError
 
 # Notebooks and runs
 
+def notebook_root() -> Path:
+    """Where notebooks are linked from and run: the project found from the current directory
+    (``runs.links.find_project``), else the database's folder."""
+    from research.runs.links import find_project
+
+    return find_project(db_path()) or project_root()
+
+
 ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value, checked against the notebook's parameters (repeatable).")]
 NoCheckOpt = Annotated[bool, typer.Option("--no-check", help="Skip the name and type checks and pass values as papermill does: -p types guessed (True, None, 5, 0.5, else text), unknown names injected.")]
 
@@ -45,7 +53,7 @@ def link(
     from research.runs.links import link_notebook
     from research.runs.params import parse_assignments
 
-    root = project_root()
+    root = notebook_root()
     with changes() as (session, log):
         item = resolve_item(session, item_id)
         created = link_notebook(session, log, item, notebook, name, parse_assignments(param), best, root)
@@ -74,12 +82,12 @@ def notebooks(json_: JsonOpt = False) -> None:
     List the notebooks under notebooks/ with their parameters, types and defaults.
     """
     from research import render
-    from research.runs.links import list_notebooks
+    from research.runs.links import find_project, list_notebooks
 
     try:
-        root = project_root()
-    except ResearchError:
-        root = Path.cwd()
+        root = notebook_root()
+    except ResearchError:  # no database: the project found from here will do
+        root = find_project() or Path.cwd()
     entries = list_notebooks(root)
     if json_:
         render.print_json(entries)
@@ -127,7 +135,7 @@ def run(
     from research.executors import load_settings
     from research.runs.child import discard_worker, start_worker
 
-    settings = load_settings(project_root(), executor, scheduler, executor_option)
+    settings = load_settings(notebook_root(), executor, scheduler, executor_option)
     if settings.executor != "local" and log_output:
         raise ResearchError("--log-output needs the local executor; remote runs keep their output in the notebook")
     if no_wait and settings.executor != "slurm":
@@ -193,7 +201,7 @@ def _run(request: RunRequest, dry_run: bool, yes: bool = False, json_: bool = Fa
     from research.runs.plan import create_runs, plan_runs
 
     recover_runs()
-    root = project_root()
+    root = notebook_root()
     item_id, notebook, jobs, timeout, settings = (request.item_id, request.notebook, request.jobs, request.timeout,
                                                   request.settings)
     given = parse_assignments(request.param)
@@ -290,7 +298,7 @@ def rerun(
     from research.runs.plan import create_runs, plan_rerun
 
     recover_runs()
-    root = project_root()
+    root = notebook_root()
     with open_session(write=True) as session:
         plan, kernel = plan_rerun(session, run_id, parse_assignments(param), root, check=not no_check)
         run_ids, _ = create_runs(session, [plan], root, kernel)
