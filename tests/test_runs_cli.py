@@ -387,3 +387,21 @@ def test_init_with_no_project_says_so_in_one_line(isolated, monkeypatch):
     assert len(notes) == 1 and "notebooks/" in notes[0]
     assert Cli().json("show", "streaming-attention")["links"] == []
     assert "no project" not in Cli()("init", "--empty").stderr
+
+
+@pytest.mark.slow
+def test_figures_show_in_the_output_notebook_and_each_png_is_stored_once(cli, project, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # a headless machine's setting: figures still show
+    cli("link", "exp", "notebooks/figures.ipynb")
+    assert "run 1 succeeded" in cli("run", "exp", "-n", "figures").stdout
+    run_dir = project / "runs" / "1"
+    output = json.loads((run_dir / "output.ipynb").read_text())
+    images = {"".join(cell["source"]).splitlines()[-1]: sum("image/png" in o.get("data", {}) for o in cell["outputs"])
+              for cell in output["cells"] if cell["cell_type"] == "code"}
+    assert images["record_figure(fig, 'line.png', dpi=50)"] == 1  # shown once, though Agg draws nothing itself
+    assert sum(images.values()) == 1
+    pngs = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*.png"))
+    assert pngs == ["artifacts/line.png", "bars.png"]  # one copy each
+    artifacts = cli.json("runs", "show", "1")["artifacts"]
+    assert sorted(Path(a).name for a in artifacts) == ["bars.png", "line.png"]
+    assert all(Path(a).is_file() for a in artifacts)
