@@ -349,13 +349,19 @@ ForceTaskOpt = Annotated[bool, typer.Option("--force", help="Do it to an item th
 
 @app.command()
 def check(item_id: IdArg, force: ForceTaskOpt = False) -> None:
-    """Tick a checklist task (anything else asks first, or needs --force)."""
+    """Tick a checklist task.
+
+    Tick a checklist task; anything that is not one asks first, or needs --force.
+    """
     _set_status(item_id, "done", action="check", force=force)
 
 
 @app.command()
 def uncheck(item_id: IdArg, force: ForceTaskOpt = False) -> None:
-    """Untick a checklist task (anything else asks first, or needs --force)."""
+    """Untick a checklist task.
+
+    Untick a checklist task; anything that is not one asks first, or needs --force.
+    """
     _set_status(item_id, "planned", action="uncheck", force=force)
 
 
