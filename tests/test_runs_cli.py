@@ -332,6 +332,7 @@ def test_dry_run_is_a_table_and_json_on_request(cli, project):
         [str(n), "exp", "notebooks/typed.ipynb", "name=007", f"steps={n}"] for n in (1, 2, 3)]
     plans = cli.json("run", "exp", "--grid", "steps=1..3", "--dry-run")
     assert [p["params"]["steps"] for p in plans] == [1, 2, 3] and plans[0]["params"]["lr"] == 0.5
+    assert "--json goes with --dry-run" in cli("run", "exp", "--json", ok=False).stderr
 
 
 def test_a_grid_of_over_1000_runs_needs_yes_without_a_terminal(cli, project):

@@ -138,6 +138,8 @@ def run(
     settings = load_settings(notebook_root(), executor, scheduler, executor_option)
     if settings.executor != "local" and log_output:
         raise ResearchError("--log-output needs the local executor; remote runs keep their output in the notebook")
+    if json_ and not dry_run:
+        raise ResearchError("--json goes with --dry-run (a run's results: `research runs --json`)")
     if no_wait and settings.executor != "slurm":
         raise ResearchError("--no-wait is for the slurm executor (dask runs end with their client)")
     # The first run's worker starts now, importing papermill while we check and plan.
