@@ -323,6 +323,10 @@ def test_where_compares_by_type_and_names_a_field_no_run_has(cli, isolated):
     assert result.stdout == "" and "No runs." in result.stderr
     assert "--where: no run has 'metrics.los' (fields: params.name, params.steps, metrics.loss)" in result.stderr
     assert "no run has" not in cli("runs", "--where", "params.name = abc").stderr
+    result = cli("runs", "--where", "params.name > 5 or params.steps = 9")
+    assert [r["id"] for r in json.loads(cli("runs", "--where", "params.name > 5 or params.steps = 9", "--json").stdout)] == [1]
+    assert result.stderr.strip() == "--where: params.name > 5 matches no run: params.name holds text (quote it to compare text: '5')"
+    assert cli("runs", "--where", "params.steps > 5").stderr == ""
 
 
 def test_dry_run_is_a_table_and_json_on_request(cli, project):

@@ -61,6 +61,8 @@ def query_runs(
         absent = predicate.absent_fields(rows) if rows else []
         if absent and notes is not None:
             notes.append(_absent_note(absent, rows))
+        elif rows and notes is not None:
+            notes.extend(f"--where: {line}" for line in predicate.type_mismatches(rows))
         rows = [row for row in rows if predicate(row)]
     return rows
 

@@ -41,9 +41,11 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
 class Where:
     """A compiled ``--where``: call it on a run's row; ``fields`` are the dotted names it reads."""
 
-    def __init__(self, predicate: Callable[[dict], bool], fields: list[str]):
+    def __init__(self, predicate: Callable[[dict], bool], fields: list[str],
+                 comparisons: list[tuple[str, str, Any, str]] | None = None):
         self.predicate = predicate
         self.fields = fields
+        self.comparisons = comparisons or []  # (field, op, literal, the literal as written)
 
     def __call__(self, row: dict) -> bool:
         return self.predicate(row)
@@ -51,6 +53,20 @@ class Where:
     def absent_fields(self, rows: list[dict]) -> list[str]:
         """The fields it reads that none of ``rows`` has (a typo, most often)."""
         return [name for name in self.fields if all(_lookup(row, name) is _MISSING for row in rows)]
+
+    def type_mismatches(self, rows: list[dict]) -> list[str]:
+        """Comparisons that can match no run: every value the field holds is of another type
+        than the literal (``params.name > 5`` where every name is text)."""
+        out = []
+        for name, op, literal, raw in self.comparisons:
+            if op == "~" or literal is None:
+                continue
+            kinds = {_kind(v) for v in (_lookup(row, name) for row in rows) if v is not _MISSING and v is not None}
+            if kinds and _kind(literal) not in kinds:
+                held = " or ".join(sorted(_KIND_NAMES[k] for k in kinds))
+                hint = f" (quote it to compare text: '{raw}')" if kinds == {"text"} and raw[:1] not in "'\"" else ""
+                out.append(f"{name} {op} {raw} matches no run: {name} holds {held}{hint}")
+        return out
 
 
 def compile_where(text: str) -> Where:
@@ -64,6 +80,7 @@ def compile_where(text: str) -> Where:
     tokens = _tokenize(text)
     position = [0]
     fields: list[str] = []
+    comparisons: list[tuple[str, str, Any, str]] = []
 
     def peek():
         return tokens[position[0]] if position[0] < len(tokens) else (None, None)
@@ -119,6 +136,7 @@ def compile_where(text: str) -> Where:
             literal = {"true": True, "false": False, "null": None, "none": None}.get(raw.lower(), raw)
         else:
             raise ResearchError(f"bad --where expression {text!r}: expected a value after {op}")
+        comparisons.append((field_name, op, literal, raw))
         return lambda row: _compare(_lookup(row, field_name), op, literal)
 
     try:
@@ -127,7 +145,7 @@ def compile_where(text: str) -> Where:
         raise ResearchError(f"bad --where expression: nested too deeply ({len(tokens)} tokens)") from None
     if position[0] != len(tokens):
         raise ResearchError(f"bad --where expression {text!r}: unexpected {tokens[position[0]][1]!r}")
-    return Where(predicate, fields)
+    return Where(predicate, fields, comparisons)
 
 
 _MISSING = object()
@@ -156,6 +174,9 @@ def _lookup(row: dict, dotted: str):
             return _MISSING
         current = current[part]
     return current
+
+
+_KIND_NAMES = {"bool": "true/false", "number": "numbers", "text": "text", "other": "lists or tables"}
 
 
 def _kind(value) -> str:
