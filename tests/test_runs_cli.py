@@ -321,7 +321,9 @@ def test_where_compares_by_type_and_names_a_field_no_run_has(cli, isolated):
     assert ids("metrics.loss >= 0.5 and metrics.loss < 2") == [1]
     result = cli("runs", "--where", "metrics.los > 1")
     assert result.stdout == "" and "No runs." in result.stderr
-    assert "--where: no run has 'metrics.los' (fields: params.name, params.steps, metrics.loss)" in result.stderr
+    assert "--where: no run has 'metrics.los' (did you mean 'metrics.loss'?)" in result.stderr
+    assert "--where: no run has 'params.zzz' (there are: params.name, params.steps)" in cli(
+        "runs", "--where", "params.zzz = 1").stderr
     assert "no run has" not in cli("runs", "--where", "params.name = abc").stderr
     result = cli("runs", "--where", "params.name > 5 or params.steps = 9")
     assert [r["id"] for r in json.loads(cli("runs", "--where", "params.name > 5 or params.steps = 9", "--json").stdout)] == [1]

@@ -68,10 +68,19 @@ def query_runs(
 
 
 def _absent_note(absent: list[str], rows: list[dict[str, Any]]) -> str:
-    known = [name for name in known_fields(rows) if name.startswith(("params.", "metrics."))]
-    shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+    """``--where: no run has 'metrics.los' (did you mean 'metrics.loss'?)``, else the fields
+    there are under the same prefix (params., metrics.)."""
+    import difflib
+
+    known = known_fields(rows)
     names = ", ".join(repr(name) for name in absent)
-    return f"--where: no run has {names}" + (f" (fields: {shown})" if known else "")
+    close = [m for name in absent for m in difflib.get_close_matches(name, known, n=1, cutoff=0.8)]
+    if close:
+        return f"--where: no run has {names} (did you mean {', '.join(repr(m) for m in close)}?)"
+    prefixes = {name.split(".")[0] + "." for name in absent if "." in name}
+    same = [name for name in known if name.startswith(tuple(prefixes or ("params.", "metrics.")))]
+    shown = ", ".join(same[:12]) + (", ..." if len(same) > 12 else "")
+    return f"--where: no run has {names}" + (f" (there are: {shown})" if same else "")
 
 
 def run_detail(session: Session, run: Run) -> dict[str, Any]:
