@@ -346,6 +346,8 @@ def test_a_grid_of_over_1000_runs_needs_yes_without_a_terminal(cli, project):
     assert result.exit_code == 1
     assert result.stderr.strip() == ("Error: refusing to queue 1,000,000 runs (over 1,000) without confirmation; "
                                      "pass --yes")
+    result = cli("run", "exp", "--grid", "stepz=0..999", "--grid", "lr=1..1000", ok=False)
+    assert "unknown parameter 'stepz'" in result.stderr  # said before the question
     result = cli("run", "exp", "--grid", "steps=0..1000", "--dry-run", ok=False)
     assert "refusing to show 1,001 planned runs" in result.stderr and result.stdout == ""
     assert run_rows(project / "todo.db") == []

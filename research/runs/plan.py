@@ -74,21 +74,26 @@ def plan_runs(
     both = sorted(set({**(given or {}), **(raw or {})}) & set(grid.keys))
     if both:
         raise ResearchError(f"{', '.join(both)}: given with -p and swept with --grid; keep one")
-    if confirm is not None:
-        confirm(len(chosen) * len(grid))
-    plans = []
+    notebooks = []
     for link in chosen:
         path = project_root / link.notebook
         if not path.is_file():
             raise ResearchError(f"linked notebook {link.notebook} no longer exists")
-        specs = inspect_notebook(path)
-        for point in grid:
-            merged = {**(file_params or {}), **(given or {}), **(raw or {}), **point}
-            typed = [name for name in file_params or {} if name not in {**(given or {}), **(raw or {}), **point}]
-            checked = resolve_parameters(specs, merged, link.notebook, raw=raw or {}, typed=typed, check=check)
-            resolved = {**declared_defaults(specs), **link.defaults, **checked}
-            plans.append(RunPlan(item=item, link=link, notebook=link.notebook, given={**link.defaults, **merged},
-                                 params=resolved))
+        notebooks.append((link, inspect_notebook(path)))
+
+    def plan(link, specs, point) -> RunPlan:
+        merged = {**(file_params or {}), **(given or {}), **(raw or {}), **point}
+        typed = [name for name in file_params or {} if name not in {**(given or {}), **(raw or {}), **point}]
+        checked = resolve_parameters(specs, merged, link.notebook, raw=raw or {}, typed=typed, check=check)
+        resolved = {**declared_defaults(specs), **link.defaults, **checked}
+        return RunPlan(item=item, link=link, notebook=link.notebook, given={**link.defaults, **merged}, params=resolved)
+
+    if confirm is not None:
+        first = next(iter(grid))
+        for link, specs in notebooks:  # a wrong name or value is said before any question
+            plan(link, specs, first)
+        confirm(len(chosen) * len(grid))
+    plans = [plan(link, specs, point) for link, specs in notebooks for point in grid]
     return plans
 
 
