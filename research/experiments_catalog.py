@@ -64,8 +64,9 @@ EXPERIMENTS = [
 ]
 
 
-def add_shipped_experiments(session, project_root: Path) -> list[str]:
-    """Add one item per shipped experiment that the backlog lacks; returns the slugs added."""
+def add_shipped_experiments(session, project_root: Path | None) -> list[str]:
+    """Add one item per shipped experiment that the backlog lacks, linked to its notebook in
+    ``project_root`` (None: no project, no links); returns the slugs added."""
     from sqlmodel import select
 
     from research.backlog.items import ChangeLog, add_item
@@ -83,7 +84,8 @@ def add_shipped_experiments(session, project_root: Path) -> list[str]:
             ItemFields(title=exp.title, body=exp.body, priority=exp.priority, tags=list(exp.tags), slug=exp.slug),
             document_id=None,  # ours, not the user's: in no document until moved into one
         )
-        link_experiment(session, log, item, exp, project_root)
+        if project_root is not None:
+            link_experiment(session, log, item, exp, project_root)
         added.append(exp.slug)
     return added
 

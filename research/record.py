@@ -69,18 +69,59 @@ def record(name: str, value, step: int | None = None) -> None:
 
 
 def record_artifact(path: str | os.PathLike, name: str | None = None) -> str:
-    """Copy a file into the run's artifacts folder (inside a run) and note it. Returns its path."""
+    """Note a file as one of the run's artifacts (inside a run); returns its path.
+
+    A file from elsewhere is copied into the run's artifacts folder; one already inside the
+    run's folder is noted where it is (unless ``name`` renames it), so it is stored once.
+    """
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"artifact not found: {source}")
     run_dir = _run_dir()
     target = source
     if run_dir is not None:
-        target_dir = run_dir / ARTIFACTS_DIR
-        target_dir.mkdir(parents=True, exist_ok=True)
-        target = target_dir / (name or source.name)
-        if source.resolve() != target.resolve():
-            shutil.copyfile(source, target)
+        inside = source.resolve().is_relative_to(run_dir.resolve())
+        if not inside or (name is not None and name != source.name):
+            target_dir = run_dir / ARTIFACTS_DIR
+            target_dir.mkdir(parents=True, exist_ok=True)
+            target = target_dir / (name or source.name)
+            if source.resolve() != target.resolve():
+                shutil.copyfile(source, target)
         _append({"kind": "artifact", "name": name or source.name, "path": str(target), "time": time.time()})
     print(f"[record] artifact {target}")
     return str(target)
+
+
+def record_figure(fig, name: str, **savefig) -> str:
+    """Save a matplotlib figure as a run artifact, show it in the notebook, and close it.
+
+    Inside a run the PNG (or whatever ``name``'s suffix says) goes to the run's artifacts
+    folder, once; outside one, to a temporary folder. The saved file is displayed in the
+    cell's output whatever the matplotlib backend (Agg included), and the figure is then
+    closed so the inline backend does not show it a second time. ``savefig`` goes to
+    ``fig.savefig`` (``dpi=120``, ``bbox_inches="tight"``...). Returns the file's path.
+    """
+    import tempfile
+
+    run_dir = _run_dir()
+    folder = run_dir / ARTIFACTS_DIR if run_dir is not None else Path(tempfile.gettempdir()) / "research-figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    fig.savefig(path, **savefig)
+    _display_file(path)
+    import matplotlib.pyplot as plt  # already imported: the figure came from it
+
+    plt.close(fig)
+    return record_artifact(path)
+
+
+def _display_file(path: Path) -> None:
+    """Show an image file in the running notebook's output (nothing outside IPython)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import SVG, Image, display
+    except ImportError:
+        return
+    if get_ipython() is None:
+        return
+    display(SVG(filename=str(path)) if path.suffix.lower() == ".svg" else Image(filename=str(path)))

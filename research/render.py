@@ -344,6 +344,13 @@ def write_runs_table(rows: list[dict]) -> None:
     _plain_table([*headers, "Executor"] if remote else headers, table)
 
 
+def write_plan_table(plans: list[dict]) -> None:
+    """``run --dry-run``: one line per planned run, with the parameters it injects."""
+    table = [[str(n), p["item"], p["notebook"], " ".join(f"{k}={short_value(v, 32)}" for k, v in p["inject"].items())]
+             for n, p in enumerate(plans, 1)]
+    _plain_table(["#", "Item", "Notebook", "Params"], table)
+
+
 def write_compare_table(table: dict) -> None:
     headers = ["", *[f"#{rid} ({status})" for rid, status in zip(table["runs"], table["status"], strict=True)]]
     rows = [[f"{row['section']}.{row['name']}", *[short_value(v, 32) for v in row["values"]]] for row in table["rows"]]

@@ -94,7 +94,7 @@ def random_changes(cli, rng: random.Random, steps: int) -> list[str]:
         if op == "status":
             cli("status", ident, rng.choice(STATUSES))
         elif op == "check":
-            cli("check" if target["status"] != "done" else "uncheck", ident)
+            cli("check" if target["status"] != "done" else "uncheck", ident, "--force")
         elif op == "priority":
             cli("edit", ident, "--priority", rng.choice(["low", "medium", "high", "critical"]))
         elif op == "estimate":

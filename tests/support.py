@@ -36,6 +36,20 @@ class Cli:
         return json.loads(self(*args, "--json").stdout)
 
 
+def shown_figures(notebook_path: Path) -> int:
+    """How many images an executed notebook shows in its outputs."""
+    cells = json.loads(Path(notebook_path).read_text(encoding="utf-8"))["cells"]
+    return sum("image/png" in out.get("data", {}) for cell in cells for out in cell.get("outputs", []))
+
+
+def assert_figures_shown_and_stored_once(notebook_path: Path, run_dir: Path) -> None:
+    """Every PNG of the run is stored once (under artifacts/) and shown once in the notebook."""
+    pngs = [p.relative_to(run_dir).as_posix() for p in sorted(Path(run_dir).rglob("*.png"))]
+    assert pngs and all(p.startswith("artifacts/") for p in pngs), pngs
+    assert len({Path(p).name for p in pngs}) == len(pngs), pngs
+    assert shown_figures(notebook_path) == len(pngs)
+
+
 def params_cell(source: str):
     """A code cell tagged ``parameters`` (what papermill and `research link` look for)."""
     from nbformat.v4 import new_code_cell

@@ -24,7 +24,7 @@ from experiments import attention as A
 from experiments.attention.blockwise import blockwise_forward_with_lse, tile_status
 from experiments.attention.measure import errors_vs_float64, make_inputs, measure_peak_memory
 from experiments.attention.reference import allowed_mask
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, assert_figures_shown_and_stored_once
 
 # (name, n, d, causal, window, sinks, block_q, block_k)
 CASES = [
@@ -307,3 +307,4 @@ def test_notebook_quick_run_records_figures(tmp_path, monkeypatch):
     artifacts = [e for e in entries if e["kind"] == "artifact"]
     assert {Path(a["path"]).name for a in artifacts} >= {"memory_vs_n.png", "time_vs_n.png"}
     assert all(os.path.exists(a["path"]) for a in artifacts)
+    assert_figures_shown_and_stored_once(tmp_path / "out.ipynb", tmp_path)  # under Agg too

@@ -81,6 +81,29 @@ def test_checklist_progress_and_tree(cli):
     assert "Flink architecture" in default and "1/3" in default and "topic 0" not in default
 
 
+def test_checking_what_is_not_a_checklist_task_needs_force_or_a_yes(cli, monkeypatch):
+    heading = add(cli, "Streaming systems")
+    for n in range(45):
+        add(cli, f"topic {n}", "--parent", heading, "--task")
+    result = cli("check", heading, ok=False)
+    assert result.exit_code == 1 and result.stderr.strip() == (
+        f"Error: {heading} “Streaming systems” is not a checklist task (45 open items under it); "
+        "pass --force to check it")
+    assert cli.json("show", heading)["status"] == "planned"
+    monkeypatch.setattr("research.cli.ask.interactive", lambda: True)
+    result = cli("check", heading, ok=False, input="n\n")
+    assert result.exit_code == 1 and "check it anyway?" in result.stderr
+    assert cli.json("show", heading)["status"] == "planned"
+    cli("check", heading, input="y\n")
+    assert cli.json("show", heading)["status"] == "done"
+    monkeypatch.setattr("research.cli.ask.interactive", lambda: False)
+    cli("uncheck", heading, "--force")
+    assert cli.json("show", heading)["status"] == "planned"
+    task = add(cli, "topic 45", "--parent", heading, "--task")
+    cli("check", task)  # a task: no question
+    assert cli.json("show", task)["status"] == "done"
+
+
 def test_filters_and_sorting(cli):
     a = add(cli, "alpha idea", "-P", "low", "-t", "systems")
     b = add(cli, "beta idea", "-P", "high", "--innovation", "5", "--practicality", "4", "--feasibility", "3")

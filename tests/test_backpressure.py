@@ -43,6 +43,7 @@ from experiments.backpressure.measure import (
 )
 from experiments.backpressure.oracle import oracle_schedule
 from experiments.backpressure.workloads import SyntheticDataset, make_workload
+from tests.support import assert_figures_shown_and_stored_once
 
 REPO = Path(__file__).resolve().parents[1]
 KB = 2**10
@@ -500,3 +501,4 @@ def test_notebook_quick_run_records_metrics(tmp_path, monkeypatch):
     assert 0 < metrics["worst_throughput_vs_oracle"] <= 1.05  # the oracle is the fastest
     artifacts = [r for r in records if r["kind"] == "artifact"]
     assert artifacts and all(os.path.exists(a["path"]) for a in artifacts)
+    assert_figures_shown_and_stored_once(out, tmp_path / "run")  # under Agg too

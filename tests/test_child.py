@@ -144,7 +144,7 @@ def test_timeout_kills_the_run_and_keeps_the_notebook(tmp_path):
         heartbeat_interval=0.5,
     )
     assert outcome.status == "timeout"
-    assert outcome.reason == "timed out after 5 s"
+    assert outcome.reason == f"timed out after {outcome.duration_s:.1f} s (limit 5 s)"
     assert time.monotonic() - started < 5 + 8
     assert len(beats) >= 5
     assert outcome.output_exists
@@ -198,6 +198,8 @@ def test_unresponsive_runner_is_killed_with_its_kernel(tmp_path):
     )
     assert child.get("stopped")
     assert outcome.status == "timeout"
+    assert outcome.duration_s >= 4 + 1  # the limit, then the grace before the kill
+    assert outcome.reason == f"timed out after {outcome.duration_s:.1f} s (limit 4 s)"
     assert outcome.kernel_pid is not None
     assert_no_orphans(outcome, run_dir)
 

@@ -32,6 +32,7 @@ from experiments.incremental import (
     stream_eval,
     tokens_to_recover,
 )
+from tests.support import assert_figures_shown_and_stored_once
 
 REPO = Path(__file__).resolve().parents[1]
 ATOL = 1e-4  # fp32 logits, cached vs recomputed (the acceptance tolerance)
@@ -272,6 +273,7 @@ def test_notebook_quick_end_to_end(tmp_path, monkeypatch):
     assert metrics["stream_mem_growth_sink"] == 1.0
     artifacts = [e for e in lines if e["kind"] == "artifact"]
     assert {Path(a["path"]).suffix for a in artifacts} == {".png"} and len(artifacts) >= 3
+    assert_figures_shown_and_stored_once(tmp_path / "out.ipynb", run_dir)
 
 
 def test_regimes_depend_only_on_their_seed():

@@ -18,6 +18,7 @@ from research.runs.params import (
     load_params_file,
     papermill_value,
     parse_assignments,
+    parse_grid,
     parse_yaml_params,
     resolve_parameters,
 )
@@ -399,6 +400,18 @@ def test_expand_grid():
     with pytest.raises(ResearchError, match="expected key=value"):
         expand_grid(["a"])
 
+
+
+def test_a_grid_is_counted_without_being_built():
+    grid = parse_grid(["seed=0..999999999", "steps=1..1000000000", "lr=0.1,0.2"])
+    assert len(grid) == 10**9 * 10**9 * 2  # counted from the sizes: building it would never end
+    points = iter(grid)
+    assert next(points) == {"seed": "0", "steps": "1", "lr": "0.1"}
+    assert next(points) == {"seed": "0", "steps": "1", "lr": "0.2"}
+    assert expand_grid(["a=-1..1", "b=x"]) == [{"a": "-1", "b": "x"}, {"a": "0", "b": "x"}, {"a": "1", "b": "x"}]
+    assert expand_grid(["a=1..1"]) == [{"a": "1"}] and len(parse_grid([])) == 1
+    with pytest.raises(ResearchError, match="empty range"):
+        parse_grid(["a=3..1"])
 
 def test_engine_modules_import_nothing_heavy():
     code = (

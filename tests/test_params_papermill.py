@@ -1,6 +1,6 @@
 """`research run` parameters beside papermill's on notebooks written in papermill's styles.
 
-Each case gives the same parameters to `research run --dry-run` (what the run would inject)
+Each case gives the same parameters to `research run --dry-run --json` (what the run would inject)
 and to papermill's own CLI with ``--prepare-only`` (papermill parameterizes the notebook
 and writes it without a kernel), then compares the injected parameters cells. Ours is
 rendered by ``papermill.parameterize.parameterize_notebook`` with the notebook's kernel and
@@ -70,7 +70,7 @@ def ours(cli, slug: str, *args: str) -> str:
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    plan = json.loads(cli("run", slug, "--dry-run", *args).stdout)
+    plan = json.loads(cli("run", slug, "--dry-run", "--json", *args).stdout)
     nb = load_notebook_node(plan[0]["notebook"])  # as papermill.execute_notebook reads it
     return injected_cell(parameterize_notebook(nb, plan[0]["inject"])) if plan[0]["inject"] else ""
 
@@ -109,7 +109,7 @@ def test_python_notebook_injects_what_papermill_injects(cli, project, ours_args,
 
 
 def test_notebook_defaults_are_recorded_not_injected(cli, project):
-    plan = json.loads(cli("run", "pm", "--dry-run", "-p", "steps=20").stdout)[0]
+    plan = json.loads(cli("run", "pm", "--dry-run", "--json", "-p", "steps=20").stdout)[0]
     assert plan["inject"] == {"steps": 20}
     assert plan["params"] == {"msg": None, "a": 2.25, "names": ["x", "y"], "steps": 20, "sizes": [64, 32],
                               "table": {"1": "one", "2": "two"}, "when": "2024-01-01"}
@@ -183,7 +183,7 @@ def test_link_defaults_are_given_and_reruns_inject_the_same(cli, project):
     from research.store.models import Run
 
     cli("link", "pm", "notebooks/pm.ipynb", "-p", "a=0.5")
-    plan = json.loads(cli("run", "pm", "--dry-run", "-p", "steps=20").stdout)[0]
+    plan = json.loads(cli("run", "pm", "--dry-run", "--json", "-p", "steps=20").stdout)[0]
     assert plan["inject"] == {"a": 0.5, "steps": 20}
     with session_scope(project / "todo.db", write=True) as session:
         # A run recorded before runs kept their link's defaults as given: every default in

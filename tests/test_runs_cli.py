@@ -99,7 +99,7 @@ def test_bad_parameters_are_rejected_before_anything_runs(cli, project):
     result = cli("run", "exp", "--grid", "lr=0.1,fast", ok=False)
     assert "expects float" in result.stderr
     assert run_rows(project / "todo.db") == []
-    plan = json.loads(cli("run", "exp", "-p", "name=007", "--dry-run").stdout)
+    plan = json.loads(cli("run", "exp", "-p", "name=007", "--dry-run", "--json").stdout)
     assert plan[0]["params"]["name"] == "007"
 
 
@@ -284,3 +284,133 @@ def test_sigterm_interrupts_a_run_and_exits_143(cli, project):
     row = run_rows(project / "todo.db")[0]
     assert row["status"] == "interrupted" and "SIGTERM" in row["reason"]
     assert "Traceback" not in err
+
+
+def _add_runs(path: Path, *runs: tuple[dict, dict]) -> None:
+    """Runs of item 1 with these (params, metrics), recorded without running anything."""
+    from research.store.db import session_scope
+    from research.store.models import Metric, Run
+
+    with session_scope(path, write=True) as session:
+        for params, metrics in runs:
+            run = Run(item_id=1, status="succeeded", notebook="notebooks/x.ipynb", params=params,
+                      queued_at="2025-11-11T10:00:00+00:00")
+            session.add(run)
+            session.flush()
+            for name, value in metrics.items():
+                session.add(Metric(run_id=run.id, name=name, value=value, step=0))
+
+
+def test_where_compares_by_type_and_names_a_field_no_run_has(cli, isolated):
+    cli("add", "Experiment", "--slug", "exp")
+    _add_runs(isolated / "todo.db",
+              ({"name": "abc", "steps": 9}, {"loss": 0.5}),
+              ({"name": "10", "steps": 10}, {"loss": 2.0}),
+              ({"steps": 100}, {}))
+
+    def ids(expr: str) -> list[int]:
+        return [r["id"] for r in cli.json("runs", "--where", expr)]
+
+    assert ids("params.steps > 9") == [2, 3]  # numerically: as text, '100' < '9'
+    assert ids("params.steps < 10") == [1]
+    assert ids("params.name > 5") == []  # text against a number matches nothing...
+    assert ids("params.name != 5") == []  # ...not even !=
+    assert ids("params.name = '10'") == [2] and ids("params.name > 'abb'") == [1]
+    assert ids("params.name != abc") == [2]  # run 3 has no name: != does not match it
+    assert ids("params.name = null") == [3] and ids("params.name != null") == [1, 2]
+    assert ids("metrics.loss >= 0.5 and metrics.loss < 2") == [1]
+    result = cli("runs", "--where", "metrics.los > 1")
+    assert result.stdout == "" and "No runs." in result.stderr
+    assert "--where: no run has 'metrics.los' (did you mean 'metrics.loss'?)" in result.stderr
+    assert "--where: no run has 'params.zzz' (there are: params.name, params.steps)" in cli(
+        "runs", "--where", "params.zzz = 1").stderr
+    assert "no run has" not in cli("runs", "--where", "params.name = abc").stderr
+    result = cli("runs", "--where", "params.name > 5 or params.steps = 9")
+    assert [r["id"] for r in json.loads(cli("runs", "--where", "params.name > 5 or params.steps = 9", "--json").stdout)] == [1]
+    assert result.stderr.strip() == "--where: params.name > 5 matches no run: params.name holds text (quote it to compare text: '5')"
+    assert cli("runs", "--where", "params.steps > 5").stderr == ""
+
+
+def test_dry_run_is_a_table_and_json_on_request(cli, project):
+    table = cli("run", "exp", "--grid", "steps=1..3", "-p", "name=007", "--dry-run").stdout.splitlines()
+    assert table[0].split() == ["#", "Item", "Notebook", "Params"]
+    assert [line.split() for line in table[1:]] == [
+        [str(n), "exp", "notebooks/typed.ipynb", "name=007", f"steps={n}"] for n in (1, 2, 3)]
+    plans = cli.json("run", "exp", "--grid", "steps=1..3", "--dry-run")
+    assert [p["params"]["steps"] for p in plans] == [1, 2, 3] and plans[0]["params"]["lr"] == 0.5
+    assert "--json goes with --dry-run" in cli("run", "exp", "--json", ok=False).stderr
+
+
+def test_a_grid_of_over_1000_runs_needs_yes_without_a_terminal(cli, project):
+    result = cli("run", "exp", "--grid", "steps=0..999", "--grid", "lr=1..1000", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("Error: refusing to queue 1,000,000 runs (over 1,000) without confirmation; "
+                                     "pass --yes")
+    result = cli("run", "exp", "--grid", "stepz=0..999", "--grid", "lr=1..1000", ok=False)
+    assert "unknown parameter 'stepz'" in result.stderr  # said before the question
+    result = cli("run", "exp", "--grid", "steps=0..1000", "--dry-run", ok=False)
+    assert "refusing to show 1,001 planned runs" in result.stderr and result.stdout == ""
+    assert run_rows(project / "todo.db") == []
+    assert len(cli.json("run", "exp", "--grid", "steps=0..1000", "--dry-run", "--yes")) == 1001
+    assert len(cli.json("run", "exp", "--grid", "steps=1..1000", "--dry-run")) == 1000  # 1,000 itself: no question
+
+
+def test_a_grid_of_over_1000_runs_asks_on_a_terminal(cli, project, monkeypatch):
+    monkeypatch.setattr("research.cli.ask.interactive", lambda: True)
+    result = cli("run", "exp", "--grid", "steps=1..2000", ok=False, input="n\n")
+    assert result.exit_code == 1 and "Queue 2,000 runs?" in result.stderr
+    assert run_rows(project / "todo.db") == []
+    result = cli("run", "exp", "--grid", "steps=1..2000", "--dry-run", "--json", input="y\n")
+    echoed, shown = result.stdout.split("\n", 1)  # CliRunner echoes the typed answer to stdout
+    assert "Show 2,000 planned runs?" in result.stderr and echoed.strip() == "y" and len(json.loads(shown)) == 2000
+
+
+@pytest.mark.slow
+def test_a_database_outside_the_project_links_and_runs_the_projects_notebooks(isolated, monkeypatch):
+    repo, lab = isolated / "repo", isolated / "lab"
+    shutil.copytree(REPO_ROOT / "notebooks", repo / "notebooks")
+    shutil.copy(FIXTURES / "typed.ipynb", repo / "notebooks" / "typed.ipynb")
+    (repo / "src").mkdir()
+    lab.mkdir()
+    monkeypatch.setenv("RESEARCH_DB", str(lab / "todo.db"))
+    monkeypatch.chdir(repo / "src")  # found upward, as git finds .git
+    cli = Cli()
+    result = cli("init")
+    assert "no project" not in result.stderr
+    assert cli.json("show", "streaming-attention")["links"][0]["notebook"] == "notebooks/streaming_attention.ipynb"
+    plan = cli.json("run", "streaming-attention", "-p", "quick=true", "--dry-run")
+    assert plan[0]["params"]["quick"] is True
+    cli("add", "Experiment", "--slug", "exp")
+    cli("link", "exp", "../notebooks/typed.ipynb")
+    assert "run 1 succeeded" in cli("run", "exp", "-p", "steps=2").stdout
+    assert (lab / "runs" / "1" / "output.ipynb").is_file()  # outputs beside the database
+    assert not (repo / "runs").exists() and not (repo / "src" / "runs").exists()
+    assert cli.json("runs", "show", "1")["metrics"]["loss"] == pytest.approx(0.5)
+
+
+def test_init_with_no_project_says_so_in_one_line(isolated, monkeypatch):
+    (isolated / "elsewhere").mkdir()
+    monkeypatch.chdir(isolated / "elsewhere")
+    result = Cli()("init")
+    notes = [line for line in result.stderr.splitlines() if "no project" in line]
+    assert len(notes) == 1 and "notebooks/" in notes[0]
+    assert Cli().json("show", "streaming-attention")["links"] == []
+    assert "no project" not in Cli()("init", "--empty").stderr
+
+
+@pytest.mark.slow
+def test_figures_show_in_the_output_notebook_and_each_png_is_stored_once(cli, project, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # a headless machine's setting: figures still show
+    cli("link", "exp", "notebooks/figures.ipynb")
+    assert "run 1 succeeded" in cli("run", "exp", "-n", "figures").stdout
+    run_dir = project / "runs" / "1"
+    output = json.loads((run_dir / "output.ipynb").read_text())
+    images = {"".join(cell["source"]).splitlines()[-1]: sum("image/png" in o.get("data", {}) for o in cell["outputs"])
+              for cell in output["cells"] if cell["cell_type"] == "code"}
+    assert images["record_figure(fig, 'line.png', dpi=50)"] == 1  # shown once, though Agg draws nothing itself
+    assert sum(images.values()) == 1
+    pngs = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*.png"))
+    assert pngs == ["artifacts/line.png", "bars.png"]  # one copy each
+    artifacts = cli.json("runs", "show", "1")["artifacts"]
+    assert sorted(Path(a).name for a in artifacts) == ["bars.png", "line.png"]
+    assert all(Path(a).is_file() for a in artifacts)

@@ -46,6 +46,7 @@ from research.store.models import (
     Run,
 )
 from research.vocab import (
+    OPEN_STATUSES,
     OUTCOME_LOOKUP,
     normalize_status,
     slugify,
@@ -192,6 +193,16 @@ def set_status(session: Session, log: ChangeLog, item: Item, status: str, action
     if status == item.status:
         return False
     return log.updated(item, changes, action=action)
+
+
+def not_a_task(session: Session, item: Item) -> str | None:
+    """Why ``check``/``uncheck`` on ``item`` may not be meant: it is a heading-level item, not a
+    checklist task (and how many open items sit under it). None for a task."""
+    if item.kind == "task":
+        return None
+    under = sum(1 for i in subtree(session, item)[1:] if i.status in OPEN_STATUSES)
+    extra = f" ({under} open item{'s' if under != 1 else ''} under it)" if under else ""
+    return f"{item.id} “{item.title}” is not a checklist task{extra}"
 
 
 def move_item(session: Session, log: ChangeLog, item: Item, new_parent: Item | None,

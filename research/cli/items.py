@@ -42,16 +42,22 @@ def init(
     path = init_target(state.db)
     created = create_database(path)
     added: list[str] = []
+    project = None
     if not empty:
         from research.experiments_catalog import add_shipped_experiments
+        from research.runs.links import find_project
         from research.store.db import session_scope
 
+        project = find_project(path)
         with session_scope(path, write=True) as session:
-            added = add_shipped_experiments(session, project_root=path.resolve().parent)
+            added = add_shipped_experiments(session, project_root=project)
     verb = "Created" if created else "Already initialised:"
     typer.echo(f"{verb} {path}", err=True)
     for slug in added:
         typer.echo(f"  added experiment item {slug}", err=True)
+    if added and project is None:
+        typer.echo("no project (a folder with notebooks/) here, above or beside the database: the experiment "
+                   "items have no notebook; `research link ITEM NOTEBOOK` from the project links one", err=True)
 
 
 # ---------------------------------------------------------------------------
@@ -280,11 +286,17 @@ def rm(
     typer.echo(f"deleted {removed} item(s)", err=True)
 
 
-def _set_status(item_id: str, status: str, action: str = "status") -> None:
-    from research.backlog.items import resolve_item, set_status
+def _set_status(item_id: str, status: str, action: str = "status", force: bool = True) -> None:
+    """``force=False`` (check, uncheck): an item that is not a checklist task needs a yes or --force."""
+    from research.backlog.items import not_a_task, resolve_item, set_status
 
     with changes() as (session, log):
         item = resolve_item(session, item_id)
+        concern = None if force else not_a_task(session, item)
+        if concern:
+            from research.cli.ask import confirm
+
+            confirm(f"{concern}; {action} it anyway?", f"{concern}; pass --force to {action} it")
         before = item.status
         changed = set_status(session, log, item, status, action=action)
         typer.echo(f"{item.id}\t{item.slug}\t{before} → {item.status}" if changed else f"{item.id}\t{item.slug}\talready {item.status}")
@@ -332,16 +344,25 @@ def status_(item_id: IdArg, status: Annotated[str, typer.Argument(help="The new 
     _set_status(item_id, status)
 
 
-@app.command()
-def check(item_id: IdArg) -> None:
-    """Tick a checklist task."""
-    _set_status(item_id, "done", action="check")
+ForceTaskOpt = Annotated[bool, typer.Option("--force", help="Do it to an item that is not a checklist task, without asking.")]
 
 
 @app.command()
-def uncheck(item_id: IdArg) -> None:
-    """Untick a checklist task."""
-    _set_status(item_id, "planned", action="uncheck")
+def check(item_id: IdArg, force: ForceTaskOpt = False) -> None:
+    """Tick a checklist task.
+
+    Tick a checklist task; anything that is not one asks first, or needs --force.
+    """
+    _set_status(item_id, "done", action="check", force=force)
+
+
+@app.command()
+def uncheck(item_id: IdArg, force: ForceTaskOpt = False) -> None:
+    """Untick a checklist task.
+
+    Untick a checklist task; anything that is not one asks first, or needs --force.
+    """
+    _set_status(item_id, "planned", action="uncheck", force=force)
 
 
 @app.command()

@@ -23,6 +23,14 @@ from research.errors import ResearchError
 
 # Notebooks and runs
 
+def notebook_root() -> Path:
+    """Where notebooks are linked from and run: the project found from the current directory
+    (``runs.links.find_project``), else the database's folder."""
+    from research.runs.links import find_project
+
+    return find_project(db_path()) or project_root()
+
+
 ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value, checked against the notebook's parameters (repeatable).")]
 NoCheckOpt = Annotated[bool, typer.Option("--no-check", help="Skip the name and type checks and pass values as papermill does: -p types guessed (True, None, 5, 0.5, else text), unknown names injected.")]
 
@@ -45,7 +53,7 @@ def link(
     from research.runs.links import link_notebook
     from research.runs.params import parse_assignments
 
-    root = project_root()
+    root = notebook_root()
     with changes() as (session, log):
         item = resolve_item(session, item_id)
         created = link_notebook(session, log, item, notebook, name, parse_assignments(param), best, root)
@@ -74,12 +82,12 @@ def notebooks(json_: JsonOpt = False) -> None:
     List the notebooks under notebooks/ with their parameters, types and defaults.
     """
     from research import render
-    from research.runs.links import list_notebooks
+    from research.runs.links import find_project, list_notebooks
 
     try:
-        root = project_root()
-    except ResearchError:
-        root = Path.cwd()
+        root = notebook_root()
+    except ResearchError:  # no database: the project found from here will do
+        root = find_project() or Path.cwd()
     entries = list_notebooks(root)
     if json_:
         render.print_json(entries)
@@ -105,16 +113,18 @@ def run(
     params_yaml: Annotated[list[str] | None, typer.Option("--params-yaml", "-y", help="Parameters as YAML, e.g. -y 'lr: 0.1' (papermill's -y; repeatable).")] = None,
     param_raw: Annotated[list[str] | None, typer.Option("--param-raw", "-r", help="key=value, the value passed as text, never converted (papermill's -r NAME VALUE; repeatable).")] = None,
     no_check: NoCheckOpt = False,
-    grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="key=v1,v2,... : sweep the cartesian product (repeatable).")] = None,
+    grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="key=v1,v2,... or key=0..9 (integers, both ends included): sweep the cartesian product (repeatable); more than 1,000 runs asks first.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own kernel.")] = 1,
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="End a run as 'timeout' after this many seconds.")] = None,
     kernel: Annotated[str | None, typer.Option("--kernel", help="Jupyter kernel name (default: the notebook's, else python3).")] = None,
     log_output: Annotated[bool, typer.Option("--log-output", help="Stream the notebook's output to the terminal.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and show the runs without running them.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and show the runs without running them (a table; --json for every resolved parameter).")] = False,
     executor: Annotated[str | None, typer.Option("--executor", "-x", help="local, dask or slurm (default: `executor` in [tool.research], else local).")] = None,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler, e.g. tcp://HOST:8786 (default: a local cluster of -j workers).")] = None,
     executor_option: Annotated[list[str] | None, typer.Option("--executor-option", "-E", help="KEY=VALUE for the executor, e.g. partition=gpu, gpus_per_task=1, time_limit=120, array_parallelism=8, cluster=local (repeatable).")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="slurm: submit and return; `research runs` collects the results.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help=f"Do not ask before more than {MANY_RUNS:,} runs.")] = False,
+    json_: JsonOpt = False,
 ) -> None:
     """Run an item's linked notebooks.
 
@@ -125,9 +135,11 @@ def run(
     from research.executors import load_settings
     from research.runs.child import discard_worker, start_worker
 
-    settings = load_settings(project_root(), executor, scheduler, executor_option)
+    settings = load_settings(notebook_root(), executor, scheduler, executor_option)
     if settings.executor != "local" and log_output:
         raise ResearchError("--log-output needs the local executor; remote runs keep their output in the notebook")
+    if json_ and not dry_run:
+        raise ResearchError("--json goes with --dry-run (a run's results: `research runs --json`)")
     if no_wait and settings.executor != "slurm":
         raise ResearchError("--no-wait is for the slurm executor (dask runs end with their client)")
     # The first run's worker starts now, importing papermill while we check and plan.
@@ -136,7 +148,7 @@ def run(
                          wait=not no_wait, worker=worker, settings=settings, params_yaml=params_yaml or [],
                          param_raw=param_raw or [], check=not no_check)
     try:
-        _run(request, dry_run)
+        _run(request, dry_run, yes=yes, json_=json_)
     finally:
         discard_worker(worker)
 
@@ -162,20 +174,36 @@ class RunRequest:
     check: bool = True
 
 
-def _run(request: RunRequest, dry_run: bool) -> None:
+MANY_RUNS = 1000  # more runs than this at once: ask first (--yes does not)
+
+
+def _confirm_many(dry_run: bool, yes: bool):
+    """What plan_runs calls with the number of runs: asks (or refuses) past MANY_RUNS."""
+    from research.cli.ask import confirm
+
+    def check(count: int) -> None:
+        if yes or count <= MANY_RUNS:
+            return
+        what = f"show {count:,} planned runs" if dry_run else f"queue {count:,} runs"
+        confirm(f"{what[0].upper()}{what[1:]}?", f"refusing to {what} (over {MANY_RUNS:,}) without confirmation; pass --yes")
+
+    return check
+
+
+def _run(request: RunRequest, dry_run: bool, yes: bool = False, json_: bool = False) -> None:
     from research import render
     from research.backlog.items import resolve_item
     from research.runs.params import (
-        expand_grid,
         injected_parameters,
         load_params_file,
         parse_assignments,
+        parse_grid,
         parse_yaml_params,
     )
     from research.runs.plan import create_runs, plan_runs
 
     recover_runs()
-    root = project_root()
+    root = notebook_root()
     item_id, notebook, jobs, timeout, settings = (request.item_id, request.notebook, request.jobs, request.timeout,
                                                   request.settings)
     given = parse_assignments(request.param)
@@ -185,14 +213,19 @@ def _run(request: RunRequest, dry_run: bool) -> None:
     for path in request.params_file:
         file_params.update(load_params_file(path))
     file_params.update(parse_yaml_params(request.params_yaml))
-    points = expand_grid(request.grid)
+    points = parse_grid(request.grid)
+    confirm = _confirm_many(dry_run, yes)
     if dry_run:
         with open_session() as session:
             item = resolve_item(session, item_id)
-            plans = plan_runs(session, item, root, notebook, given, file_params, points, raw, request.check)
+            plans = plan_runs(session, item, root, notebook, given, file_params, points, raw, request.check, confirm)
         # "inject": what the parameters cell injected by papermill will assign; "params": what the run records.
-        render.print_json([{"item": p.item.slug, "notebook": p.notebook, "params": p.params,
-                            "inject": injected_parameters(p.given, p.params)} for p in plans])
+        planned = [{"item": p.item.slug, "notebook": p.notebook, "params": p.params,
+                    "inject": injected_parameters(p.given, p.params)} for p in plans]
+        if json_:
+            render.print_json(planned)
+        else:
+            render.write_plan_table(planned)
         return
     remote = started = None
     if settings is not None and settings.executor != "local":
@@ -203,7 +236,7 @@ def _run(request: RunRequest, dry_run: bool) -> None:
     try:
         with open_session(write=True) as session:
             item = resolve_item(session, item_id)
-            plans = plan_runs(session, item, root, notebook, given, file_params, points, raw, request.check)
+            plans = plan_runs(session, item, root, notebook, given, file_params, points, raw, request.check, confirm)
             if started:
                 started()  # the engine is reachable before anything is written
             run_ids, sweep_id = create_runs(session, plans, root, request.kernel,
@@ -267,7 +300,7 @@ def rerun(
     from research.runs.plan import create_runs, plan_rerun
 
     recover_runs()
-    root = project_root()
+    root = notebook_root()
     with open_session(write=True) as session:
         plan, kernel = plan_rerun(session, run_id, parse_assignments(param), root, check=not no_check)
         run_ids, _ = create_runs(session, [plan], root, kernel)
@@ -289,7 +322,7 @@ app.add_typer(runs_app, name="runs")
 
 StatusFilter = Annotated[str | None, typer.Option("--status", "-s", metavar="STATUS", help="Only runs with this status.")]
 SweepFilter = Annotated[str | None, typer.Option("--sweep", metavar="SWEEP", help="Only runs of this sweep.")]
-WhereFilter = Annotated[str | None, typer.Option("--where", "-w", metavar="EXPR", help="Filter on params and metrics, e.g. 'metrics.loss < 0.1 and params.lr = 0.01'.")]
+WhereFilter = Annotated[str | None, typer.Option("--where", "-w", metavar="EXPR", help="Filter on params and metrics, e.g. 'metrics.loss < 0.1 and params.lr = 0.01'. Numbers compare as numbers, text as text (quote it: params.name = '007'); a value of another type, a missing field or null matches no comparison, not even != (use = null for those).")]
 RunArg = Annotated[str, typer.Argument(metavar="RUN", help="Run id.", show_default=False)]
 RunsArg = Annotated[list[str] | None, typer.Argument(metavar="RUN", help="Run ids.", show_default=False)]
 
@@ -334,9 +367,12 @@ def _list_runs(item_ref: str | None, status, sweep, where, json_: bool, verbose_
 
     recover_runs()
     _sync_remote(verbose=verbose_sync)
+    notes: list[str] = []
     with open_session() as session:
         item = resolve_item(session, item_ref) if item_ref else None
-        rows = query_runs(session, item, status, sweep, where)
+        rows = query_runs(session, item, status, sweep, where, notes)
+    for note in notes:
+        render.info(note)
     if json_:
         render.print_json(rows)
     elif not rows:

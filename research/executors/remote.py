@@ -36,12 +36,14 @@ CANCEL_POLL_S = 1.0
 def build_task(
     run, project_root: Path, timeout: float | None, git: dict[str, Any], key: str | None = None
 ) -> dict[str, Any]:
-    """The self-contained description of one queued run (``run`` is a Run row)."""
+    """The self-contained description of one queued run (``run`` is a Run row); its notebook
+    is relative to the project it was planned in (``run.cwd``), else to ``project_root``."""
     import hashlib
 
     from research.runs.params import injected_parameters
 
-    notebook = Path(project_root) / run.notebook
+    project_root = Path(run.cwd) if getattr(run, "cwd", None) else Path(project_root)
+    notebook = project_root / run.notebook
     data = notebook.read_bytes()
 
     return {

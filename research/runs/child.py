@@ -315,11 +315,14 @@ def execute_notebook(
     notebook, output, run_dir, cwd = (Path(p).resolve() for p in (notebook, output, run_dir, cwd))
     started = time.monotonic()
 
-    def outcome(status: str, reason: str | None, **fields) -> ExecutionOutcome:
+    def elapsed() -> float:
+        return round(time.monotonic() - started, 3)
+
+    def outcome(status: str, reason: str | None, duration_s: float | None = None, **fields) -> ExecutionOutcome:
         return ExecutionOutcome(
             status=status,
             reason=reason,
-            duration_s=round(time.monotonic() - started, 3),
+            duration_s=elapsed() if duration_s is None else duration_s,
             output_exists=output.exists(),
             **fields,
         )
@@ -412,7 +415,7 @@ def execute_notebook(
             now = time.monotonic()
             if stopped_for is None:
                 if deadline is not None and now >= deadline:
-                    stopped_for, stop_reason = "timeout", f"timed out after {timeout:g} s"
+                    stopped_for = "timeout"  # its reason, with how long it took, once it has ended
                 elif interrupts.is_set():
                     stopped_for, stop_reason = "interrupted", _interrupt_reason(interrupts)
                 if stopped_for is not None:
@@ -465,6 +468,11 @@ def execute_notebook(
     }
     if result is not None and result.get("status") == "succeeded":
         return outcome("succeeded", None, **common)  # it finished as it was being stopped
+    if stopped_for == "timeout":
+        # Stopping takes a while (the notebook is saved, the kernel shut down, or the grace
+        # runs out): say how long the run really took, beside the limit it ran past.
+        took = elapsed()
+        return outcome("timeout", f"timed out after {took:.1f} s (limit {timeout:g} s)", took, **common)
     if stopped_for is not None:
         return outcome(stopped_for, stop_reason, **common)
     if result is not None and result.get("status") in ENDED_RUN_STATUSES:

@@ -57,6 +57,11 @@ def _write(db_path: Path, fn: Callable[[Session], Any]):
         return fn(session)
 
 
+def _notebook_root(run: Run, db_path: Path) -> Path:
+    """The project the run was planned in (its notebook is relative to it), else the database's folder."""
+    return Path(run.cwd) if run.cwd else project_root_of(db_path)
+
+
 def execute_run(
     db_path: Path,
     run_id: int,
@@ -75,7 +80,7 @@ def execute_run(
     from research.runs.environment import capture_environment, sha256_file
     from research.runs.params import injected_parameters
 
-    project_root = project_root_of(db_path)
+    data_root = project_root_of(db_path)  # runs/ is beside the database
 
     def start(session: Session):
         run = session.get(Run, run_id)
@@ -85,14 +90,15 @@ def execute_run(
         changes = {"status": "running", "started_at": now, "heartbeat_at": now, "pid": os.getpid()}
         for name, value in changes.items():
             setattr(run, name, value)
-        notebook = project_root / run.notebook
+        notebook = _notebook_root(run, db_path) / run.notebook
         run.notebook_sha256 = sha256_file(notebook) if notebook.is_file() else None
         session.add(run)
         _start_items(session, {run.item_id})
         return run.model_copy()
 
     run = _write(db_path, start)
-    run_dir = project_root / run.run_dir
+    project_root = _notebook_root(run, db_path)
+    run_dir = data_root / run.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     # git and nvidia-smi take a moment: ask them while the notebook runs.
     env_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="environment")
@@ -120,7 +126,7 @@ def execute_run(
 
     outcome = execute_notebook(
         notebook=project_root / run.notebook,
-        output=project_root / run.output_path,
+        output=data_root / run.output_path,
         parameters=injected_parameters(run.params_given, run.params),
         run_dir=run_dir,
         cwd=project_root,

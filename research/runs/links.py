@@ -14,6 +14,30 @@ from research.runs.metrics import parse_best
 from research.store.models import Item, Link, Run
 
 # ---------------------------------------------------------------------------
+# The project: where notebooks are
+
+NOTEBOOKS_DIR = "notebooks"
+
+
+def find_project(db_path: Path | None = None, start: Path | None = None) -> Path | None:
+    """The project a command works in: the nearest folder, from ``start`` (the current
+    directory) upward, that holds a ``notebooks/`` folder, as git finds ``.git``; else the
+    database's folder when it holds one; else None.
+
+    Notebook links are relative to it, so a database kept elsewhere (``$RESEARCH_DB``) still
+    links and runs the notebooks of the project it is used from. Run outputs stay under
+    ``runs/`` beside the database.
+    """
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / NOTEBOOKS_DIR).is_dir():
+            return folder
+    if db_path is not None and (Path(db_path).resolve().parent / NOTEBOOKS_DIR).is_dir():
+        return Path(db_path).resolve().parent
+    return None
+
+
+# ---------------------------------------------------------------------------
 # Links
 
 

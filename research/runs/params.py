@@ -25,12 +25,11 @@ from __future__ import annotations
 import ast
 import difflib
 import io
-import itertools
 import json
 import math
 import re
 import tokenize
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -675,21 +674,77 @@ def _parameter_mapping(data: Any, where: str) -> dict[str, Any]:
     return dict(data)
 
 
-def expand_grid(items: list[str] | tuple[str, ...] | None) -> list[dict[str, str]]:
-    """``["a=1,2", "b=x,y"]`` -> the cartesian product, first key varying slowest.
+class Grid:
+    """A ``--grid`` sweep, kept as its axes: ``len()`` is the product of their sizes and
+    iterating yields the points one at a time (first key varying slowest), so a grid of a
+    million points is counted, and refused, without being built."""
+
+    def __init__(self, axes: dict[str, Sequence[str]]):
+        self.axes = axes
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.axes)
+
+    def __len__(self) -> int:
+        return math.prod(len(values) for values in self.axes.values())
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        def points(keys: list[str]) -> Iterator[dict[str, str]]:
+            if not keys:
+                yield {}
+                return
+            for value in self.axes[keys[0]]:
+                for rest in points(keys[1:]):
+                    yield {keys[0]: value, **rest}
+
+        return points(self.keys)
+
+
+class _IntRange(Sequence[str]):
+    """``0..999`` in a ``--grid``: the integers from one end to the other, both included, as text."""
+
+    def __init__(self, first: int, last: int):
+        self.range = range(first, last + 1)
+
+    def __len__(self) -> int:
+        return len(self.range)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [str(v) for v in self.range[index]]
+        return str(self.range[index])
+
+
+_RANGE = re.compile(r"\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*")
+
+
+def parse_grid(items: list[str] | tuple[str, ...] | None) -> Grid:
+    """``["a=1,2", "b=x,y"]`` -> a ``Grid`` of their cartesian product.
 
     Commas inside brackets or quotes do not split, so ``sizes=[1,2],[3,4]`` gives two
-    lists. Values stay strings (coerce them with ``resolve_parameters``). No items
-    gives ``[{}]``: one point with nothing varied.
+    lists; ``seed=0..9`` is the ten integers 0 to 9. Values stay strings (coerce them with
+    ``resolve_parameters``). No items gives one point with nothing varied.
     """
-    axes: dict[str, list[str]] = {}
+    axes: dict[str, Sequence[str]] = {}
     for item in items or []:
         key, values_text = _split_assignment(item, "--grid")
         if key in axes:
             raise ResearchError(f"grid parameter '{key}' given twice")
+        span = _RANGE.fullmatch(values_text)
+        if span:
+            first, last = int(span[1]), int(span[2])
+            if last < first:
+                raise ResearchError(f"empty range in --grid {item!r}: write the smaller end first")
+            axes[key] = _IntRange(first, last)
+            continue
         values = [v.strip() for v in _split_top_level(values_text, ",")]
         if not values_text.strip() or any(v == "" for v in values):
             raise ResearchError(f"empty value in --grid {item!r}")
         axes[key] = values
-    keys = list(axes)
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes.values())]
+    return Grid(axes)
+
+
+def expand_grid(items: list[str] | tuple[str, ...] | None) -> list[dict[str, str]]:
+    """Every point of ``parse_grid(items)``, as a list."""
+    return list(parse_grid(items))

@@ -7,9 +7,10 @@ import json
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
 
@@ -18,6 +19,9 @@ from research.errors import ResearchError
 from research.runs.lifecycle import OUTPUT_NOTEBOOK, RUNS_DIR
 from research.runs.links import item_links
 from research.store.models import Item, Link, Run
+
+if TYPE_CHECKING:
+    from research.runs.params import Grid
 
 # ---------------------------------------------------------------------------
 # Planning
@@ -39,9 +43,10 @@ def plan_runs(
     notebook_name: str | None = None,
     given: dict[str, Any] | None = None,
     file_params: dict[str, Any] | None = None,
-    grid: list[dict[str, str]] | None = None,
+    grid: Grid | None = None,
     raw: dict[str, str] | None = None,
     check: bool = True,
+    confirm: Callable[[int], None] | None = None,
 ) -> list[RunPlan]:
     """Check everything and return one plan per run; raises before anything is written.
 
@@ -49,9 +54,11 @@ def plan_runs(
     from ``-f`` files and ``-y`` YAML), ``given`` (``-p`` text), ``raw`` (``-r`` text,
     never converted), then each ``grid`` point. A plan's ``given`` is what the run
     injects (the link's defaults too); its ``params`` are the effective values, the
-    notebook's defaults included, as the run records them.
+    notebook's defaults included, as the run records them. ``confirm`` is told how many
+    runs there will be before any is planned (it raises to refuse), so a grid too large to
+    want is refused without building it.
     """
-    from research.runs.params import inspect_notebook, resolve_parameters
+    from research.runs.params import Grid, inspect_notebook, resolve_parameters
 
     links = item_links(session, item)
     if notebook_name:
@@ -63,22 +70,30 @@ def plan_runs(
         chosen = links
     if not chosen:
         raise ResearchError(f"{item.slug} has no linked notebook; link one with `research link {item.slug} NOTEBOOK`")
-    both = sorted(set({**(given or {}), **(raw or {})}) & {name for point in grid or [] for name in point})
+    grid = grid if grid is not None else Grid({})
+    both = sorted(set({**(given or {}), **(raw or {})}) & set(grid.keys))
     if both:
         raise ResearchError(f"{', '.join(both)}: given with -p and swept with --grid; keep one")
-    plans = []
+    notebooks = []
     for link in chosen:
         path = project_root / link.notebook
         if not path.is_file():
             raise ResearchError(f"linked notebook {link.notebook} no longer exists")
-        specs = inspect_notebook(path)
-        for point in grid or [{}]:
-            merged = {**(file_params or {}), **(given or {}), **(raw or {}), **point}
-            typed = [name for name in file_params or {} if name not in {**(given or {}), **(raw or {}), **point}]
-            checked = resolve_parameters(specs, merged, link.notebook, raw=raw or {}, typed=typed, check=check)
-            resolved = {**declared_defaults(specs), **link.defaults, **checked}
-            plans.append(RunPlan(item=item, link=link, notebook=link.notebook, given={**link.defaults, **merged},
-                                 params=resolved))
+        notebooks.append((link, inspect_notebook(path)))
+
+    def plan(link, specs, point) -> RunPlan:
+        merged = {**(file_params or {}), **(given or {}), **(raw or {}), **point}
+        typed = [name for name in file_params or {} if name not in {**(given or {}), **(raw or {}), **point}]
+        checked = resolve_parameters(specs, merged, link.notebook, raw=raw or {}, typed=typed, check=check)
+        resolved = {**declared_defaults(specs), **link.defaults, **checked}
+        return RunPlan(item=item, link=link, notebook=link.notebook, given={**link.defaults, **merged}, params=resolved)
+
+    if confirm is not None:
+        first = next(iter(grid))
+        for link, specs in notebooks:  # a wrong name or value is said before any question
+            plan(link, specs, first)
+        confirm(len(chosen) * len(grid))
+    plans = [plan(link, specs, point) for link, specs in notebooks for point in grid]
     return plans
 
 

@@ -12,7 +12,7 @@ from research.runs.lifecycle import run_record
 from research.runs.metrics import final_metrics
 from research.runs.recovery import pid_alive
 from research.runs.summary import final_metrics_by_run, run_summary
-from research.runs.where import compile_where
+from research.runs.where import compile_where, known_fields
 from research.store.db import raw_connection
 from research.store.models import Item, Metric, Run
 from research.vocab import OPEN_RUN_STATUSES, RUN_STATUSES
@@ -39,7 +39,10 @@ def query_runs(
     status: str | None = None,
     sweep: str | None = None,
     where: str | None = None,
+    notes: list[str] | None = None,
 ) -> list[dict[str, Any]]:
+    """Runs as summaries, oldest first; a hint for the user (a --where field that no run has)
+    goes to ``notes`` when given."""
     query = select(Run).order_by(Run.id)
     if item is not None:
         query = query.where(Run.item_id == item.id)
@@ -55,8 +58,29 @@ def query_runs(
     rows = [run_summary(r, metrics[r.id], slugs.get(r.item_id)) for r in runs]
     if where:
         predicate = compile_where(where)
+        absent = predicate.absent_fields(rows) if rows else []
+        if absent and notes is not None:
+            notes.append(_absent_note(absent, rows))
+        elif rows and notes is not None:
+            notes.extend(f"--where: {line}" for line in predicate.type_mismatches(rows))
         rows = [row for row in rows if predicate(row)]
     return rows
+
+
+def _absent_note(absent: list[str], rows: list[dict[str, Any]]) -> str:
+    """``--where: no run has 'metrics.los' (did you mean 'metrics.loss'?)``, else the fields
+    there are under the same prefix (params., metrics.)."""
+    import difflib
+
+    known = known_fields(rows)
+    names = ", ".join(repr(name) for name in absent)
+    close = [m for name in absent for m in difflib.get_close_matches(name, known, n=1, cutoff=0.8)]
+    if close:
+        return f"--where: no run has {names} (did you mean {', '.join(repr(m) for m in close)}?)"
+    prefixes = {name.split(".")[0] + "." for name in absent if "." in name}
+    same = [name for name in known if name.startswith(tuple(prefixes or ("params.", "metrics.")))]
+    shown = ", ".join(same[:12]) + (", ..." if len(same) > 12 else "")
+    return f"--where: no run has {names}" + (f" (there are: {shown})" if same else "")
 
 
 def run_detail(session: Session, run: Run) -> dict[str, Any]:

@@ -38,10 +38,49 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
     return tokens
 
 
-def compile_where(text: str) -> Callable[[dict], bool]:
-    """Parse a filter like ``metrics.x > 1 and (params.y = 2 or status = failed)``."""
+class Where:
+    """A compiled ``--where``: call it on a run's row; ``fields`` are the dotted names it reads."""
+
+    def __init__(self, predicate: Callable[[dict], bool], fields: list[str],
+                 comparisons: list[tuple[str, str, Any, str]] | None = None):
+        self.predicate = predicate
+        self.fields = fields
+        self.comparisons = comparisons or []  # (field, op, literal, the literal as written)
+
+    def __call__(self, row: dict) -> bool:
+        return self.predicate(row)
+
+    def absent_fields(self, rows: list[dict]) -> list[str]:
+        """The fields it reads that none of ``rows`` has (a typo, most often)."""
+        return [name for name in self.fields if all(_lookup(row, name) is _MISSING for row in rows)]
+
+    def type_mismatches(self, rows: list[dict]) -> list[str]:
+        """Comparisons that can match no run: every value the field holds is of another type
+        than the literal (``params.name > 5`` where every name is text)."""
+        out = []
+        for name, op, literal, raw in self.comparisons:
+            if op == "~" or literal is None:
+                continue
+            kinds = {_kind(v) for v in (_lookup(row, name) for row in rows) if v is not _MISSING and v is not None}
+            if kinds and _kind(literal) not in kinds:
+                held = " or ".join(sorted(_KIND_NAMES[k] for k in kinds))
+                hint = f" (quote it to compare text: '{raw}')" if kinds == {"text"} and raw[:1] not in "'\"" else ""
+                out.append(f"{name} {op} {raw} matches no run: {name} holds {held}{hint}")
+        return out
+
+
+def compile_where(text: str) -> Where:
+    """Parse a filter like ``metrics.x > 1 and (params.y = 2 or status = failed)``.
+
+    Values compare by type: numbers numerically, text as text, true/false as booleans. A
+    value of another type than the literal matches nothing (``params.name > 5`` is false for
+    the name 'abc', and so is ``params.name != 5``), nor does a run that lacks the field or
+    holds null there, except through ``= null``. ``~`` matches text case-insensitively.
+    """
     tokens = _tokenize(text)
     position = [0]
+    fields: list[str] = []
+    comparisons: list[tuple[str, str, Any, str]] = []
 
     def peek():
         return tokens[position[0]] if position[0] < len(tokens) else (None, None)
@@ -85,6 +124,8 @@ def compile_where(text: str) -> Callable[[dict], bool]:
 
     def parse_comparison():
         field_name = take("word")[1]
+        if field_name not in fields:
+            fields.append(field_name)
         op = take("op")[1]
         kind, raw = take()
         if kind == "string":
@@ -95,6 +136,7 @@ def compile_where(text: str) -> Callable[[dict], bool]:
             literal = {"true": True, "false": False, "null": None, "none": None}.get(raw.lower(), raw)
         else:
             raise ResearchError(f"bad --where expression {text!r}: expected a value after {op}")
+        comparisons.append((field_name, op, literal, raw))
         return lambda row: _compare(_lookup(row, field_name), op, literal)
 
     try:
@@ -103,37 +145,62 @@ def compile_where(text: str) -> Callable[[dict], bool]:
         raise ResearchError(f"bad --where expression: nested too deeply ({len(tokens)} tokens)") from None
     if position[0] != len(tokens):
         raise ResearchError(f"bad --where expression {text!r}: unexpected {tokens[position[0]][1]!r}")
-    return predicate
+    return Where(predicate, fields, comparisons)
+
+
+_MISSING = object()
+
+
+def known_fields(rows: list[dict]) -> list[str]:
+    """Every dotted name ``--where`` can read in ``rows``: ``status``, ``params.lr``, ``metrics.loss``..."""
+    names: dict[str, None] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        for key, inner in value.items():
+            name = f"{prefix}{key}"
+            names[name] = None
+            if isinstance(inner, dict):
+                walk(f"{name}.", inner)
+
+    for row in rows:
+        walk("", row)
+    return list(names)
 
 
 def _lookup(row: dict, dotted: str):
     current: Any = row
     for part in dotted.split("."):
         if not isinstance(current, dict) or part not in current:
-            return None
+            return _MISSING
         current = current[part]
     return current
 
 
+_KIND_NAMES = {"bool": "true/false", "number": "numbers", "text": "text", "other": "lists or tables"}
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    return "other"  # lists and dicts: only ``~`` looks into them
+
+
 def _compare(value, op: str, literal) -> bool:
-    if value is None:
-        return op == "!=" if literal is not None else op in ("=", "==")
+    if value is _MISSING or value is None:
+        return literal is None and op in ("=", "==")
+    if literal is None:
+        return op == "!="
     if op == "~":
         return str(literal).lower() in str(value).lower()
-    if isinstance(literal, float) and isinstance(value, int | float) and not isinstance(value, bool):
-        left, right = float(value), literal
-    elif isinstance(literal, bool) or isinstance(value, bool):
-        left, right = value, literal
-    else:
-        left, right = str(value), str(literal) if not isinstance(literal, float) else _number_text(literal)
-    try:
-        return {
-            "=": left == right, "==": left == right, "!=": left != right,
-            ">": left > right, ">=": left >= right, "<": left < right, "<=": left <= right,
-        }[op]
-    except TypeError:
+    if _kind(value) != _kind(literal) or _kind(value) == "other":
         return False
-
-
-def _number_text(value: float) -> str:
-    return str(int(value)) if value.is_integer() else str(value)
+    if _kind(value) == "bool" and op not in ("=", "==", "!="):
+        return False
+    return {
+        "=": value == literal, "==": value == literal, "!=": value != literal,
+        ">": value > literal, ">=": value >= literal, "<": value < literal, "<=": value <= literal,
+    }[op]

@@ -72,6 +72,26 @@ NOTEBOOKS = {
     ),
     # No cell tagged `parameters`.
     "no_params.ipynb": notebook(new_code_cell("x = 1")),
+    # Two figures: one through record_figure, one saved into the run's folder by hand.
+    "figures.ipynb": notebook(
+        params_cell("points = 5"),
+        new_code_cell(
+            "import os\n"
+            "import matplotlib.pyplot as plt\n"
+            "from research import record_artifact, record_figure\n"
+            "fig, ax = plt.subplots()\n"
+            "ax.plot(range(points))\n"
+            "record_figure(fig, 'line.png', dpi=50)"
+        ),
+        new_code_cell(
+            "fig, ax = plt.subplots()\n"
+            "ax.bar(range(points), range(points))\n"
+            "path = os.path.join(os.environ.get('RESEARCH_RUN_DIR', '.'), 'bars.png')\n"
+            "fig.savefig(path, dpi=50)\n"
+            "plt.close(fig)\n"
+            "record_artifact(path)"
+        ),
+    ),
 }
 
 
