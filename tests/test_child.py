@@ -386,7 +386,7 @@ def test_sha256_file(tmp_path):
 
 def test_the_child_finds_the_package_it_was_started_from():
     """The runner process gets the folder holding `research` on its path (not the package itself)."""
-    from research.runs.child import _worker_env
+    from research.runs.child import _runner_env
 
-    first = Path(_worker_env(None)["PYTHONPATH"].split(os.pathsep)[0])
+    first = Path(_runner_env(None)["PYTHONPATH"].split(os.pathsep)[0])
     assert (first / "research" / "__init__.py").is_file()

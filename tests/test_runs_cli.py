@@ -169,7 +169,7 @@ def test_sigkilled_runner_is_recovered_by_the_next_command(cli, project):
             runner.kill()
     listed = cli.json("runs")
     assert listed[0]["status"] == "interrupted" and "runner died" in listed[0]["reason"]
-    # The orphaned worker notices its parent is gone and stops its kernel.
+    # The orphaned runner notices its parent is gone and stops its kernel.
     kernel_pid = json.loads((project / "runs" / "1" / "metrics.jsonl").read_text().splitlines()[0])["value"]
     _wait_for(lambda: not Path(f"/proc/{kernel_pid}").exists(), timeout=30)
 

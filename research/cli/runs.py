@@ -133,7 +133,7 @@ def run(
     only those given are injected (the notebook keeps its own defaults). --no-check passes them as papermill would.
     """
     from research.executors import load_settings
-    from research.runs.child import discard_worker, start_worker
+    from research.runs.child import discard_runner, start_runner
 
     settings = load_settings(notebook_root(), executor, scheduler, executor_option)
     if settings.executor != "local" and log_output:
@@ -142,15 +142,15 @@ def run(
         raise ResearchError("--json goes with --dry-run (a run's results: `research runs --json`)")
     if no_wait and settings.executor != "slurm":
         raise ResearchError("--no-wait is for the slurm executor (dask runs end with their client)")
-    # The first run's worker starts now, importing papermill while we check and plan.
-    worker = None if dry_run or settings.executor != "local" else start_worker()
+    # The first run's runner starts now, importing papermill while we check and plan.
+    runner = None if dry_run or settings.executor != "local" else start_runner()
     request = RunRequest(item_id, notebook, param or [], params_file or [], grid or [], jobs, timeout, kernel, log_output,
-                         wait=not no_wait, worker=worker, settings=settings, params_yaml=params_yaml or [],
+                         wait=not no_wait, runner=runner, settings=settings, params_yaml=params_yaml or [],
                          param_raw=param_raw or [], check=not no_check)
     try:
         _run(request, dry_run, yes=yes, json_=json_)
     finally:
-        discard_worker(worker)
+        discard_runner(runner)
 
 
 @dataclass
@@ -167,7 +167,7 @@ class RunRequest:
     kernel: str | None = None
     log_output: bool = False
     wait: bool = True
-    worker: Any = None  # a runner started ahead (runs.child.start_worker) for the first run
+    runner: Any = None  # a runner started ahead (runs.child.start_runner) for the first run
     settings: Any = None  # executors.settings.ExecutorSettings
     params_yaml: list[str] = field(default_factory=list)
     param_raw: list[str] = field(default_factory=list)
@@ -262,7 +262,7 @@ def _execute(request: RunRequest, run_ids: list[int], executor=None) -> None:
     path = db_path()
     if executor is None:
         progress = render.RunProgress(run_ids, enabled=not request.log_output)
-        executor = LocalExecutor(path, request.jobs, request.timeout, request.log_output, progress.update, request.worker)
+        executor = LocalExecutor(path, request.jobs, request.timeout, request.log_output, progress.update, request.runner)
     else:
         progress = render.SweepProgress(run_ids, f"{executor.name}")
     with executor, handle_interrupts() as interrupts, progress:

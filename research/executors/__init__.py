@@ -128,14 +128,14 @@ def make_executor(
     timeout: float | None = None,
     log_output: bool = False,
     on_progress=None,
-    worker=None,
+    runner=None,
 ) -> Executor:
     """The executor ``settings`` names, configured for one `research run`."""
     _require_engine(settings.executor)
     if settings.executor == "local":
         from research.executors.local import LocalExecutor
 
-        return LocalExecutor(db_path, jobs, timeout, log_output, on_progress, worker)
+        return LocalExecutor(db_path, jobs, timeout, log_output, on_progress, runner)
     if settings.executor == "dask":
         from research.executors.dask_executor import DaskExecutor
 

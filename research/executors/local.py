@@ -6,7 +6,7 @@ itself through ``runs.execute_run`` as it goes, and ``poll`` passes the
 finished ones on. Cancelling sets the process-wide interrupt flag that every
 running ``execute_notebook`` watches (Ctrl-C sets it too).
 
-A sweep keeps spare workers: when a run takes its worker, another starts for a run
+A sweep keeps spare runners: when a run takes its runner, another starts for a run
 still to come, so importing papermill and starting a kernel overlap the runs before.
 """
 
@@ -30,14 +30,14 @@ class LocalExecutor(Executor):
         timeout: float | None = None,
         log_output: bool = False,
         on_progress=None,
-        worker=None,
+        runner=None,
     ) -> None:
         self.db_path = Path(db_path)
         self.jobs = jobs
         self.timeout = timeout
         self.log_output = log_output
         self.on_progress = on_progress
-        self.worker = worker  # a started runs.child.start_worker() for the first run
+        self.runner = runner  # a started runs.child.start_runner() for the first run
         self._spares = None
         self._done: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -50,7 +50,7 @@ class LocalExecutor(Executor):
         run_ids = [run.id for run in runs]
         from research.executors.spares import SparePool
 
-        self._spares = spares = SparePool(first=self.worker)
+        self._spares = spares = SparePool(first=self.runner)
         spares.expect(len(run_ids), self.jobs)
         tasks = [
             (
@@ -60,7 +60,7 @@ class LocalExecutor(Executor):
                     timeout=self.timeout,
                     log_output=self.log_output,
                     on_progress=self.on_progress,
-                    worker=spares.take(),
+                    runner=spares.take(),
                 )
             )
             for rid in run_ids

@@ -104,7 +104,7 @@ def run_remote(task: dict[str, Any]) -> dict[str, Any]:
                 kernel_name=task.get("kernel"),
                 timeout=task.get("timeout"),
                 interrupts=interrupts,
-                worker=SPARES.take(),
+                runner=SPARES.take(),
             )
             ended_at = clock.now_iso()
             env = environment.result()

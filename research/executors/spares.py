@@ -1,6 +1,6 @@
 """Spare runner processes: started ahead of the runs that will use them.
 
-Starting a runner (``runs.child.start_worker``) imports papermill and takes about a second;
+Starting a runner (``runs.child.start_runner``) imports papermill and takes about a second;
 a spare started while the previous run executes hides that. The local executor keeps a
 pool per ``research run``; the Dask executor's in-process LocalCluster, whose workers are
 threads of this process, shares ``SPARES`` (anywhere else ``take`` finds none and a run
@@ -34,30 +34,30 @@ class SparePool:
         """A started runner for the run about to start, or None (it starts its own)."""
         with self._lock:
             self._expected = max(0, self._expected - 1)
-            worker = None
-            while self._stock and worker is None:
+            runner = None
+            while self._stock and runner is None:
                 candidate = self._stock.pop(0)
-                worker = candidate if candidate.poll() is None else None  # one that died is skipped
+                runner = candidate if candidate.poll() is None else None  # one that died is skipped
             self._refill()
-        return worker
+        return runner
 
     def clear(self) -> None:
         """Stop the spares nobody took; start no more until ``expect`` is called again."""
-        from research.runs.child import discard_worker
+        from research.runs.child import discard_runner
 
         with self._lock:
             self._closed = True
             stock, self._stock, self._expected = self._stock, [], 0
-        for worker in stock:
-            discard_worker(worker)
+        for runner in stock:
+            discard_runner(runner)
 
     def _refill(self) -> None:
-        from research.runs.child import INTERRUPTS, start_worker
+        from research.runs.child import INTERRUPTS, start_runner
 
         if self._closed or INTERRUPTS.is_set():
             return
         want = min(self._size, self._expected) - len(self._stock)
-        self._stock.extend(start_worker() for _ in range(max(0, want)))
+        self._stock.extend(start_runner() for _ in range(max(0, want)))
 
 
 SPARES = SparePool()

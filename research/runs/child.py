@@ -144,12 +144,12 @@ def _package_root() -> str:
     return str(Path(research.__file__).resolve().parent.parent)
 
 
-def _worker_command() -> list[str]:
+def _runner_command() -> list[str]:
     # -P: the working directory does not go first on sys.path.
     return [sys.executable, "-P", "-m", "research.runs.papermill_child"]
 
 
-def _worker_env(run_dir: Path | None) -> dict[str, str]:
+def _runner_env(run_dir: Path | None) -> dict[str, str]:
     env = dict(os.environ)
     if run_dir is not None:
         env[RUN_DIR_ENV] = str(run_dir)
@@ -162,38 +162,38 @@ def _worker_env(run_dir: Path | None) -> dict[str, str]:
     return env
 
 
-def _popen_worker(run_dir: Path | None) -> subprocess.Popen:
+def _popen_runner(run_dir: Path | None) -> subprocess.Popen:
     return subprocess.Popen(
-        _worker_command(),
+        _runner_command(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=_worker_env(run_dir),
+        env=_runner_env(run_dir),
         start_new_session=True,
         close_fds=True,
     )
 
 
-def start_worker() -> subprocess.Popen:
-    """Start a worker before its job is known, so its imports overlap the caller's setup.
+def start_runner() -> subprocess.Popen:
+    """Start a runner before its job is known, so its imports overlap the caller's setup.
 
-    Hand it to ``execute_notebook(worker=...)``; if it is never used, ``discard_worker``
+    Hand it to ``execute_notebook(runner=...)``; if it is never used, ``discard_runner``
     (closing its stdin makes it exit at once).
     """
-    return _popen_worker(None)
+    return _popen_runner(None)
 
 
-def discard_worker(worker: subprocess.Popen | None) -> None:
-    if worker is None or worker.poll() is not None:
+def discard_runner(runner: subprocess.Popen | None) -> None:
+    if runner is None or runner.poll() is not None:
         return
-    for stream in (worker.stdin, worker.stdout, worker.stderr):
+    for stream in (runner.stdin, runner.stdout, runner.stderr):
         with contextlib.suppress(OSError):
             stream.close()
     try:
-        worker.wait(timeout=5)
+        runner.wait(timeout=5)
     except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
+        runner.kill()
+        runner.wait()
 
 
 def _read_events(stream, events: queue.Queue) -> None:
@@ -295,7 +295,7 @@ def execute_notebook(
     on_log: Callable[[str], None] | None = None,
     interrupts: InterruptSignals | None = None,
     kill_grace: float = KILL_GRACE_S,
-    worker: subprocess.Popen | None = None,
+    runner: subprocess.Popen | None = None,
 ) -> ExecutionOutcome:
     """Run ``notebook`` with ``parameters`` (already typed) into ``output``; never raises
     for a failing notebook, only for bad arguments or a callback's own exception.
@@ -342,11 +342,11 @@ def execute_notebook(
         "kernel_name": kernel_name,
         "log_output": bool(log_output),
     }
-    if worker is not None and worker.poll() is None:
-        proc = worker  # started early by start_worker(); the job names its run folder
+    if runner is not None and runner.poll() is None:
+        proc = runner  # started early by start_runner(); the job names its run folder
         job["run_dir"] = str(run_dir)
     else:
-        proc = _popen_worker(run_dir)
+        proc = _popen_runner(run_dir)
     events: queue.Queue = queue.Queue()
     tail: collections.deque = collections.deque(maxlen=STDERR_TAIL_LINES)
     echo = (on_log or _default_echo) if log_output else None

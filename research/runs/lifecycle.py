@@ -68,11 +68,11 @@ def execute_run(
     timeout: float | None = None,
     log_output: bool = False,
     on_progress: Callable[[int, int, int], None] | None = None,
-    worker=None,
+    runner=None,
 ) -> RunResult:
     """Run one queued run to its end and record everything about it.
 
-    ``worker`` is an already started ``child.start_worker()`` process to use.
+    ``runner`` is an already started ``child.start_runner()`` process to use.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -135,7 +135,7 @@ def execute_run(
         log_output=log_output,
         on_progress=progress,
         on_heartbeat=heartbeat,
-        worker=worker,
+        runner=runner,
     )
     return finish_run(db_path, run_id, outcome, environment_future.result())
 
@@ -255,7 +255,7 @@ def mark_running(db_path: Path, run_id: int, started_at: str | None = None) -> b
 
 
 def mark_ended(db_path: Path, run_id: int, status: str, reason: str | None) -> RunResult | None:
-    """Close an open run the engine ended without a result (lost worker, cancelled job)."""
+    """Close an open run the engine ended without a result (lost runner, cancelled job)."""
 
     def write(session: Session):
         run = session.get(Run, run_id)

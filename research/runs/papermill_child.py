@@ -9,7 +9,7 @@ Run as ``python -m research.runs.papermill_child``. Protocol with the parent:
   error, cells_done, cells_total, kernel_name). Everything else that this process,
   papermill or the kernel prints goes to stderr, which the parent keeps the tail of.
 
-While it waits for the job, the worker imports papermill and starts the default
+While it waits for the job, the runner imports papermill and starts the default
 kernel (``python3``), so neither is paid after the job arrives. A job for another
 kernel shuts that one down and starts its own; a reused kernel is moved to the
 job's working directory and given the run's ``RESEARCH_RUN_DIR`` before any cell.
@@ -441,7 +441,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     # While the parent is still preparing the job (the job waits in the pipe): a
-    # worker started early (see runs.child.start_worker) then costs no start-up time.
+    # runner started early (see runs.child.start_runner) then costs no start-up time.
     _prepare()
     job = _read_job()
     if not job:
