@@ -38,9 +38,10 @@ def init(
     Create ./todo.db (idempotent: an existing database is kept and upgraded).
     """
     from research.store.db import create_database, init_target
+    from research.store.doctor import describe_made
 
     path = init_target(state.db)
-    created = create_database(path)
+    created, repaired = create_database(path)
     added: list[str] = []
     if not empty:
         from research.experiments_catalog import add_shipped_experiments
@@ -48,8 +49,10 @@ def init(
 
         with session_scope(path, write=True) as session:
             added = add_shipped_experiments(session, project_root=path.resolve().parent)
-    verb = "Created" if created else "Already initialised:"
-    typer.echo(f"{verb} {path}", err=True)
+    if repaired:
+        typer.echo(f"Repaired {path}: recreated {describe_made(repaired)} (dropped by hand?)", err=True)
+    else:
+        typer.echo(f"{'Created' if created else 'Already initialised:'} {path}", err=True)
     for slug in added:
         typer.echo(f"  added experiment item {slug}", err=True)
 
@@ -95,7 +98,7 @@ def add(
     """Add an item (or, with --task, a checklist task) to the backlog."""
     from research.backlog.rules import insert_item, next_batch
     from research.backlog.views import find_item_id
-    from research.store.db import connect_raw, ensure_schema
+    from research.store.db import connect_raw, ensure_schema, rollback
 
     # Plain sqlite3 in one transaction, like the row reader: no ORM to load for one row.
     path = db_path()
@@ -112,7 +115,7 @@ def add(
             item = insert_item(conn, next_batch(conn), fields, parent_row[0] if parent_row else None)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
     finally:
         conn.close()

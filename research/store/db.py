@@ -59,9 +59,51 @@ def init_target(explicit: str | os.PathLike | None = None) -> Path:
 
 def connect_raw(path: Path) -> sqlite3.Connection:
     """A plain sqlite3 connection in autocommit mode with our pragmas applied."""
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    conn = _sqlite_connect(path)
     _apply_pragmas(conn)
     return conn
+
+
+def _sqlite_connect(path: Path, **kwargs) -> sqlite3.Connection:
+    """Open ``path``; read-only when the file or its folder cannot be written.
+
+    SQLite in WAL mode creates ``-shm`` and ``-wal`` beside the file even to read it. Where
+    it cannot (a read-only folder, a read-only file), reading commands still work: the file
+    is opened with ``mode=ro``, or ``immutable=1`` when there is no WAL to read (nothing is
+    created beside it then). Writes on such a connection fail as "attempt to write a
+    readonly database", which the CLI turns into one line.
+    """
+    path = Path(path)
+    options = dict(timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, **kwargs)
+    if _writable(path):
+        return sqlite3.connect(path, **options)
+    from urllib.parse import quote
+
+    uri = "file:" + quote(str(path.resolve()))
+    wal = Path(f"{path}-wal")
+    if not (wal.exists() and wal.stat().st_size > 0):
+        return sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, **options)
+    conn = sqlite3.connect(uri + "?mode=ro", uri=True, **options)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.OperationalError:
+        # The WAL cannot be read without its -shm: read the file as it was last checkpointed.
+        conn.close()
+        return sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, **options)
+    return conn
+
+
+def _writable(path: Path) -> bool:
+    """Whether SQLite can write ``path`` and create its -shm and -wal beside it."""
+    folder_ok = os.access(Path(path).resolve().parent, os.W_OK)
+    return folder_ok and (not os.path.exists(path) or os.access(path, os.W_OK))
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """ROLLBACK if a transaction is open: SQLite has already rolled back after some errors
+    (a full disk), and a second ROLLBACK would hide the first error behind its own."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def _apply_pragmas(conn: sqlite3.Connection) -> None:
@@ -74,16 +116,48 @@ def _apply_pragmas(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous = NORMAL")
 
 
-def ensure_schema(path: Path) -> None:
+def ensure_schema(path: Path, *, create: bool = False) -> dict[str, list[str]]:
+    """Check that ``path`` is a research database and bring its schema up to date.
+
+    A path that is not a database file, a damaged file or tables dropped by hand raise a
+    one-sentence ResearchError naming the problem and pointing to `research doctor`.
+    ``create`` (for `research init`) also accepts an empty file and recreates missing tables
+    and indexes; it returns what it recreated.
+    """
+    from research.store import health
+
+    health.check_file(path, allow_new=create)
     conn = None
     try:
         conn = connect_raw(path)
         migrate(conn)
+        missing = health.missing_schema(conn)
+        repaired: dict[str, list[str]] = {}
+        if create:
+            from research.store.doctor import recreate_schema
+
+            repaired = recreate_schema(conn)
+            missing = health.missing_schema(conn)
+        if missing:
+            raise health.schema_error(path, missing)
+        return repaired
+    except sqlite3.OperationalError as exc:
+        if _is_refusal(exc):
+            raise  # read-only, full or locked: the CLI names it
+        raise ResearchError(f"{path} is not a research database ({exc}); {health.DOCTOR}") from None
     except sqlite3.DatabaseError as exc:
-        raise ResearchError(f"{path} is not a research database ({exc})") from None
+        raise ResearchError(f"{path} is not a research database ({exc}); {health.DOCTOR}") from None
     finally:
         if conn is not None:
             conn.close()
+
+
+REFUSALS = ("readonly database", "disk is full", "database is locked")
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """SQLite refused to write (read-only, full disk, a lock held): the file itself is fine."""
+    return any(said in str(exc) for said in REFUSALS)
 
 
 # ---------------------------------------------------------------------------
@@ -102,7 +176,7 @@ def get_engine(path: Path):
     from sqlmodel import create_engine
 
     ensure_schema(path)
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    engine = create_engine(f"sqlite:///{path}", creator=lambda: _sqlite_connect(path, check_same_thread=False))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -144,14 +218,17 @@ def session_scope(path: Path, write: bool = False) -> Iterator:
             raise
 
 
-def create_database(path: Path) -> bool:
-    """Create (or migrate) the database at ``path``; True when it was new."""
-    existed = path.exists() and path.stat().st_size > 0
-    if path.exists() and path.is_dir():
-        raise ResearchError(f"{path} is a directory")
+def create_database(path: Path) -> tuple[bool, dict[str, list[str]]]:
+    """Create (or migrate) the database at ``path``, recreating tables and indexes dropped
+    by hand; returns (whether it was new, what was recreated)."""
+    from research.store import health
+
+    state = health.inspect_file(path)
+    if state.kind not in ("ok", "empty", "missing"):
+        raise ResearchError(state.message)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ensure_schema(path)
-    return not existed
+    repaired = ensure_schema(path, create=True)
+    return state.kind in ("empty", "missing"), ({} if state.kind != "ok" else repaired)
 
 
 def raw_connection(session):
