@@ -413,7 +413,9 @@ def _edit_text() -> str:
 
 
 @app.command()
-def undo() -> None:
+def undo(
+    with_runs: Annotated[bool, typer.Option("--with-runs", help="Also delete runs made since on items the change created.")] = False,
+) -> None:
     """Revert the last change.
 
     Revert the last change (any command, an import or a delete included).
@@ -421,7 +423,7 @@ def undo() -> None:
     from research.backlog.items import describe_undo, undo_last
 
     with changes() as (session, _log):
-        batch, events = undo_last(session)
+        batch, events = undo_last(session, with_runs=with_runs)
         actions = sorted({e.action for e in events if e.action != "touched"})
         details = describe_undo(session, events)
     typer.echo(f"undid change {batch}: {len(events)} row change(s) ({', '.join(actions)})", err=True)
