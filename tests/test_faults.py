@@ -47,6 +47,7 @@ COMMANDS = {**READS, **WRITES, **OTHERS}
 DAMAGE = {
     "truncated": "truncated",
     "random-bytes": "not a research database",
+    "zeroed-pages": "damaged",
     "empty": "empty (0 bytes)",
     "dropped-table": "missing table note",
     "directory": "is a directory",
@@ -86,6 +87,9 @@ def damage(kind: str, folder: Path, template: bytes) -> Path:
         path.write_bytes(template[: len(template) // 2])
     elif kind == "random-bytes":
         path.write_bytes(os.urandom(len(template)))
+    elif kind == "zeroed-pages":  # the schema (page 1) is intact, every table's pages are zeros
+        page = int.from_bytes(template[16:18], "big")
+        path.write_bytes(template[:page] + bytes(len(template) - page))
     elif kind == "empty":
         path.write_bytes(b"")
     elif kind == "dropped-table":
@@ -152,10 +156,11 @@ def test_a_damaged_database(kind, command, workdir, template, alarm):
     assert line.startswith("Error: ")
     if command.startswith("doctor"):
         assert "problem(s) remain" in line
-        assert {"dropped-table": "table note is missing"}.get(kind, DAMAGE[kind]) in result.stdout
+        said = {"dropped-table": "table note is missing", "zeroed-pages": "malformed"}.get(kind, DAMAGE[kind])
+        assert said in result.stdout
     else:
         assert DAMAGE[kind] in line
-        if kind in ("truncated", "random-bytes", "dropped-table"):
+        if kind in ("truncated", "random-bytes", "zeroed-pages", "dropped-table"):
             assert "research doctor" in line
         if kind == "empty":
             assert "research init" in line

@@ -40,6 +40,8 @@ _KNOWN_DATABASE_ERRORS = {
     "attempt to write a readonly database": "the database is read-only: this command writes to it",
     "database or disk is full": "disk full: the database could not be written (nothing was changed)",
     "database is locked": "the database is locked by another research process; try again",
+    "database disk image is malformed": "the database is damaged (SQLite: disk image is malformed); `research doctor` says more",
+    "file is not a database": "the database is damaged (SQLite: file is not a database); `research doctor` says more",
 }
 
 

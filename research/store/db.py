@@ -142,7 +142,7 @@ def ensure_schema(path: Path, *, create: bool = False) -> dict[str, list[str]]:
             raise health.schema_error(path, missing)
         return repaired
     except sqlite3.OperationalError as exc:
-        if _is_refusal(exc):
+        if health.is_refusal(exc):
             raise  # read-only, full or locked: the CLI names it
         raise ResearchError(f"{path} is not a research database ({exc}); {health.DOCTOR}") from None
     except sqlite3.DatabaseError as exc:
@@ -150,14 +150,6 @@ def ensure_schema(path: Path, *, create: bool = False) -> dict[str, list[str]]:
     finally:
         if conn is not None:
             conn.close()
-
-
-REFUSALS = ("readonly database", "disk is full", "database is locked")
-
-
-def _is_refusal(exc: BaseException) -> bool:
-    """SQLite refused to write (read-only, full disk, a lock held): the file itself is fine."""
-    return any(said in str(exc) for said in REFUSALS)
 
 
 # ---------------------------------------------------------------------------
@@ -228,7 +220,23 @@ def create_database(path: Path) -> tuple[bool, dict[str, list[str]]]:
         raise ResearchError(state.message)
     path.parent.mkdir(parents=True, exist_ok=True)
     repaired = ensure_schema(path, create=True)
+    if state.kind == "ok":
+        _quick_check(path)  # not "Already initialised" over a damaged file
     return state.kind in ("empty", "missing"), ({} if state.kind != "ok" else repaired)
+
+
+def _quick_check(path: Path) -> None:
+    from research.store import health
+
+    conn = connect_raw(path)
+    try:
+        found = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        found = str(exc)
+    finally:
+        conn.close()
+    if found != "ok":
+        raise ResearchError(f"{path} is damaged (SQLite: {found}); {health.DOCTOR}")
 
 
 def raw_connection(session):

@@ -29,6 +29,8 @@ from research.store import health
 # detached instead. Runs are history: a run whose item is gone is reported, never deleted.
 DELETE_ORPHANS = {("outcome", "item_id"), ("link", "item_id"), ("metric", "run_id"), ("anchor", "document_id")}
 KEEP_ORPHANS = {("run", "item_id")}
+RECOVER = "try `sqlite3 FILE .recover` on a copy"
+RESTORE = f"restore a backup, or {RECOVER}"
 
 
 @dataclass
@@ -179,23 +181,27 @@ def diagnose(path: Path, quick: bool = False, project_root: Path | None = None) 
                                           repair="create the tables (as `research init` does)"))
         return diagnosis
     if state.kind != "ok":
-        hint = "" if state.kind in ("missing", "directory", "fifo", "device", "other") else (
-            "; restore a backup, or try `sqlite3 FILE .recover` on a copy")
-        diagnosis.problems.append(Problem("file", state.message.split("; `research doctor`")[0] + hint))
+        hint = f"; {RESTORE}" if state.kind in ("not-sqlite", "truncated") else ""
+        diagnosis.problems.append(Problem("file", state.message.split(f"; {health.DOCTOR}")[0] + hint))
         return diagnosis
-    conn = connect_raw(path)
+    try:
+        conn = connect_raw(path)
+    except sqlite3.DatabaseError as exc:
+        if health.is_refusal(exc):
+            raise
+        diagnosis.problems.append(_unreadable(exc))
+        return diagnosis
     try:
         try:
             version = schema_version(conn)
             rows = [r[0] for r in conn.execute("PRAGMA quick_check" if quick else "PRAGMA integrity_check")]
         except sqlite3.DatabaseError as exc:
-            diagnosis.problems.append(Problem("integrity", f"SQLite cannot read the file: {exc}; restore a backup, "
-                                              "or try `sqlite3 FILE .recover` on a copy"))
+            diagnosis.problems.append(_unreadable(exc))
             return diagnosis
         if rows != ["ok"]:
             more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
-            diagnosis.problems.append(Problem("integrity", f"integrity check failed: {rows[0]}{more}; restore a "
-                                              "backup, or try `sqlite3 FILE .recover` on a copy"))
+            diagnosis.problems.append(Problem("integrity", f"integrity check failed: {rows[0]}{more}; {RESTORE}"))
+            return diagnosis  # the other checks read the damaged pages: nothing they say is sure
         if version > len(MIGRATIONS):
             diagnosis.problems.append(Problem("schema", f"schema version {version} is newer than this research "
                                               f"understands ({len(MIGRATIONS)}); upgrade research"))
@@ -204,12 +210,21 @@ def diagnose(path: Path, quick: bool = False, project_root: Path | None = None) 
             diagnosis.problems.append(Problem("schema", f"schema version {version} is older than {len(MIGRATIONS)}",
                                               repair="apply the migrations (any command does)"))
             return diagnosis
-        _check_schema(conn, diagnosis)
-        _check_orphans(conn, diagnosis)
-        _check_runs(conn, diagnosis, project_root or Path(path).resolve().parent)
+        try:
+            _check_schema(conn, diagnosis)
+            _check_orphans(conn, diagnosis)
+            _check_runs(conn, diagnosis, project_root or Path(path).resolve().parent)
+        except sqlite3.DatabaseError as exc:
+            if health.is_refusal(exc):
+                raise
+            diagnosis.problems.append(_unreadable(exc))
     finally:
         conn.close()
     return diagnosis
+
+
+def _unreadable(exc: BaseException) -> Problem:
+    return Problem("integrity", f"SQLite cannot read the file: {exc}; {RESTORE}")
 
 
 def _check_schema(conn: sqlite3.Connection, diagnosis: Diagnosis) -> None:
@@ -349,7 +364,9 @@ def _repair_orphans(conn: sqlite3.Connection) -> list[str]:
 
     ref = reference()
     done = []
-    # Deleting an orphan link orphans the runs that used it: repeat until nothing is left to do.
+    # Foreign keys off: deleting an orphan link must not fail on the runs that used it; the
+    # next round clears their link (and the diagnosis after the repair says what remains).
+    conn.execute("PRAGMA foreign_keys = OFF")
     for _round in range(4):
         found = {key: ids for key, ids in orphans(conn).items() if (key[0], key[1]) not in KEEP_ORPHANS}
         if not found:
@@ -370,4 +387,5 @@ def _repair_orphans(conn: sqlite3.Connection) -> list[str]:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+    conn.execute("PRAGMA foreign_keys = ON")
     return done

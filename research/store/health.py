@@ -21,6 +21,14 @@ DOCTOR = "`research doctor` says more"
 REPAIR = "`research doctor --repair` (or `research init`) recreates what is missing"
 
 
+REFUSALS = ("readonly database", "disk is full", "database is locked")
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """SQLite refused to write (read-only, full disk, a lock held): the file itself is fine."""
+    return any(said in str(exc) for said in REFUSALS)
+
+
 @dataclass(frozen=True)
 class FileState:
     """What the path holds: ``kind`` is ok, missing, empty, directory, fifo, device, other,
