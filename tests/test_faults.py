@@ -263,3 +263,47 @@ def test_a_full_disk_is_one_line_and_the_data_survives(command, workdir, templat
     assert result.exit_code == 1
     assert path.read_bytes() == template
     assert [i["title"] for i in Cli().json("--db", path, "list")] == ["Exp"]
+
+
+# ---------------------------------------------------------------------------
+# Every command, not only the ones above: none may reach the damage before the check
+
+
+ARGS = {
+    ("add",): ["x"], ("show",): ["1"], ("edit",): ["1", "--title", "y"], ("mv",): ["1", "--top"],
+    ("rm",): ["1", "--yes"], ("start",): ["1"], ("pause",): ["1"], ("done",): ["1"], ("drop",): ["1"],
+    ("status",): ["1", "active"], ("check",): ["1"], ("uncheck",): ["1"], ("note",): ["1", "n"],
+    ("import",): ["doc.md"], ("sync",): ["doc.md"], ("link",): ["1", "nb.ipynb"], ("unlink",): ["1"],
+    ("run",): ["1", "--dry-run"], ("rerun",): ["1"], ("compare",): ["1", "2"], ("runs", "show"): ["1"],
+    ("runs", "rm"): ["1", "--yes"], ("runs", "cancel"): ["1"],
+}
+WITHOUT_DATABASE = {("notebooks",), ("init",)}  # notebooks needs none; init is tested above
+
+
+def every_command():
+    from typer.main import get_command
+
+    from research.cli import app
+
+    def walk(group, prefix=()):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from walk(command, (*prefix, name))
+            else:
+                yield (*prefix, name)
+
+    return [path for path in walk(get_command(app)) if path not in WITHOUT_DATABASE]
+
+
+@pytest.mark.parametrize("kind", ["random-bytes", "dropped-table"])
+def test_every_command_checks_the_database_first(kind, workdir, template):
+    path = damage(kind, workdir, template)
+    before = path.read_bytes()
+    commands = every_command()
+    assert len(commands) > 25
+    for command in commands:
+        result = Cli()("--db", path, *command, *ARGS.get(command, []), ok=False)
+        assert result.exit_code == 1, (command, result.stdout, result.stderr)
+        line = one_line(result)
+        assert DAMAGE[kind] in line or command == ("doctor",), (command, line)
+        assert path.read_bytes() == before, command
