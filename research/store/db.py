@@ -75,7 +75,7 @@ def _sqlite_connect(path: Path, **kwargs) -> sqlite3.Connection:
     """
     path = Path(path)
     options = dict(timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, **kwargs)
-    if _writable(path):
+    if writable(path):
         return sqlite3.connect(path, **options)
     from urllib.parse import quote
 
@@ -93,7 +93,7 @@ def _sqlite_connect(path: Path, **kwargs) -> sqlite3.Connection:
     return conn
 
 
-def _writable(path: Path) -> bool:
+def writable(path: Path) -> bool:
     """Whether SQLite can write ``path`` and create its -shm and -wal beside it."""
     folder_ok = os.access(Path(path).resolve().parent, os.W_OK)
     return folder_ok and (not os.path.exists(path) or os.access(path, os.W_OK))

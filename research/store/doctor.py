@@ -324,9 +324,13 @@ def backup_file(path: Path) -> Path:
 
 def repair(path: Path, quick: bool = False, project_root: Path | None = None) -> Diagnosis:
     """Back the file up, make the safe repairs, and diagnose again (what remains)."""
+    from research.store.db import writable
+
     before = diagnose(path, quick, project_root)
     if not before.repairable:
         return before
+    if not writable(path):
+        raise ResearchError(f"the database is read-only ({path} or its folder): nothing was repaired")
     backup = backup_file(path)
     repaired = _repair(path, before)
     after = diagnose(path, quick, project_root)
