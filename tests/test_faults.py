@@ -307,3 +307,38 @@ def test_every_command_checks_the_database_first(kind, workdir, template):
         line = one_line(result)
         assert DAMAGE[kind] in line or command == ("doctor",), (command, line)
         assert path.read_bytes() == before, command
+
+
+def test_init_in_a_read_only_folder_says_so(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if not _immutable(folder):
+        pytest.skip("cannot make a folder read-only for root here")
+    try:
+        result = Cli()("--db", folder / "todo.db", "init", "--empty", ok=False)
+    finally:
+        _mutable(folder)
+    assert one_line(result) == f"Error: cannot create the database at {folder / 'todo.db'}: it or its folder is read-only"
+    assert not (folder / "todo.db").exists()
+
+
+def test_an_old_schema_that_cannot_be_upgraded_is_one_line(tmp_path):
+    from research.store import db, migrations
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    path = folder / "todo.db"
+    conn = db.connect_raw(path)
+    migrations.migrate(conn, target=2)
+    conn.close()
+    if not _immutable(folder):
+        pytest.skip("cannot make a folder read-only for root here")
+    try:
+        result = Cli()("--db", path, "list", ok=False)
+    finally:
+        _mutable(folder)
+    assert one_line(result) == (
+        f"Error: {path} needs upgrading (schema version 2 to {len(migrations.MIGRATIONS)}) but is read-only; "
+        "run any command where it can be written"
+    )
+    assert Cli().json("--db", path, "list") == []  # writable again: upgraded on open

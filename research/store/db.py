@@ -130,7 +130,7 @@ def ensure_schema(path: Path, *, create: bool = False) -> dict[str, list[str]]:
     conn = None
     try:
         conn = connect_raw(path)
-        migrate(conn)
+        _migrate(conn, path)
         missing = health.missing_schema(conn)
         repaired: dict[str, list[str]] = {}
         if create:
@@ -150,6 +150,20 @@ def ensure_schema(path: Path, *, create: bool = False) -> dict[str, list[str]]:
     finally:
         if conn is not None:
             conn.close()
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    from research.store.migrations import MIGRATIONS, schema_version
+
+    try:
+        migrate(conn)
+    except sqlite3.OperationalError as exc:
+        if "readonly" not in str(exc):
+            raise
+        raise ResearchError(
+            f"{path} needs upgrading (schema version {schema_version(conn)} to {len(MIGRATIONS)}) "
+            "but is read-only; run any command where it can be written"
+        ) from None
 
 
 # ---------------------------------------------------------------------------
@@ -219,6 +233,8 @@ def create_database(path: Path) -> tuple[bool, dict[str, list[str]]]:
     if state.kind not in ("ok", "empty", "missing"):
         raise ResearchError(state.message)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if state.kind != "ok" and not writable(path):
+        raise ResearchError(f"cannot create the database at {path}: it or its folder is read-only")
     repaired = ensure_schema(path, create=True)
     if state.kind == "ok":
         _quick_check(path)  # not "Already initialised" over a damaged file
