@@ -138,3 +138,16 @@ def test_undo_past_runs_refuses_in_one_line_then_works_with_runs(cli, db, isolat
     cli("undo")  # the item
     assert cli.json("list") == []
     assert cli("doctor").stdout.startswith("ok:")
+
+
+def test_undoing_a_link_that_runs_used_keeps_the_runs(cli, db, isolated, write_notebook):
+    (isolated / "notebooks").mkdir()
+    write_notebook(isolated / "notebooks" / "nb.ipynb", "x = n", parameters="n = 1")
+    cli("link", "exp", "notebooks/nb.ipynb")
+    insert_run(db, 1, link_id=1)
+    cli("undo")
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM link").fetchone() == (0,)
+    assert conn.execute("SELECT item_id, link_id FROM run").fetchall() == [(1, None)]
+    conn.close()
+    assert cli("doctor").stdout.startswith("ok:")

@@ -64,7 +64,7 @@ def inspect_file(path: Path) -> FileState:
             header = fh.read(100)
     except OSError as exc:
         return FileState("other", f"cannot read {path}: {exc.strerror or exc}", size)
-    if not header.startswith(SQLITE_HEADER[: min(len(header), len(SQLITE_HEADER))]) or len(header) < len(SQLITE_HEADER):
+    if not header.startswith(SQLITE_HEADER[: len(header)]):
         return FileState("not-sqlite", f"{path} is not a research database (its bytes are not SQLite's: damaged, or another kind of file); {DOCTOR}", size)
     if len(header) < 100:
         return FileState("truncated", f"{path} is truncated ({size} bytes, less than a SQLite header); {DOCTOR}", size)
