@@ -59,6 +59,9 @@ def inspect_file(path: Path) -> FileState:
     size = info.st_size
     if size == 0:
         return FileState("empty", f"{path} is empty (0 bytes): not a research database yet (`research init` makes it one)", 0)
+    seen = (info.st_dev, info.st_ino, size, info.st_mtime_ns)
+    if seen in _HEALTHY:
+        return FileState("ok", None, size)
     try:
         with open(path, "rb") as fh:
             header = fh.read(100)
@@ -78,7 +81,14 @@ def inspect_file(path: Path) -> FileState:
             f"{path} is truncated ({size} bytes; its header says {pages * page_size}): the database is damaged; {DOCTOR}",
             size,
         )
+    _HEALTHY.add(seen)
     return FileState("ok", None, size)
+
+
+# Files (device, inode, size, mtime) whose header was read and was fine. Closing a file
+# descriptor drops every POSIX lock the process holds on that file, SQLite's included, so
+# the header is read once per version of the file: in a command, before SQLite opens it.
+_HEALTHY: set[tuple[int, int, int, int]] = set()
 
 
 def check_file(path: Path, allow_new: bool = False) -> FileState:
