@@ -201,6 +201,11 @@ def get_engine(path: Path):
     return engine
 
 
+def has_engine(path: Path) -> bool:
+    """Whether this process has an engine (and so maybe open connections) on ``path``."""
+    return bool(_engines) and Path(path).resolve() in _engines
+
+
 def dispose_engines() -> None:
     for engine in _engines.values():
         engine.dispose()

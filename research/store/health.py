@@ -60,7 +60,7 @@ def inspect_file(path: Path) -> FileState:
     if size == 0:
         return FileState("empty", f"{path} is empty (0 bytes): not a research database yet (`research init` makes it one)", 0)
     seen = (info.st_dev, info.st_ino, size, info.st_mtime_ns)
-    if seen in _HEALTHY:
+    if seen in _HEALTHY or _held_open(path):
         return FileState("ok", None, size)
     try:
         with open(path, "rb") as fh:
@@ -86,9 +86,18 @@ def inspect_file(path: Path) -> FileState:
 
 
 # Files (device, inode, size, mtime) whose header was read and was fine. Closing a file
-# descriptor drops every POSIX lock the process holds on that file, SQLite's included, so
-# the header is read once per version of the file: in a command, before SQLite opens it.
+# descriptor drops every POSIX lock the process holds on that file, SQLite's included (a
+# connection in WAL mode holds a shared lock on the file while it is open; without it,
+# another process closing its last connection deletes the WAL and -shm under this one,
+# which then no longer sees that process's writes). So the header is read once per
+# version of the file, and never while this process's engine holds the file open.
 _HEALTHY: set[tuple[int, int, int, int]] = set()
+
+
+def _held_open(path: Path) -> bool:
+    from research.store.db import has_engine
+
+    return has_engine(path)
 
 
 def check_file(path: Path, allow_new: bool = False) -> FileState:
