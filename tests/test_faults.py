@@ -274,7 +274,7 @@ ARGS = {
     ("rm",): ["1", "--yes"], ("start",): ["1"], ("pause",): ["1"], ("done",): ["1"], ("drop",): ["1"],
     ("status",): ["1", "active"], ("check",): ["1"], ("uncheck",): ["1"], ("note",): ["1", "n"],
     ("import",): ["doc.md"], ("sync",): ["doc.md"], ("link",): ["1", "nb.ipynb"], ("unlink",): ["1"],
-    ("run",): ["1", "--dry-run"], ("rerun",): ["1"], ("compare",): ["1", "2"], ("runs", "show"): ["1"],
+    ("run",): ["1"], ("rerun",): ["1"], ("compare",): ["1", "2"], ("runs", "show"): ["1"],
     ("runs", "rm"): ["1", "--yes"], ("runs", "cancel"): ["1"],
 }
 WITHOUT_DATABASE = {("notebooks",), ("init",)}  # notebooks needs none; init is tested above
@@ -296,7 +296,11 @@ def every_command():
 
 
 @pytest.mark.parametrize("kind", ["random-bytes", "dropped-table"])
-def test_every_command_checks_the_database_first(kind, workdir, template):
+def test_every_command_checks_the_database_first(kind, workdir, template, monkeypatch):
+    def too_late(*args, **kwargs):
+        raise AssertionError("a run's worker started before the database was checked")
+
+    monkeypatch.setattr("research.runs.child.start_worker", too_late)
     path = damage(kind, workdir, template)
     before = path.read_bytes()
     commands = every_command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -117,6 +118,7 @@ app = new_typer("A research backlog with runnable experiment notebooks.")
 
 class State:
     db: str | None = None
+    checked: Path | None = None  # the database context.db_path has checked, in this command
 
 
 state = State()
@@ -137,3 +139,4 @@ def _global(
 ) -> None:
     """A research backlog with runnable experiment notebooks."""
     state.db = db
+    state.checked = None
