@@ -197,10 +197,20 @@ def test_a_table_dropped_by_hand_gets_one_line(cli, isolated):
     conn.execute("DROP TABLE note")
     conn.commit()
     conn.close()
-    for command in (["show", "exp"], ["note", "exp", "hello"], ["export"]):
+    for command in (["show", "exp"], ["note", "exp", "hello"], ["export"], ["list"]):
         result = cli(*command, ok=False)
         assert result.exit_code == 1, command
-        assert result.stderr.strip() == "Error: database error: no such table: note (set RESEARCH_DEBUG=1 for the traceback)"
+        assert result.stderr.strip() == (
+            f"Error: {isolated / 'todo.db'} is missing table note (dropped by hand?); "
+            "`research doctor --repair` (or `research init`) recreates what is missing"
+        )
+    # init does not say "Already initialised" over a missing table: it recreates it.
+    again = cli("init", "--empty")
+    assert again.stderr.strip() == (
+        f"Repaired {isolated / 'todo.db'}: recreated table note, index ix_note_item_id (dropped by hand?)"
+    )
+    cli("note", "exp", "hello")
+    assert [n["text"] for n in cli.json("show", "exp")["notes"]] == ["hello"]
 
 
 @pytest.mark.parametrize(("raised", "said"), [

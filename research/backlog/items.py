@@ -329,12 +329,19 @@ def _quoted(value) -> str:
     return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
-def undo_last(session: Session) -> tuple[int, list[Event]]:
-    """Revert the most recent batch that is not undone; returns (batch, its events)."""
+def undo_last(session: Session, with_runs: bool = False) -> tuple[int, list[Event]]:
+    """Revert the most recent batch that is not undone; returns (batch, its events).
+
+    Runs are not in the history, so a run made since on an item the batch created would be
+    left naming nothing: undo refuses, naming the runs, unless ``with_runs`` (then those
+    runs and their metrics go too). A run that used a link the batch created keeps its row
+    and loses the link, as `research unlink` does.
+    """
     batch = session.exec(select(func.max(Event.batch)).where(Event.undone == False)).one()  # noqa: E712
     if batch is None:
         raise ResearchError("nothing to undo")
     events = list(session.exec(select(Event).where(Event.batch == batch).order_by(Event.id.desc())))
+    _release_runs(session, batch, events, with_runs)
     if events and all(e.before is None for e in events):
         _undo_creations(session, batch, events)
         return batch, events
@@ -362,6 +369,48 @@ def undo_last(session: Session) -> tuple[int, list[Event]]:
         session.add(event)
     session.flush()
     return batch, events
+
+
+def _release_runs(session: Session, batch: int, events: list[Event], with_runs: bool) -> None:
+    """Deal with runs (not in the history) that refer to rows undoing ``events`` removes."""
+    import json
+
+    from sqlalchemy import text
+
+    created = {}
+    for event in events:
+        if event.before is None and event.after is not None:
+            created.setdefault(event.table_name, set()).add(event.row_id)
+    items, links = sorted(created.get("item", ())), sorted(created.get("link", ()))
+    if not items and not links:
+        return
+    conn = session.connection()
+    own_runs = json.dumps(sorted(created.get("run", ())))
+    in_ids = "IN (SELECT value FROM json_each(:ids))"
+    blocking = conn.execute(
+        text(f"SELECT run.id, item.slug FROM run JOIN item ON item.id = run.item_id WHERE run.item_id {in_ids} "
+             "AND run.id NOT IN (SELECT value FROM json_each(:own)) ORDER BY run.id"),
+        {"ids": json.dumps(items), "own": own_runs},
+    ).all()
+    if blocking and not with_runs:
+        actions = ", ".join(sorted({e.action for e in events if e.action != "touched"}))
+        run_ids = [str(r[0]) for r in blocking]
+        shown = ", ".join(run_ids[:8]) + (f" and {len(run_ids) - 8} more" if len(run_ids) > 8 else "")
+        slugs = sorted({r[1] for r in blocking})
+        where = ", ".join(slugs[:3]) + (f" and {len(slugs) - 3} more" if len(slugs) > 3 else "")
+        raise ResearchError(
+            f"cannot undo change {batch} ({actions}): run(s) {shown} were made since on its items ({where}); "
+            "`research undo --with-runs` removes those runs too (their files stay under runs/), or keep the change"
+        )
+    if blocking:
+        ids = json.dumps([r[0] for r in blocking])
+        conn.execute(text(f"DELETE FROM metric WHERE run_id {in_ids}"), {"ids": ids})
+        conn.execute(text(f"DELETE FROM run WHERE id {in_ids}"), {"ids": ids})
+    if links:
+        conn.execute(text(f"UPDATE run SET link_id = NULL WHERE link_id {in_ids} "
+                          "AND id NOT IN (SELECT value FROM json_each(:own))"),
+                     {"ids": json.dumps(links), "own": own_runs})
+    session.expire_all()
 
 
 # Tables in the order their rows can go: rows that refer to others first.

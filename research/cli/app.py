@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -47,6 +48,8 @@ _KNOWN_DATABASE_ERRORS = {
     "attempt to write a readonly database": "the database is read-only: this command writes to it",
     "database or disk is full": "disk full: the database could not be written (nothing was changed)",
     "database is locked": "the database is locked by another research process; try again",
+    "database disk image is malformed": "the database is damaged (SQLite: disk image is malformed); `research doctor` says more",
+    "file is not a database": "the database is damaged (SQLite: file is not a database); `research doctor` says more",
 }
 
 
@@ -128,6 +131,7 @@ app = new_typer("A research backlog with runnable experiment notebooks.")
 
 class State:
     db: str | None = None
+    checked: Path | None = None  # the database context.db_path has checked, in this command
 
 
 state = State()
@@ -148,3 +152,4 @@ def _global(
 ) -> None:
     """A research backlog with runnable experiment notebooks."""
     state.db = db
+    state.checked = None

@@ -11,9 +11,15 @@ from research.cli.app import state
 
 
 def db_path() -> Path:
-    from research.store.db import find_database
+    """The database this command works on, checked (the file, then the schema) the first time
+    a command asks, before it does anything else: damage is one line, not a half-done command."""
+    from research.store.db import ensure_schema, find_database
 
-    return find_database(state.db)
+    path = find_database(state.db)
+    if state.checked != path:
+        ensure_schema(path)
+        state.checked = path
+    return path
 
 
 def open_session(write: bool = False):
@@ -53,13 +59,10 @@ def project_root() -> Path:
 
 
 def recover_runs() -> None:
-    """End runs whose runner died, once the database is known to be ours (a damaged file
-    gets the one-line error of ``ensure_schema``, not a traceback from the recovery's SQL)."""
+    """End runs whose runner died, once the database is known to be ours (``db_path`` checks
+    it: a damaged file gets one line, not a traceback from the recovery's SQL)."""
     from research.runs.recovery import recover_stale_runs
-    from research.store.db import ensure_schema
 
-    path = db_path()
-    ensure_schema(path)
-    count = recover_stale_runs(path)
+    count = recover_stale_runs(db_path())
     if count:
         typer.echo(f"marked {count} run(s) whose runner died as interrupted", err=True)

@@ -38,9 +38,10 @@ def init(
     Create ./todo.db (idempotent: an existing database is kept and upgraded).
     """
     from research.store.db import create_database, init_target
+    from research.store.doctor import describe_made
 
     path = init_target(state.db)
-    created = create_database(path)
+    created, repaired = create_database(path)
     added: list[str] = []
     project = None
     if not empty:
@@ -51,8 +52,10 @@ def init(
         project = find_project(path)
         with session_scope(path, write=True) as session:
             added = add_shipped_experiments(session, project_root=project)
-    verb = "Created" if created else "Already initialised:"
-    typer.echo(f"{verb} {path}", err=True)
+    if repaired:
+        typer.echo(f"Repaired {path}: recreated {describe_made(repaired)} (dropped by hand?)", err=True)
+    else:
+        typer.echo(f"{'Created' if created else 'Already initialised:'} {path}", err=True)
     for slug in added:
         typer.echo(f"  added experiment item {slug}", err=True)
     if added and project is None:
@@ -101,7 +104,7 @@ def add(
     """Add an item (or, with --task, a checklist task) to the backlog."""
     from research.backlog.rules import insert_item, next_batch
     from research.backlog.views import find_item_id
-    from research.store.db import connect_raw, ensure_schema
+    from research.store.db import connect_raw, ensure_schema, rollback
 
     # Plain sqlite3 in one transaction, like the row reader: no ORM to load for one row.
     path = db_path()
@@ -118,7 +121,7 @@ def add(
             item = insert_item(conn, next_batch(conn), fields, parent_row[0] if parent_row else None)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
     finally:
         conn.close()
@@ -431,7 +434,9 @@ def _edit_text() -> str:
 
 
 @app.command()
-def undo() -> None:
+def undo(
+    with_runs: Annotated[bool, typer.Option("--with-runs", help="Also delete runs made since on items the change created.")] = False,
+) -> None:
     """Revert the last change.
 
     Revert the last change (any command, an import or a delete included).
@@ -439,7 +444,7 @@ def undo() -> None:
     from research.backlog.items import describe_undo, undo_last
 
     with changes() as (session, _log):
-        batch, events = undo_last(session)
+        batch, events = undo_last(session, with_runs=with_runs)
         actions = sorted({e.action for e in events if e.action != "touched"})
         details = describe_undo(session, events)
     typer.echo(f"undid change {batch}: {len(events)} row change(s) ({', '.join(actions)})", err=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,35 +23,56 @@ def recover_stale_runs(db_path: Path) -> int:
 
     conn = connect_raw(db_path)
     try:
-        rows = conn.execute(
-            f"SELECT id, pid, host, heartbeat_at, executor FROM run WHERE status IN {OPEN_RUNS_SQL}"
-        ).fetchall()
-        if not rows:
-            return 0
-        host = socket.gethostname()
-        now = datetime.now(UTC)
-        dead = []
-        for run_id, pid, run_host, heartbeat, executor in rows:
-            if executor not in (None, "local"):
-                continue  # remote executors are reconciled by their own engines
-            if run_host == host and pid:
-                alive = pid_alive(pid)
-            else:
-                alive = bool(heartbeat) and now - clock.parse_iso(heartbeat) < STALE_HEARTBEAT
-            if not alive:
-                dead.append((run_id, heartbeat))
+        dead = stale_runs(conn)
         if dead:
-            conn.execute("BEGIN IMMEDIATE")
-            for run_id, heartbeat in dead:
-                conn.execute(
-                    "UPDATE run SET status = 'interrupted', ended_at = ?, reason = ? "
-                    f"WHERE id = ? AND status IN {OPEN_RUNS_SQL}",
-                    (clock.now_iso(), f"runner died (last heartbeat {heartbeat or 'never'})", run_id),
-                )
-            conn.execute("COMMIT")
+            try:
+                mark_interrupted(conn, dead)
+            except sqlite3.OperationalError as exc:
+                if "readonly" not in str(exc):
+                    raise
+                return 0  # a read-only database: readers see the runs as they were left
         return len(dead)
     finally:
         conn.close()
+
+
+def stale_runs(conn) -> list[tuple[int, str | None]]:
+    """(id, last heartbeat) of the local runs left queued or running by a runner that is gone."""
+    rows = conn.execute(
+        f"SELECT id, pid, host, heartbeat_at, executor FROM run WHERE status IN {OPEN_RUNS_SQL}"
+    ).fetchall()
+    if not rows:
+        return []
+    host = socket.gethostname()
+    now = datetime.now(UTC)
+    dead = []
+    for run_id, pid, run_host, heartbeat, executor in rows:
+        if executor not in (None, "local"):
+            continue  # remote executors are reconciled by their own engines
+        if run_host == host and pid:
+            alive = pid_alive(pid)
+        else:
+            alive = bool(heartbeat) and now - clock.parse_iso(heartbeat) < STALE_HEARTBEAT
+        if not alive:
+            dead.append((run_id, heartbeat))
+    return dead
+
+
+def mark_interrupted(conn, dead: list[tuple[int, str | None]]) -> None:
+    """End ``dead`` (from ``stale_runs``) as interrupted, the reason naming the last heartbeat."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for run_id, heartbeat in dead:
+            conn.execute(
+                "UPDATE run SET status = 'interrupted', ended_at = ?, reason = ? "
+                f"WHERE id = ? AND status IN {OPEN_RUNS_SQL}",
+                (clock.now_iso(), f"runner died (last heartbeat {heartbeat or 'never'})", run_id),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def pid_alive(pid: int) -> bool:

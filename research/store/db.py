@@ -59,9 +59,51 @@ def init_target(explicit: str | os.PathLike | None = None) -> Path:
 
 def connect_raw(path: Path) -> sqlite3.Connection:
     """A plain sqlite3 connection in autocommit mode with our pragmas applied."""
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    conn = _sqlite_connect(path)
     _apply_pragmas(conn)
     return conn
+
+
+def _sqlite_connect(path: Path, **kwargs) -> sqlite3.Connection:
+    """Open ``path``; read-only when the file or its folder cannot be written.
+
+    SQLite in WAL mode creates ``-shm`` and ``-wal`` beside the file even to read it. Where
+    it cannot (a read-only folder, a read-only file), reading commands still work: the file
+    is opened with ``mode=ro``, or ``immutable=1`` when there is no WAL to read (nothing is
+    created beside it then). Writes on such a connection fail as "attempt to write a
+    readonly database", which the CLI turns into one line.
+    """
+    path = Path(path)
+    options = dict(timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, **kwargs)
+    if writable(path):
+        return sqlite3.connect(path, **options)
+    from urllib.parse import quote
+
+    uri = "file:" + quote(str(path.resolve()))
+    wal = Path(f"{path}-wal")
+    if not (wal.exists() and wal.stat().st_size > 0):
+        return sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, **options)
+    conn = sqlite3.connect(uri + "?mode=ro", uri=True, **options)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.OperationalError:
+        # The WAL cannot be read without its -shm: read the file as it was last checkpointed.
+        conn.close()
+        return sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, **options)
+    return conn
+
+
+def writable(path: Path) -> bool:
+    """Whether SQLite can write ``path`` and create its -shm and -wal beside it."""
+    folder_ok = os.access(Path(path).resolve().parent, os.W_OK)
+    return folder_ok and (not os.path.exists(path) or os.access(path, os.W_OK))
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """ROLLBACK if a transaction is open: SQLite has already rolled back after some errors
+    (a full disk), and a second ROLLBACK would hide the first error behind its own."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def _apply_pragmas(conn: sqlite3.Connection) -> None:
@@ -74,16 +116,54 @@ def _apply_pragmas(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous = NORMAL")
 
 
-def ensure_schema(path: Path) -> None:
+def ensure_schema(path: Path, *, create: bool = False) -> dict[str, list[str]]:
+    """Check that ``path`` is a research database and bring its schema up to date.
+
+    A path that is not a database file, a damaged file or tables dropped by hand raise a
+    one-sentence ResearchError naming the problem and pointing to `research doctor`.
+    ``create`` (for `research init`) also accepts an empty file and recreates missing tables
+    and indexes; it returns what it recreated.
+    """
+    from research.store import health
+
+    health.check_file(path, allow_new=create)
     conn = None
     try:
         conn = connect_raw(path)
-        migrate(conn)
+        _migrate(conn, path)
+        missing = health.missing_schema(conn)
+        repaired: dict[str, list[str]] = {}
+        if create:
+            from research.store.doctor import recreate_schema
+
+            repaired = recreate_schema(conn)
+            missing = health.missing_schema(conn)
+        if missing:
+            raise health.schema_error(path, missing)
+        return repaired
+    except sqlite3.OperationalError as exc:
+        if health.is_refusal(exc):
+            raise  # read-only, full or locked: the CLI names it
+        raise ResearchError(f"{path} is not a research database ({exc}); {health.DOCTOR}") from None
     except sqlite3.DatabaseError as exc:
-        raise ResearchError(f"{path} is not a research database ({exc})") from None
+        raise ResearchError(f"{path} is not a research database ({exc}); {health.DOCTOR}") from None
     finally:
         if conn is not None:
             conn.close()
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    from research.store.migrations import MIGRATIONS, schema_version
+
+    try:
+        migrate(conn)
+    except sqlite3.OperationalError as exc:
+        if "readonly" not in str(exc):
+            raise
+        raise ResearchError(
+            f"{path} needs upgrading (schema version {schema_version(conn)} to {len(MIGRATIONS)}) "
+            "but is read-only; run any command where it can be written"
+        ) from None
 
 
 # ---------------------------------------------------------------------------
@@ -102,7 +182,7 @@ def get_engine(path: Path):
     from sqlmodel import create_engine
 
     ensure_schema(path)
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    engine = create_engine(f"sqlite:///{path}", creator=lambda: _sqlite_connect(path, check_same_thread=False))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -119,6 +199,11 @@ def get_engine(path: Path):
 
     _engines[path] = engine
     return engine
+
+
+def has_engine(path: Path) -> bool:
+    """Whether this process has an engine (and so maybe open connections) on ``path``."""
+    return bool(_engines) and Path(path).resolve() in _engines
 
 
 def dispose_engines() -> None:
@@ -144,14 +229,35 @@ def session_scope(path: Path, write: bool = False) -> Iterator:
             raise
 
 
-def create_database(path: Path) -> bool:
-    """Create (or migrate) the database at ``path``; True when it was new."""
-    existed = path.exists() and path.stat().st_size > 0
-    if path.exists() and path.is_dir():
-        raise ResearchError(f"{path} is a directory")
+def create_database(path: Path) -> tuple[bool, dict[str, list[str]]]:
+    """Create (or migrate) the database at ``path``, recreating tables and indexes dropped
+    by hand; returns (whether it was new, what was recreated)."""
+    from research.store import health
+
+    state = health.inspect_file(path)
+    if state.kind not in ("ok", "empty", "missing"):
+        raise ResearchError(state.message)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ensure_schema(path)
-    return not existed
+    if state.kind != "ok" and not writable(path):
+        raise ResearchError(f"cannot create the database at {path}: it or its folder is read-only")
+    repaired = ensure_schema(path, create=True)
+    if state.kind == "ok":
+        _quick_check(path)  # not "Already initialised" over a damaged file
+    return state.kind in ("empty", "missing"), ({} if state.kind != "ok" else repaired)
+
+
+def _quick_check(path: Path) -> None:
+    from research.store import health
+
+    conn = connect_raw(path)
+    try:
+        found = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        found = str(exc)
+    finally:
+        conn.close()
+    if found != "ok":
+        raise ResearchError(f"{path} is damaged (SQLite: {found}); {health.DOCTOR}")
 
 
 def raw_connection(session):

@@ -113,7 +113,7 @@ def import_new_file(db_path: Path, path: Path, *, strict: bool = False, progress
 
 
 def _import_new_file(db_path: Path, path: Path, strict: bool, progress) -> Report | None:
-    from research.store.db import connect_raw, ensure_schema
+    from research.store.db import connect_raw, ensure_schema, rollback
 
     file, parsed = read_document_file(path, strict=strict)
     ensure_schema(db_path)
@@ -133,7 +133,7 @@ def _import_new_file(db_path: Path, path: Path, strict: bool, progress) -> Repor
             conn.execute("COMMIT")
             return report
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
     finally:
         conn.close()
