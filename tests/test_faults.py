@@ -298,9 +298,9 @@ def every_command():
 @pytest.mark.parametrize("kind", ["random-bytes", "dropped-table"])
 def test_every_command_checks_the_database_first(kind, workdir, template, monkeypatch):
     def too_late(*args, **kwargs):
-        raise AssertionError("a run's worker started before the database was checked")
+        raise AssertionError("a run's runner started before the database was checked")
 
-    monkeypatch.setattr("research.runs.child.start_worker", too_late)
+    monkeypatch.setattr("research.runs.child.start_runner", too_late)
     path = damage(kind, workdir, template)
     before = path.read_bytes()
     commands = every_command()
