@@ -89,8 +89,11 @@ def test_inspect_errors(tmp_path):
     bad.write_text("not json")
     with pytest.raises(ResearchError, match="not a Jupyter notebook"):
         inspect_notebook(bad)
-    with pytest.raises(ResearchError, match="has no cell tagged 'parameters'"):
-        inspect_notebook(NOTEBOOKS / "no_params.ipynb")
+    untagged = inspect_notebook(NOTEBOOKS / "no_params.ipynb")  # papermill runs these: nothing declared
+    assert untagged == {} and not untagged.tagged and untagged.readable
+    with pytest.raises(ResearchError, match="no cell tagged 'parameters', so it declares no 'steps'.*--no-check"):
+        resolve_parameters(untagged, {"steps": "3"}, "no_params.ipynb")
+    assert resolve_parameters(untagged, {"steps": "3"}, "no_params.ipynb", check=False) == {"steps": 3}
 
 
 def test_inspect_without_kernelspec():

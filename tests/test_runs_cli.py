@@ -105,14 +105,29 @@ def test_bad_parameters_are_rejected_before_anything_runs(cli, project):
 
 def test_link_errors(cli, project):
     assert "notebook not found" in cli("link", "exp", "notebooks/missing.ipynb", ok=False).stderr
-    assert "no cell tagged 'parameters'" in cli("link", "exp", "notebooks/no_params.ipynb", ok=False).stderr
-    assert "max:METRIC" in cli("link", "exp", "notebooks/typed.ipynb", "--best", "biggest", ok=False).stderr
     cli("add", "Other", "--slug", "other")
     assert "no linked notebook" in cli("run", "other", ok=False).stderr
     names = [e["notebook"] for e in cli.json("notebooks")]
     assert "notebooks/typed.ipynb" in names
     cli("unlink", "exp")
     assert cli.json("show", "exp")["links"] == []
+
+
+def test_a_notebook_without_a_parameters_cell_links_and_runs_as_papermill_runs_it(cli, project):
+    """papermill runs a notebook with no cell tagged 'parameters' (it injects -p values at the top)."""
+    cli("add", "Plain", "--slug", "plain")
+    cli("link", "plain", "notebooks/no_params.ipynb")
+    listed = {e["notebook"]: e for e in cli.json("notebooks")}["notebooks/no_params.ipynb"]
+    assert listed["parameters"] == [] and "no cell tagged 'parameters'" in listed["error"]
+    assert "succeeded" in cli("run", "plain").stdout
+    refused = cli("run", "plain", "-p", "x=2", ok=False)
+    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1
+    assert "declares no 'x'" in refused.stderr and "--no-check" in refused.stderr
+    assert "succeeded" in cli("run", "plain", "-p", "x=2", "--no-check").stdout
+    runs = cli.json("runs", "plain")
+    out = json.loads((project / "runs" / str(runs[-1]["id"]) / "output.ipynb").read_text(encoding="utf-8"))
+    first = out["cells"][0]
+    assert "injected-parameters" in first["metadata"]["tags"] and "x = 2" in "".join(first["source"])
 
 
 @pytest.mark.slow

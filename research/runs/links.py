@@ -124,7 +124,10 @@ def list_notebooks(project_root: Path) -> list[dict[str, Any]]:
                 {"name": s.name, "type": s.type_name, "default": s.default_repr, "help": s.help}
                 for s in specs.values()
             ]
-            if not specs.injectable:
+            if not specs.tagged:
+                entry["error"] = ("no cell tagged 'parameters': it runs as it is; papermill would put -p values "
+                                  "in a cell at the top (research run --no-check does the same)")
+            elif not specs.injectable:
                 entry["error"] = f"papermill has no parameter translator for {specs.language} notebooks"
             elif not specs.readable:
                 entry["error"] = f"papermill cannot read {specs.language} parameters cells; -p values go unchecked"

@@ -135,26 +135,30 @@ class NotebookParameters(dict):
     language at all, so it cannot write a parameters cell.
     """
 
-    def __init__(self, specs: list[ParamSpec], language: str, readable: bool = True, injectable: bool = True):
+    def __init__(self, specs: list[ParamSpec], language: str, readable: bool = True, injectable: bool = True,
+                 tagged: bool = True):
         super().__init__((spec.name, spec) for spec in specs)
         self.language = language
         self.readable = readable
         self.injectable = injectable
+        # No cell tagged ``parameters``: the notebook runs as it is and declares nothing;
+        # papermill would put the given values in a cell at the top (`--no-check` does too).
+        self.tagged = tagged
 
 
 def inspect_notebook(path: str | Path) -> NotebookParameters:
-    """The parameters declared in the notebook's ``parameters`` cell, in cell order.
+    """The parameters declared in the notebook's ``parameters`` cell, in cell order
+    (none, with ``tagged`` False, when no cell is tagged: papermill runs such notebooks).
 
-    Raises ResearchError if the file is missing, is not a notebook, or has no
-    cell tagged ``parameters``.
+    Raises ResearchError if the file is missing or is not a notebook.
     """
     path = Path(path)
     nb = _read_notebook(path)
     index = parameters_cell_index(nb)
-    if index < 0:
-        raise ResearchError(f"notebook {path} has no cell tagged 'parameters'")
-    source = _source(nb["cells"][index])
     language = _notebook_language(nb)
+    if index < 0:
+        return NotebookParameters([], language, injectable=_has_translator(nb), tagged=False)
+    source = _source(nb["cells"][index])
     specs = None
     if language.lower() == "python":
         specs = _inspect_python_source(source)
@@ -566,6 +570,11 @@ def resolve_parameters(
             resolved[name] = as_papermill
             continue
         spec = specs.get(name)
+        if spec is None and not getattr(specs, "tagged", True):
+            raise ResearchError(
+                f"{notebook or 'the notebook'} has no cell tagged 'parameters', so it declares no '{name}'; "
+                f"papermill would put it in a cell at the top ({_NO_CHECK})"
+            )
         if spec is None:
             where = f" for {notebook}" if notebook is not None else ""
             known = ", ".join(specs) if specs else "(none)"
