@@ -206,14 +206,24 @@ def _markdown(text: str):
     return Markdown(text)
 
 
-def show_item(detail: dict[str, Any]) -> None:
-    from rich.panel import Panel
-    from rich.table import Table
+class _Styles:
+    """ANSI bold, dim and colours on a terminal (unless NO_COLOR is set); plain text elsewhere."""
 
-    out = console()
-    head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold")
-    head.add_column()
+    def __init__(self, stream):
+        import os
+
+        self.on = stream.isatty() and not os.environ.get("NO_COLOR")
+
+    def __call__(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.on and text else text
+
+
+def show_item(detail: dict[str, Any]) -> None:
+    """One item as plain lines (no rich: `show` is the command people run most, and
+    rich's import and Markdown renderer cost more than the rest of it). The body is
+    printed as written: it is the researcher's own Markdown."""
+    style = _Styles(sys.stdout)
+    bold, dim = (lambda t: style(t, "1")), (lambda t: style(t, "2"))
     progress = detail.get("progress") or {}
     fields = [
         ("ID", f"{detail['id']}  ({detail['slug']})"),
@@ -241,45 +251,38 @@ def show_item(detail: dict[str, Any]) -> None:
         ("Starts", detail.get("start_date") or ""),
         ("Document", detail.get("document") or ""),
     ]
-    for name, value in fields:
-        if value:
-            head.add_row(name, value)
-    out.print(Panel(head, title=detail["title"], title_align="left"))
+    shown = [(name, value) for name, value in fields if value]
+    width = max(len(name) for name, _ in shown)
+    out = [bold(detail["title"])]
+    out += [f"  {bold(name.ljust(width))}  {value}" for name, value in shown]
     body = detail["body"].splitlines()
     at = detail.get("tasks_at")
     at = len(body) if at is None else at
-    if "\n".join(body[:at]).strip():
-        out.print(_markdown("\n".join(body[:at])))
-    if detail["children"]:
-        out.print("[bold]Checklist and children[/bold]")
-        for child in detail["children"]:
-            mark = ("☑" if child["status"] == "done" else "☐") if child["kind"] == "task" else "•"
-            prog = child["progress"]
-            extra = f"  {prog['done']}/{prog['total']}" if prog["total"] else ""
-            out.print(f"  {mark} [cyan]{child['id']}[/cyan] {child['title']}  [dim]{child['status']}{extra}[/dim]")
-    if "\n".join(body[at:]).strip():
-        out.print(_markdown("\n".join(body[at:])))
-    if detail.get("links_lines"):
-        out.print("[bold]Notebooks[/bold]")
-        for line in detail["links_lines"]:
-            out.print("  " + line, markup=False)
-    if detail.get("runs"):
-        out.print("[bold]Runs[/bold]")
-        for line in detail["runs_lines"]:
-            out.print("  " + line, markup=False)
-    if detail["notes"]:
-        out.print("[bold]Notes[/bold]")
-        for note in detail["notes"]:
-            label = note["date"] or note["title"] or ""
-            out.print(f"  [green]{label}[/green] {note['text']}")
-    if detail["outcomes"]:
-        out.print("[bold]Outcomes[/bold]")
-        for o in detail["outcomes"]:
-            out.print(f"  {o['kind']}: {o['ref']} {o['text']}".rstrip())
-    if detail["history"]:
-        out.print("[bold]History[/bold]")
-        for event in detail["history"][-15:]:
-            out.print(f"  [dim]{event['ts'][:19].replace('T', ' ')}[/dim] {describe_event(event)}")
+
+    def text_block(lines: list[str]) -> None:
+        if "\n".join(lines).strip():
+            out.extend(["", *(f"  {line}".rstrip() for line in lines)])
+
+    def section(title: str, lines: list[str]) -> None:
+        if lines:
+            out.extend(["", bold(title), *(f"  {line}" for line in lines)])
+
+    text_block(body[:at])
+    children = []
+    for child in detail["children"]:
+        mark = ("☑" if child["status"] == "done" else "☐") if child["kind"] == "task" else "•"
+        prog = child["progress"]
+        extra = f"  {prog['done']}/{prog['total']}" if prog["total"] else ""
+        children.append(f"{mark} {style(str(child['id']), '36')} {child['title']}  {dim(child['status'] + extra)}")
+    section("Checklist and children", children)
+    text_block(body[at:])
+    section("Notebooks", detail.get("links_lines") or [])
+    section("Runs", (detail.get("runs_lines") or []) if detail.get("runs") else [])
+    section("Notes", [f"{style(note['date'] or note['title'] or '', '32')} {note['text']}".lstrip()
+                      for note in detail["notes"]])
+    section("Outcomes", [f"{o['kind']}: {o['ref']} {o['text']}".rstrip() for o in detail["outcomes"]])
+    section("History", [f"{dim(e['ts'][:19].replace('T', ' '))} {describe_event(e)}" for e in detail["history"][-15:]])
+    sys.stdout.write("\n".join(out) + "\n")
 
 
 def describe_event(event: dict[str, Any]) -> str:

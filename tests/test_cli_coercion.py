@@ -1,4 +1,5 @@
-"""Values reach the commands as Typer would hand them over, without building pydantic adapters."""
+"""Values reach the commands as Typer would hand them over, without building pydantic adapters;
+`show` stays light (no pydantic, no rich)."""
 
 from __future__ import annotations
 
@@ -69,10 +70,16 @@ def _but_usage(text: str) -> list[str]:
     return [line for line in text.splitlines() if not line.startswith("Usage: ")]
 
 
-def test_show_does_not_import_pydantic(cli):
-    cli("add", "A direction")
+def test_show_imports_neither_pydantic_nor_rich(cli):
+    cli("add", "A direction", "--body", "Why: the **memory** wall.")
+    cli("add", "A topic", "--task", "--parent", "a-direction")
+    cli("note", "a-direction", "first note", "--date", "2026-01-02")
     script = ("import sys\nfrom research.__main__ import main\nsys.argv = ['research', 'show', '1']\n"
-              "try:\n    main()\nexcept SystemExit:\n    pass\nprint('pydantic' in sys.modules, file=sys.stderr)")
+              "try:\n    main()\nexcept SystemExit:\n    pass\n"
+              "print([m for m in ('pydantic', 'rich') if m in sys.modules], file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ, timeout=60)
-    assert "A direction" in done.stdout
-    assert done.stderr.strip().splitlines()[-1] == "False", done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "A direction" and "\x1b[" not in done.stdout  # no styles into a pipe
+    assert "  Status     📋 planned" in lines and "  Why: the **memory** wall." in lines  # the body as written
+    assert any(line.startswith("  ☐ 2 A topic") for line in lines) and "  2026-01-02 first note" in lines
