@@ -680,3 +680,22 @@ def test_body_edits_in_a_tab_indented_outline_read_back_as_written(cli, tmp_path
     cli("--db", copy, "import", out)
     for slug in ("usage", "queries", "media"):
         assert cli.json("--db", copy, "show", slug)["body"] == cli.json("show", slug)["body"], slug
+
+
+def test_a_setext_heading_in_a_list_entry_keeps_its_bullet(cli, tmp_path):
+    """(Found on a public Logseq page.) ``- [[Features]]`` over an indented ``-`` is a setext
+    heading inside the entry: its title has no bullet, a new title keeps the bullet, and a
+    new body goes under the underline (between the two lines it broke the heading)."""
+    source = tmp_path / "page.md"
+    source.write_text("- ## Beta\n  template:: Changelog\n\t- [[Features]]\n\t\t-\n\t- [[Thanks]]\n\t\t-\n", encoding="utf-8")
+    cli("import", source)
+    assert [i["title"] for i in cli.json("list", "--all", "--tasks")] == ["Beta", "[[Features]]", "[[Thanks]]"]
+    cli("edit", "features", "--title", "New features", "--body", "what is new")
+    out = tmp_path / "out.md"
+    cli("export", "-o", out)
+    assert "\t- New features\n\t\t-\n" in out.read_text(encoding="utf-8")
+    copy = tmp_path / "copy.db"
+    cli("--db", copy, "init", "--empty")
+    cli("--db", copy, "import", out)
+    again = cli.json("--db", copy, "show", "new-features")
+    assert (again["title"], again["body"]) == ("New features", "what is new")

@@ -301,8 +301,11 @@ class _Parser:
         """(title text, start column, end column) on the heading's first line."""
         line = self.lines[block.start]
         if block.markup in ("=", "-"):
-            text = line.strip()
-            start = line.index(text) if text else 0
+            # (In a list entry, the heading's first line is the entry's: its bullet is not title.)
+            lead = LIST_PREFIX.match(line) or QUOTE_PREFIX.match(line)
+            after = lead.end() if lead else 0
+            text = line[after:].strip()
+            start = line.index(text, after) if text else after
             return text, start, start + len(text)
         match = ATX.match(line)
         if not match or match.group("text") is None:

@@ -311,7 +311,9 @@ class _Planner:
         escaped = [indent + line if line.strip() else "" for line in r.escape_body(new_lines)]
         if not old_lines:
             if _in_list(node):
-                self._put(node.line + 1, escaped, (_BODY, 0), owner=node)
+                # Under the entry's line, or under its heading's underline (``- Title`` then ``  -``).
+                at = node.form.get("head_end", node.line + 1) if node.kind == "item" else node.line + 1
+                self._put(at, escaped, (_BODY, 0), owner=node)
             else:
                 self._put(node.slots["body"].line, escaped, (_BODY, 0), block=True, owner=node)
             return
