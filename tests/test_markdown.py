@@ -699,3 +699,19 @@ def test_a_setext_heading_in_a_list_entry_keeps_its_bullet(cli, tmp_path):
     cli("--db", copy, "import", out)
     again = cli.json("--db", copy, "show", "new-features")
     assert (again["title"], again["body"]) == ("New features", "what is new")
+
+
+def test_a_new_field_entry_and_body_under_a_list_heading_read_back_apart(cli, tmp_path):
+    """(Found on a public Logseq page.) A field written as a bullet, then new body text under
+    the same ``- ## Heading``: without a blank line between, the text runs on into the bullet."""
+    source = tmp_path / "page.md"
+    source.write_text("- ## Usage\n\t- how\n- ## Functionality\n- ## Links\n", encoding="utf-8")
+    cli("import", source)
+    cli("edit", "functionality", "--due", "2026-08-18", "--body", "drift text")
+    out = tmp_path / "out.md"
+    cli("export", "-o", out)
+    copy = tmp_path / "copy.db"
+    cli("--db", copy, "init", "--empty")
+    cli("--db", copy, "import", out)
+    again = cli.json("--db", copy, "show", "functionality")
+    assert (again["due_date"], again["body"]) == ("2026-08-18", "drift text"), out.read_text(encoding="utf-8")

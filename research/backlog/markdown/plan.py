@@ -313,6 +313,11 @@ class _Planner:
             if _in_list(node):
                 # Under the entry's line, or under its heading's underline (``- Title`` then ``  -``).
                 at = node.form.get("head_end", node.line + 1) if node.kind == "item" else node.line + 1
+                from research.backlog.markdown.parse import BLOCK_START
+
+                if node.kind == "item" and escaped and not BLOCK_START.match(escaped[0]) and any(
+                        BLOCK_START.match(group[-1]) for group in self.edits.inserted_before(at)):
+                    escaped = ["", *escaped]  # after new field entries, text would run on into the last one
                 self._put(at, escaped, (_BODY, 0), owner=node)
             else:
                 self._put(node.slots["body"].line, escaped, (_BODY, 0), block=True, owner=node)
@@ -373,8 +378,14 @@ class _Planner:
 
     def _add_label(self, node: ParsedNode, name: str, value: Any) -> None:
         if _in_list(node):
+            from research.backlog.markdown.parse import BLOCK_START
+
             slot = node.slots["annotation"]
-            self._put(slot.line, [r.label_line(name, value, self.conv, prefix=f"{slot.indent}- ")], (_ANNOTATION, 0), owner=node)
+            lines = [r.label_line(name, value, self.conv, prefix=f"{slot.indent}- ")]
+            following = self.lines[slot.line] if slot.line < len(self.lines) else ""
+            if following.strip() and not BLOCK_START.match(following) and not self.edits.deleted(slot.line):
+                lines.append("")  # a text line right after it would run on into the new entry
+            self._put(slot.line, lines, (_ANNOTATION, 0), owner=node)
             return
         slot = node.slots["meta"]
         order = list(FIELDS).index(name) if name in FIELDS else 99

@@ -79,6 +79,10 @@ class Edits:
     def deleted(self, line: int) -> bool:
         return line in self._deleted
 
+    def inserted_before(self, line: int) -> list[list[str]]:
+        """The groups of lines inserted so far before ``line``."""
+        return [insert.lines for insert in self._inserts if insert.at == line]
+
     @property
     def empty(self) -> bool:
         return not (self._columns or self._deleted or self._inserts)
