@@ -15,14 +15,19 @@ from research.errors import ResearchError
 DEBUG_ENV = "RESEARCH_DEBUG"
 
 
-class ResearchGroup(TyperGroup):
-    """Turns ResearchError into one line on stderr and exit code 1."""
+class PlainValues:
+    """Gives each parameter the direct converter (``cli.coercion``) when the command's
+    parameters are asked for: they include --help and the completion options Typer adds."""
 
     def get_params(self, ctx):
         params = super().get_params(ctx)
-        for param in params:  # these include --help and the completion options Typer adds
+        for param in params:
             direct_coercion(param)
         return params
+
+
+class ResearchGroup(PlainValues, TyperGroup):
+    """Turns ResearchError into one line on stderr and exit code 1."""
 
     def invoke(self, ctx):
         try:
@@ -39,23 +44,11 @@ class ResearchGroup(TyperGroup):
             cause = _database_error(exc)
             if cause is None or os.environ.get(DEBUG_ENV):
                 raise
+            from research.store.health import error_sentence
+
             # A damaged file, a full disk, a lock held too long: one line, nothing written.
-            typer.echo(f"Error: {_database_message(cause)} (set {DEBUG_ENV}=1 for the traceback)", err=True)
+            typer.echo(f"Error: {error_sentence(cause)} (set {DEBUG_ENV}=1 for the traceback)", err=True)
             ctx.exit(1)
-
-
-_KNOWN_DATABASE_ERRORS = {
-    "attempt to write a readonly database": "the database is read-only: this command writes to it",
-    "database or disk is full": "disk full: the database could not be written (nothing was changed)",
-    "database is locked": "the database is locked by another research process; try again",
-    "database disk image is malformed": "the database is damaged (SQLite: disk image is malformed); `research doctor` says more",
-    "file is not a database": "the database is damaged (SQLite: file is not a database); `research doctor` says more",
-}
-
-
-def _database_message(cause: BaseException) -> str:
-    text = str(cause)
-    return next((said for known, said in _KNOWN_DATABASE_ERRORS.items() if known in text), f"database error: {text}")
 
 
 def _database_error(exc: BaseException):
@@ -88,7 +81,7 @@ def readable_metavar(name: str) -> str:
     return upper
 
 
-class ResearchCommand(TyperCommand):
+class ResearchCommand(PlainValues, TyperCommand):
     """Every command: arguments and option values named in capitals (``show ITEM``,
     ``--db FILE``) instead of Typer's ``{item_id}`` and ``<str>``."""
 
@@ -101,12 +94,6 @@ class ResearchCommand(TyperCommand):
                     param.metavar = readable_metavar(param.name)
             elif isinstance(param, TyperOption) and not param.is_flag and param.metavar is None:
                 param.metavar = readable_metavar(param.name.rstrip("_"))
-
-    def get_params(self, ctx):
-        params = super().get_params(ctx)
-        for param in params:  # these include --help, which Typer adds here
-            direct_coercion(param)
-        return params
 
 
 class ResearchTyper(typer.Typer):

@@ -98,10 +98,9 @@ def _export_markdown(doc: str | None):
     from research import clock
     from research.backlog.markdown import reader
     from research.backlog.markdown.export import export_text
-    from research.store.db import connect_raw, ensure_schema
+    from research.store.db import connect_raw
 
-    path = db_path()
-    ensure_schema(path)
+    path = db_path()  # (checks the file and its schema first)
     conn = connect_raw(path)
     try:
         text, chosen = export_text(conn, doc, clock.now().astimezone().date().isoformat())

@@ -104,25 +104,18 @@ def add(
     """Add an item (or, with --task, a checklist task) to the backlog."""
     from research.backlog.rules import insert_item, next_batch
     from research.backlog.views import find_item_id
-    from research.store.db import connect_raw, ensure_schema, rollback
+    from research.store.db import connect_raw, immediate
 
     # Plain sqlite3 in one transaction, like the row reader: no ORM to load for one row.
-    path = db_path()
-    ensure_schema(path)
-    conn = connect_raw(path)
+    conn = connect_raw(db_path())  # (db_path checks the file and its schema first)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             parent_row = None
             if parent:
                 parent_row = conn.execute("SELECT id, title FROM item WHERE id = ?", (find_item_id(conn, parent),)).fetchone()
             fields = _fields(title, body, status, priority, estimate, tag, innovation, practicality, feasibility, slug,
                              "task" if task else None, due, scheduled)
             item = insert_item(conn, next_batch(conn), fields, parent_row[0] if parent_row else None)
-            conn.execute("COMMIT")
-        except BaseException:
-            rollback(conn)
-            raise
     finally:
         conn.close()
     where = f" under {parent_row[0]} {parent_row[1]!r}" if parent_row else " at the top level"
@@ -280,11 +273,10 @@ def rm(
         item = resolve_item(session, item_id)
         count = len(subtree(session, item))
         if not yes:
-            if not sys.stdin.isatty():
-                raise ResearchError("refusing to delete without confirmation; pass --yes")
+            from research.cli.ask import confirm
+
             extra = f" and {count - 1} descendant(s)" if count > 1 else ""
-            if not typer.confirm(f"Delete {item.id} “{item.title}”{extra}?", err=True):
-                raise typer.Exit(1)
+            confirm(f"Delete {item.id} “{item.title}”{extra}?", "refusing to delete without confirmation; pass --yes")
         removed = delete_item(session, log, item)
     typer.echo(f"deleted {removed} item(s)", err=True)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -413,10 +412,10 @@ def runs_rm(
     with changes() as (session, log):
         targets = [resolve_run(session, ref) for ref in refs]
         if not yes:
-            if not sys.stdin.isatty():
-                raise ResearchError("refusing to delete runs without confirmation; pass --yes")
-            if not typer.confirm(f"Delete run(s) {', '.join(str(r.id) for r in targets)}?", err=True):
-                raise typer.Exit(1)
+            from research.cli.ask import confirm
+
+            confirm(f"Delete run(s) {', '.join(str(r.id) for r in targets)}?",
+                    "refusing to delete runs without confirmation; pass --yes")
         for target in targets:
             delete_run(session, log, target)
     typer.echo(f"deleted {len(targets)} run(s); their files stay under runs/ (`research undo` restores the rows)", err=True)

@@ -60,19 +60,15 @@ def stale_runs(conn) -> list[tuple[int, str | None]]:
 
 def mark_interrupted(conn, dead: list[tuple[int, str | None]]) -> None:
     """End ``dead`` (from ``stale_runs``) as interrupted, the reason naming the last heartbeat."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    from research.store.db import immediate
+
+    with immediate(conn):
         for run_id, heartbeat in dead:
             conn.execute(
                 "UPDATE run SET status = 'interrupted', ended_at = ?, reason = ? "
                 f"WHERE id = ? AND status IN {OPEN_RUNS_SQL}",
                 (clock.now_iso(), f"runner died (last heartbeat {heartbeat or 'never'})", run_id),
             )
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def pid_alive(pid: int) -> bool:

@@ -135,9 +135,10 @@ def recreate_schema(conn: sqlite3.Connection) -> dict[str, list[str]]:
     made: dict[str, list[str]] = {}
     if not (tables or columns or indexes):
         return made
+    from research.store.db import immediate
+
     ref = reference()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         for table in tables:
             conn.execute(ref.tables[table])
             made.setdefault("tables", []).append(table)
@@ -150,11 +151,6 @@ def recreate_schema(conn: sqlite3.Connection) -> dict[str, list[str]]:
             if name in indexes or table in tables:
                 conn.execute(sql)
                 made.setdefault("indexes", []).append(name)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return made
 
 
@@ -364,6 +360,7 @@ def _repair(path: Path, before: Diagnosis) -> list[str]:
 
 
 def _repair_orphans(conn: sqlite3.Connection) -> list[str]:
+    from research.store.db import immediate
     from research.store.rows import ids_json
 
     ref = reference()
@@ -375,8 +372,7 @@ def _repair_orphans(conn: sqlite3.Connection) -> list[str]:
         found = {key: ids for key, ids in orphans(conn).items() if (key[0], key[1]) not in KEEP_ORPHANS}
         if not found:
             break
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             for (table, column, parent), ids in found.items():
                 nullable = any(r[1] == column and not r[3] for r in ref.columns.get(table, ()))
                 where = "rowid IN (SELECT value FROM json_each(?))"
@@ -386,10 +382,5 @@ def _repair_orphans(conn: sqlite3.Connection) -> list[str]:
                 elif nullable:
                     conn.execute(f"UPDATE {table} SET {column} = NULL WHERE {where}", (ids_json(ids),))
                     done.append(f"cleared {column} of {len(ids)} {table} row(s) whose {parent} is gone")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
     conn.execute("PRAGMA foreign_keys = ON")
     return done

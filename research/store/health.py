@@ -21,12 +21,29 @@ DOCTOR = "`research doctor` says more"
 REPAIR = "`research doctor --repair` (or `research init`) recreates what is missing"
 
 
-REFUSALS = ("readonly database", "disk is full", "database is locked")
+# SQLite refusing to write (the file itself is fine): what it says, and what we say.
+REFUSALS = {
+    "attempt to write a readonly database": "the database is read-only: this command writes to it",
+    "database or disk is full": "disk full: the database could not be written (nothing was changed)",
+    "database is locked": "the database is locked by another research process; try again",
+}
+# SQLite finding the file damaged.
+DAMAGE = {
+    "database disk image is malformed": f"the database is damaged (SQLite: disk image is malformed); {DOCTOR}",
+    "file is not a database": f"the database is damaged (SQLite: file is not a database); {DOCTOR}",
+}
 
 
 def is_refusal(exc: BaseException) -> bool:
     """SQLite refused to write (read-only, full disk, a lock held): the file itself is fine."""
     return any(said in str(exc) for said in REFUSALS)
+
+
+def error_sentence(exc: BaseException) -> str:
+    """An sqlite3 error as the one line the CLI prints."""
+    text = str(exc)
+    known = {**REFUSALS, **DAMAGE}
+    return next((said for sqlite_said, said in known.items() if sqlite_said in text), f"database error: {text}")
 
 
 @dataclass(frozen=True)

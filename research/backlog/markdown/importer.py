@@ -113,27 +113,21 @@ def import_new_file(db_path: Path, path: Path, *, strict: bool = False, progress
 
 
 def _import_new_file(db_path: Path, path: Path, strict: bool, progress) -> Report | None:
-    from research.store.db import connect_raw, ensure_schema, rollback
+    from research.store.db import connect_raw, ensure_schema, immediate
 
     file, parsed = read_document_file(path, strict=strict)
     ensure_schema(db_path)
     conn = connect_raw(db_path)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             full = str(Path(path).resolve())
             if conn.execute("SELECT 1 FROM document WHERE path = ?", (full,)).fetchone() is not None:
-                conn.execute("ROLLBACK")
-                return None
+                return None  # (nothing written: the commit is empty)
             report = Report(document=str(path), new_document=True)
             report.warnings = parsed.messages()
             _doc_id, rows = writer.create_document(conn, next_batch(conn), str(path), full, file, parsed,
                                                    report.added, progress)
             report.notes_added, report.outcomes_added = rows.notes_added, rows.outcomes_added
-            conn.execute("COMMIT")
-            return report
-        except BaseException:
-            rollback(conn)
-            raise
+        return report
     finally:
         conn.close()
