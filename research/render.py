@@ -200,12 +200,6 @@ def _fit_to_terminal(table: list[list[str]], cell_widths: list[list[int]], width
         widths[index] = target
 
 
-def _markdown(text: str):
-    from rich.markdown import Markdown  # (markdown-it and all: only for an item with a body)
-
-    return Markdown(text)
-
-
 class _Styles:
     """ANSI bold, dim and colours on a terminal (unless NO_COLOR is set); plain text elsewhere."""
 

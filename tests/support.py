@@ -10,6 +10,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SEEDS = REPO_ROOT.parent / "shared" / "seeds"
 FIXTURE_NOTEBOOKS = REPO_ROOT / "tests" / "notebooks"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+# Kernels that are not installed here: their notebooks are inspected and prepared, not run.
+R_KERNEL = {"name": "ir", "display_name": "R", "language": "R"}
+JULIA_KERNEL = {"name": "julia-1.10", "display_name": "Julia 1.10", "language": "julia"}
+# The start of a parameters cell in papermill's documented styles: annotations, `# type:`
+# comments, a typed list over several lines.
+PAPERMILL_STYLE_HEAD = (
+    "msg = None\n"
+    "a: float = 2.25  # the a value\n"
+    "names = [\n"
+    "    'x',  # first\n"
+    "    'y'\n"
+    "]  # type: List[str] the names\n"
+)
 
 
 class Cli:

@@ -22,6 +22,7 @@ from research.runs.params import (
     parse_yaml_params,
     resolve_parameters,
 )
+from tests.support import JULIA_KERNEL, PAPERMILL_STYLE_HEAD, R_KERNEL
 
 NOTEBOOKS = Path(__file__).parent / "notebooks"
 TYPED = NOTEBOOKS / "typed.ipynb"
@@ -102,18 +103,7 @@ def test_inspect_without_kernelspec():
 
 # A parameters cell in papermill's documented styles; the last lines are ones no Python parser
 # reads, so ours gives up on the cell and papermill's translator (which skips them) reads it.
-PAPERMILL_STYLE = (
-    "msg = None\n"
-    "a: float = 2.25  # the a value\n"
-    "names = [\n"
-    "    'x',  # first\n"
-    "    'y'\n"
-    "]  # type: List[str] the names\n"
-    'c: "NoneType" = None\n'
-    "= 2\n"
-)
-R_KERNEL = {"name": "ir", "display_name": "R", "language": "R"}
-JULIA_KERNEL = {"name": "julia-1.10", "display_name": "Julia 1.10", "language": "julia"}
+PAPERMILL_STYLE = PAPERMILL_STYLE_HEAD + 'c: "NoneType" = None\n' + "= 2\n"
 
 
 def test_unparsable_python_cell_is_read_by_papermill(tmp_path, write_notebook):

@@ -16,19 +16,11 @@ import sys
 import pytest
 
 from research.errors import ResearchError
-
-R_KERNEL = {"name": "ir", "display_name": "R", "language": "R"}
-JULIA_KERNEL = {"name": "julia-1.10", "display_name": "Julia 1.10", "language": "julia"}
+from tests.support import JULIA_KERNEL, PAPERMILL_STYLE_HEAD, R_KERNEL
 
 # papermill's documented styles: annotations, `# type:` comments, a typed list over several
 # lines, a tuple and a dict with int keys as defaults, a line papermill cannot read.
-PYTHON_CELL = (
-    "msg = None\n"
-    "a: float = 2.25  # the a value\n"
-    "names = [\n"
-    "    'x',  # first\n"
-    "    'y'\n"
-    "]  # type: List[str] the names\n"
+PYTHON_CELL = PAPERMILL_STYLE_HEAD + (
     "steps = 10\n"
     "sizes = (64, 32)\n"
     "table = {1: 'one', 2: 'two'}\n"

@@ -373,9 +373,9 @@ def undo_last(session: Session, with_runs: bool = False) -> tuple[int, list[Even
 
 def _release_runs(session: Session, batch: int, events: list[Event], with_runs: bool) -> None:
     """Deal with runs (not in the history) that refer to rows undoing ``events`` removes."""
-    import json
-
     from sqlalchemy import text
+
+    from research.store.rows import ids_json
 
     created = {}
     for event in events:
@@ -385,12 +385,12 @@ def _release_runs(session: Session, batch: int, events: list[Event], with_runs: 
     if not items and not links:
         return
     conn = session.connection()
-    own_runs = json.dumps(sorted(created.get("run", ())))
+    own_runs = ids_json(created.get("run", ()))
     in_ids = "IN (SELECT value FROM json_each(:ids))"
     blocking = conn.execute(
         text(f"SELECT run.id, item.slug FROM run JOIN item ON item.id = run.item_id WHERE run.item_id {in_ids} "
              "AND run.id NOT IN (SELECT value FROM json_each(:own)) ORDER BY run.id"),
-        {"ids": json.dumps(items), "own": own_runs},
+        {"ids": ids_json(items), "own": own_runs},
     ).all()
     if blocking and not with_runs:
         actions = ", ".join(sorted({e.action for e in events if e.action != "touched"}))
@@ -403,13 +403,13 @@ def _release_runs(session: Session, batch: int, events: list[Event], with_runs: 
             "`research undo --with-runs` removes those runs too (their files stay under runs/), or keep the change"
         )
     if blocking:
-        ids = json.dumps([r[0] for r in blocking])
+        ids = ids_json(r[0] for r in blocking)
         conn.execute(text(f"DELETE FROM metric WHERE run_id {in_ids}"), {"ids": ids})
         conn.execute(text(f"DELETE FROM run WHERE id {in_ids}"), {"ids": ids})
     if links:
         conn.execute(text(f"UPDATE run SET link_id = NULL WHERE link_id {in_ids} "
                           "AND id NOT IN (SELECT value FROM json_each(:own))"),
-                     {"ids": json.dumps(links), "own": own_runs})
+                     {"ids": ids_json(links), "own": own_runs})
     session.expire_all()
 
 

@@ -82,8 +82,9 @@ def plan_runs(
         notebooks.append((link, inspect_notebook(path)))
 
     def plan(link, specs, point) -> RunPlan:
-        merged = {**(file_params or {}), **(given or {}), **(raw or {}), **point}
-        typed = [name for name in file_params or {} if name not in {**(given or {}), **(raw or {}), **point}]
+        overrides = {**(given or {}), **(raw or {}), **point}
+        merged = {**(file_params or {}), **overrides}
+        typed = [name for name in file_params or {} if name not in overrides]  # YAML/JSON-typed values
         checked = resolve_parameters(specs, merged, link.notebook, raw=raw or {}, typed=typed, check=check)
         resolved = {**declared_defaults(specs), **link.defaults, **checked}
         return RunPlan(item=item, link=link, notebook=link.notebook, given={**link.defaults, **merged}, params=resolved)
@@ -93,8 +94,7 @@ def plan_runs(
         for link, specs in notebooks:  # a wrong name or value is said before any question
             plan(link, specs, first)
         confirm(len(chosen) * len(grid))
-    plans = [plan(link, specs, point) for link, specs in notebooks for point in grid]
-    return plans
+    return [plan(link, specs, point) for link, specs in notebooks for point in grid]
 
 
 def declared_defaults(specs) -> dict[str, Any]:

@@ -39,13 +39,16 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
 
 
 class Where:
-    """A compiled ``--where``: call it on a run's row; ``fields`` are the dotted names it reads."""
+    """A compiled ``--where``: call it on a run's row."""
 
-    def __init__(self, predicate: Callable[[dict], bool], fields: list[str],
-                 comparisons: list[tuple[str, str, Any, str]] | None = None):
+    def __init__(self, predicate: Callable[[dict], bool], comparisons: list[tuple[str, str, Any, str]]):
         self.predicate = predicate
-        self.fields = fields
-        self.comparisons = comparisons or []  # (field, op, literal, the literal as written)
+        self.comparisons = comparisons  # (field, op, literal, the literal as written)
+
+    @property
+    def fields(self) -> list[str]:
+        """The dotted names it reads, in order."""
+        return list(dict.fromkeys(name for name, _op, _literal, _raw in self.comparisons))
 
     def __call__(self, row: dict) -> bool:
         return self.predicate(row)
@@ -79,7 +82,6 @@ def compile_where(text: str) -> Where:
     """
     tokens = _tokenize(text)
     position = [0]
-    fields: list[str] = []
     comparisons: list[tuple[str, str, Any, str]] = []
 
     def peek():
@@ -124,8 +126,6 @@ def compile_where(text: str) -> Where:
 
     def parse_comparison():
         field_name = take("word")[1]
-        if field_name not in fields:
-            fields.append(field_name)
         op = take("op")[1]
         kind, raw = take()
         if kind == "string":
@@ -145,7 +145,7 @@ def compile_where(text: str) -> Where:
         raise ResearchError(f"bad --where expression: nested too deeply ({len(tokens)} tokens)") from None
     if position[0] != len(tokens):
         raise ResearchError(f"bad --where expression {text!r}: unexpected {tokens[position[0]][1]!r}")
-    return Where(predicate, fields, comparisons)
+    return Where(predicate, comparisons)
 
 
 _MISSING = object()
