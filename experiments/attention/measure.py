@@ -97,11 +97,49 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     return table[name]
 
 
-def make_inputs(b, h, n, d, *, dtype=torch.float32, device="cpu", seed=0, requires_grad=False):
-    """Seeded (q, k, v), each (B, H, N, D), drawn in float64 on the CPU then cast."""
+LAYOUTS = ("contiguous", "transposed")
+
+
+def make_inputs(
+    b,
+    h,
+    n,
+    d,
+    *,
+    dtype=torch.float32,
+    device="cpu",
+    seed=0,
+    requires_grad=False,
+    n_kv=None,
+    h_kv=None,
+    layout="contiguous",
+):
+    """Seeded q (B, H, N, D) and k, v (B, h_kv or H, n_kv or N, D), drawn in float64 on
+    the CPU then cast.
+
+    q, k, v are drawn in that order from one generator, so without ``n_kv``/``h_kv``
+    the draws are those of the self-attention inputs. ``layout="transposed"`` gives
+    the same values as non-contiguous views: each tensor is stored as (B, N, H, D)
+    and returned as ``.transpose(1, 2)`` (the layout a (B, N, H*D) projection gives).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    kv_shape = (b, h if h_kv is None else h_kv, n if n_kv is None else n_kv, d)
     gen = torch.Generator().manual_seed(seed)
-    tensors = [torch.randn(b, h, n, d, generator=gen, dtype=torch.float64) for _ in range(3)]
-    return [t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for t in tensors]
+    tensors = [
+        torch.randn(shape, generator=gen, dtype=torch.float64)
+        for shape in ((b, h, n, d), kv_shape, kv_shape)
+    ]
+    tensors = [t.to(device=device, dtype=dtype) for t in tensors]
+    if layout == "transposed":
+        # empty + copy_, not .contiguous(): that keeps strides as they are when N or H is 1
+        tensors = [
+            t.new_empty(t.shape[0], t.shape[2], t.shape[1], t.shape[3])
+            .copy_(t.transpose(1, 2))
+            .transpose(1, 2)
+            for t in tensors
+        ]
+    return [t.requires_grad_(requires_grad) for t in tensors]
 
 
 def impl_fn(impl: str) -> Callable:
@@ -135,24 +173,51 @@ def errors_vs_float64(
     sinks=0,
     seed=0,
     backward=True,
+    n_kv=None,
+    h_kv=None,
+    layout="contiguous",
+    grad_kind="random",
 ) -> dict:
     """Max abs error of forward output and of dQ, dK, dV against naive attention in float64.
 
     Inputs are drawn once, cast to ``dtype``, and the reference gets exactly those
     (cast) values in float64, so only the attention computation's error is measured.
+    ``n_kv``/``h_kv`` give keys and values their own length and head count (see
+    ``make_inputs``), ``layout="transposed"`` makes q, k, v non-contiguous views.
+    ``grad_kind``: the upstream gradient, "random" (seeded normal) or
+    "ones_expanded" (all ones with stride 0, as ``out.sum().backward()`` gives).
     """
+    if grad_kind not in ("random", "ones_expanded"):
+        raise ValueError(f"grad_kind must be 'random' or 'ones_expanded', got {grad_kind!r}")
     fn = impl_fn(impl)
     opts = dict(causal=causal, window=window, sinks=sinks)
-    q, k, v = make_inputs(b, h, n, d, dtype=dtype, device=device, seed=seed, requires_grad=backward)
-    ref_in = [t.detach().to(torch.float64).requires_grad_(backward) for t in (q, k, v)]
+    q, k, v = make_inputs(
+        b,
+        h,
+        n,
+        d,
+        dtype=dtype,
+        device=device,
+        seed=seed,
+        requires_grad=backward,
+        n_kv=n_kv,
+        h_kv=h_kv,
+        layout=layout,
+    )
+    ref_in = [t.detach().to(torch.float64).contiguous().requires_grad_(backward) for t in (q, k, v)]
     ref = impl_fn("naive")(*ref_in, **opts)
     out = fn(q, k, v, **opts)
     result = {"fwd": (out.detach().to(torch.float64) - ref.detach()).abs().max().item()}
     if backward:
-        gen = torch.Generator().manual_seed(seed + 1)
-        grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64).to(ref.device)
+        if grad_kind == "random":
+            gen = torch.Generator().manual_seed(seed + 1)
+            grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64).to(ref.device)
+            grad_in = grad.to(dtype)
+        else:  # one stored element, stride 0 in every dim
+            grad = torch.ones((), dtype=torch.float64, device=ref.device).expand(ref.shape)
+            grad_in = torch.ones((), dtype=dtype, device=out.device).expand(out.shape)
         ref_grads = torch.autograd.grad(ref, ref_in, grad)
-        grads = torch.autograd.grad(out, (q, k, v), grad.to(dtype))
+        grads = torch.autograd.grad(out, (q, k, v), grad_in)
         result["grad"] = max(
             (g.to(torch.float64) - r).abs().max().item()
             for g, r in zip(grads, ref_grads, strict=True)
@@ -291,9 +356,17 @@ def _run_case(case: dict, resettable: bool) -> dict:
     )
     fn = impl_fn(impl)
     q, k, v = make_inputs(
-        case["b"], case["h"], n, case["d"], dtype=dtype, device=device, requires_grad=backward
+        case["b"],
+        case["h"],
+        n,
+        case["d"],
+        dtype=dtype,
+        device=device,
+        requires_grad=backward,
+        n_kv=case.get("n_kv"),
+        h_kv=case.get("h_kv"),
     )
-    grad = torch.ones_like(q) if backward else None
+    grad = torch.ones_like(q) if backward else None  # the output is q's shape
 
     def call():
         if backward:
@@ -358,6 +431,8 @@ def _worker_main() -> None:
     resettable = _reset_peak()
     if cases:  # warm up: load kernels, start thread pools, outside any measurement
         warm = dict(cases[0], n=min(64, cases[0]["n"]), cap_mib=None)
+        if warm.get("n_kv") is not None:
+            warm["n_kv"] = min(64, warm["n_kv"])  # still >= n: min(64, n) <= min(64, n_kv)
         _run_case(warm, resettable)
     results = [_run_case(case, resettable) for case in cases]
     print(json.dumps(results))
@@ -366,8 +441,8 @@ def _worker_main() -> None:
 def measure_peak_memory(cases: list[dict], *, timeout: float = 600) -> list[dict]:
     """Measure each case's peak extra memory in a fresh worker process (see module docstring).
 
-    A case is a dict with impl, n, b, h, d and optionally dtype, device, causal,
-    window, sinks, backward, cap_mib. Returns the cases with ``ok`` (False when the
+    A case is a dict with impl, n, b, h, d and optionally n_kv, h_kv (keys' length
+    and heads), dtype, device, causal, window, sinks, backward, cap_mib. Returns the cases with ``ok`` (False when the
     cap made an allocation fail) and ``peak_extra_mib`` added.
     """
     env = dict(os.environ)
