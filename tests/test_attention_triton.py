@@ -196,11 +196,42 @@ def _lse_error(case: Case, device: str = "cpu") -> float:
     return err / max(1.0, lse_ref.abs().max().item())
 
 
+def _offsets_past_2_31() -> dict:
+    """Batch strides of 2**30 elements: batch 2 starts 2**31 elements in, past int32.
+
+    The buffers are 4 GiB of virtual memory, but only the tiles read are touched."""
+    from experiments.attention import triton_attention
+
+    b, h, n, d, stride_b = 3, 1, 24, 16, 2**30
+    gen = torch.Generator().manual_seed(2)
+    views = []
+    for _ in range(3):
+        buffer = torch.empty(stride_b * (b - 1) + h * n * d, dtype=torch.float16)
+        view = buffer.as_strided((b, h, n, d), (stride_b, n * d, d, 1))
+        view.copy_(torch.randn(b, h, n, d, generator=gen))
+        views.append(view)
+    q, k, v = (t.requires_grad_() for t in views)
+    out = triton_attention(q, k, v, causal=True)
+    grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    ref_in = [t.detach().double().requires_grad_() for t in views]
+    case = Case("offsets", n, d=d, h=h, b=b, causal=True)
+    ref = reference(*ref_in, case, d**-0.5)
+    ref_grads = torch.autograd.grad(ref, ref_in, torch.ones_like(ref))
+    return {
+        "fwd_last_batch": (out[2].double() - ref[2]).abs().max().item(),
+        "grad_last_batch": max((g[2].double() - r[2]).abs().max().item() for g, r in zip(grads, ref_grads, strict=True)),
+    }  # fmt: skip
+
+
 def _child_main() -> None:
     assert os.environ.get("TRITON_INTERPRET") == "1"
     from experiments.attention import triton_attention
 
     results = {}
+    try:
+        results["offsets_past_2_31"] = _offsets_past_2_31()
+    except Exception as exc:
+        results["offsets_past_2_31"] = {"error": f"{type(exc).__name__}: {exc}"}
     for case in CASES:
         try:
             results[case.name] = case_errors(case, triton_attention)
@@ -244,6 +275,27 @@ def test_triton_interpreter_matches_float64(interpreter_results, case):
     res = interpreter_results[case.name]
     check_errors(res, case.dtype)
     assert res["lse"] <= 1e-6  # the saved log-sum-exp, float32, relative to its size
+
+
+@needs_triton
+def test_head_offsets_past_2_31_elements(interpreter_results):
+    """B*H*N*D >= 2**31: the per-(batch, head) offsets are 64-bit (float16 error level)."""
+    res = interpreter_results["offsets_past_2_31"]
+    assert "error" not in res, res.get("error")
+    assert res["fwd_last_batch"] <= 2e-3 and res["grad_last_batch"] <= 1e-2, res
+
+
+@needs_triton
+def test_launch_grids_are_one_dimensional():
+    """CUDA limits grid axes y and z to 65,535; every launch puts all programs on x."""
+    import inspect
+
+    from experiments.attention import triton_kernel as tk
+
+    source = inspect.getsource(tk.triton_forward) + inspect.getsource(tk.triton_backward)
+    grids = [line.strip() for line in source.splitlines() if line.strip().startswith("return (")]
+    assert len(grids) == 3 and all(g.endswith(",)") for g in grids), grids
+    assert "[(b * h * triton.cdiv(n_q, DELTA_BLOCK_M),)]" in source
 
 
 def test_reference_mask_is_the_definition():
