@@ -228,6 +228,71 @@ def test_run_online_smoke(method):
     assert out["drift_steps"] == [3, 6] and len(out["tokens_to_recover"]) == 2
 
 
+def _small_online():
+    cfg = TransformerConfig(n_layer=1, d_model=32, n_head=2)
+    regimes = make_regimes(32, n_regimes=2, seed=0)
+    # memory 8 < the 4 x 5 sequences seen: the reservoir replaces, replay draws
+    ocfg = OnlineConfig(segment_steps=5, batch_size=4, seq_len=16, memory=8, eval_seqs=4)
+    return cfg, regimes, ocfg
+
+
+def test_every_method_sees_the_same_fresh_stream():
+    """Paired comparison: the reservoir and the replay draws have their own generators."""
+    cfg, regimes, ocfg = _small_online()
+    digests = {m: run_online(m, regimes, cfg, ocfg, seed=3)["stream_digest"] for m in METHODS}
+    assert len(set(digests.values())) == 1, digests
+    assert run_online("naive", regimes, cfg, ocfg, seed=4)["stream_digest"] != digests["naive"]
+
+
+def test_library_calls_leave_the_global_rng_alone():
+    from experiments.incremental import TrainConfig, pretrain, run_decode
+
+    cfg, regimes, ocfg = _small_online()
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    for method in METHODS:
+        run_online(method, regimes, cfg, ocfg, seed=0)
+    model, _, _ = pretrain(cfg, TrainConfig(steps=2, batch_size=2, seq_len=16), n_regimes=2)
+    run_decode(cfg, cached_contexts=(16, 32), recompute_contexts=(16, 32), check_len=32, model=model)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_seeded_model_matches_a_manual_seed_and_restores_the_rng():
+    from experiments.incremental.model import seeded_model
+
+    cfg = TransformerConfig(n_layer=1, d_model=32, n_head=2)
+    torch.manual_seed(7)
+    expected = Transformer(cfg).state_dict()
+    state = torch.get_rng_state()
+    got = seeded_model(cfg, 7).state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_ewc_fisher_is_per_sample():
+    """The empirical Fisher is the mean of per-sequence squared gradients, not the
+    square of the mean gradient (which the batch size would shrink)."""
+    from experiments.incremental.online import OnlineEWC
+    from experiments.incremental.train import lm_loss
+
+    cfg = TransformerConfig(n_layer=1, d_model=32, n_head=2)
+    model = Transformer(cfg)
+    seqs = torch.stack([tokens(12, seed=s) for s in range(3)])
+    grads = []
+    for seq in seqs:
+        model.zero_grad(set_to_none=True)
+        lm_loss(model, seq[None])[0].backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    ewc = OnlineEWC(model, lam=1.0, gamma=1.0)
+    assert ewc.consolidate(model, seqs) == 3
+    for i, f in enumerate(ewc.fisher):
+        per_sample = sum(g[i] ** 2 for g in grads) / 3
+        torch.testing.assert_close(f, per_sample, rtol=1e-5, atol=1e-12)
+    total = sum(f.sum() for f in ewc.fisher)
+    mean_sq = sum((sum(g[i] for g in grads) / 3).pow(2).sum() for i in range(len(grads[0])))
+    assert total > 1.5 * mean_sq  # three different sequences: their gradients disagree
+
+
 def test_regimes_conflict_and_are_learnable():
     regimes = make_regimes(32, n_regimes=4, seed=0)
     for r in regimes:

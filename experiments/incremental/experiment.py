@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from experiments.incremental.data import make_regimes, switching_stream
-from experiments.incremental.model import Transformer, TransformerConfig
+from experiments.incremental.model import Transformer, TransformerConfig, seeded_model
 from experiments.incremental.online import METHODS, OnlineConfig, detection_delays, run_online
 from experiments.incremental.streaming import (
     cached_logits,
@@ -52,8 +52,7 @@ def run_decode(
     n keys vs one full forward over the n-token prefix (what recompute pays to
     produce the next token). Slopes are fitted on all contexts and on n >= 2048
     (where the context-dependent part of the cost has the most weight)."""
-    torch.manual_seed(seed)
-    model = (model or Transformer(model_cfg)).to(device).eval()
+    model = (model or seeded_model(model_cfg, seed)).to(device).eval()
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(model.cfg.vocab_size, (check_len,), generator=g).to(device)
     ref = recompute_logits(model, tokens)  # (T, V)
@@ -92,8 +91,7 @@ def pretrain(
 ) -> tuple[Transformer, list, dict]:
     """Train a fresh model briefly on the regime mixture; returns (model, regimes, info)."""
     regimes = make_regimes(model_cfg.vocab_size, n_regimes, seed=regime_seed)
-    torch.manual_seed(train_cfg.seed)
-    model = Transformer(model_cfg).to(device)
+    model = seeded_model(model_cfg, train_cfg.seed).to(device)
     t0 = time.perf_counter()
     losses = train_offline(model, regimes, train_cfg, device)
     g = torch.Generator().manual_seed(12_345)

@@ -146,3 +146,11 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.advance(idx.shape[1])
         return self.head(self.ln_f(x))  # (B, T, vocab)
+
+
+def seeded_model(cfg: TransformerConfig, seed: int) -> Transformer:
+    """A Transformer initialised from ``seed`` without touching the caller's global RNG
+    (the same weights as ``torch.manual_seed(seed); Transformer(cfg)``)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Transformer(cfg)
