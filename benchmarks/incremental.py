@@ -38,6 +38,7 @@ from experiments.incremental import (
     run_drift,
     run_stream,
 )
+from experiments.incremental.memory import measure_stream_memory
 
 
 def verdict(ok: bool) -> str:
@@ -174,6 +175,34 @@ def main(argv=None) -> int:
     print(
         f"sink step vs recompute step latency (last quarter): "
         f"{s['latency_recompute_last_ms'] / s['latency_sink_last_ms']:.1f}x faster"
+    )
+
+    # 2b. Measured memory against stream length --------------------------------------
+    lengths = (256, 512, 1024) if q else (512, 1024, 2048, 4096)
+    mem = measure_stream_memory(
+        model_cfg, lengths=lengths, n_sink=4, window=60, device=device, seed=0
+    )
+    cuda = torch.device(device).type == "cuda"
+    where = "torch.cuda.max_memory_allocated" if cuda else "peak RSS (VmHWM)"
+    print(
+        f"\n## 2b. Measured peak extra memory vs stream length ({where}, fresh worker per "
+        f"policy, nothing kept per token; K/V of one token: {mem['kv_bytes_per_token']} bytes)"
+    )
+    print(
+        f"{'policy':>10} "
+        + " ".join(f"{'N=' + str(n):>10}" for n in mem["lengths"])
+        + f" {'slope':>14}"
+    )
+    for p, r in mem["policies"].items():
+        cells = " ".join(f"{b / 1024:>6.0f} KiB" for b in r["peak_bytes"])
+        print(f"{p:>10} {cells} {r['bytes_per_token']:>8.0f} B/token")
+    bounded = max(
+        abs(mem["policies"][p]["bytes_per_token"]) for p in ("sink", "window", "recompute")
+    )
+    dense = mem["policies"]["dense"]["bytes_per_token"]
+    print(
+        f"bounded policies grow at most {bounded:.0f} B/token, dense {dense:.0f} B/token "
+        f"({dense / mem['kv_bytes_per_token']:.2f}x its K/V bytes per token)"
     )
 
     # 3. Drift ---------------------------------------------------------------------------

@@ -347,3 +347,18 @@ def test_regimes_depend_only_on_their_seed():
     torch.rand(17)
     b = make_regimes(32, n_regimes=2, seed=5)
     assert all(torch.equal(x.P, y.P) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for RSS")
+def test_measured_stream_memory_grows_only_for_the_dense_cache():
+    """Peak RSS of a fresh worker: the dense cache grows by its K/V bytes per token
+    (2 layers x 128 wide x K and V x 4 bytes = 2,048), a sink + window cache not at all."""
+    from experiments.incremental.memory import measure_stream_memory
+
+    cfg = TransformerConfig(n_layer=2, d_model=128)
+    mem = measure_stream_memory(cfg, lengths=(256, 1024, 2048), policies=("dense", "sink"))
+    kv = mem["kv_bytes_per_token"]
+    assert kv == 2048
+    assert 0.75 * kv <= mem["policies"]["dense"]["bytes_per_token"] <= 1.25 * kv, mem
+    assert abs(mem["policies"]["sink"]["bytes_per_token"]) <= 0.1 * kv, mem

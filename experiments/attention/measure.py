@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from experiments.process_memory import peak_bytes, reset_peak, rss_bytes, vm_size_bytes
+
 MIB = 1024 * 1024
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -301,51 +303,6 @@ def load_average() -> float | None:
 # ---------------------------------------------------------------------------------------
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _rss_bytes() -> int:
-    try:
-        return _status_kib("VmRSS") * 1024
-    except (OSError, KeyError):
-        import psutil
-
-        return psutil.Process().memory_info().rss
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter for this process; False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_bytes(resettable: bool) -> int:
-    if resettable:
-        return _status_kib("VmHWM") * 1024
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
-
-
-def _vm_size_bytes() -> int:
-    try:
-        return _status_kib("VmSize") * 1024
-    except (OSError, KeyError):
-        import psutil
-
-        return psutil.Process().memory_info().vms
-
-
 def _run_case(case: dict, resettable: bool) -> dict:
     """Run one case in this (worker) process and measure its peak extra memory."""
     impl, n, backward = case["impl"], case["n"], case.get("backward", False)
@@ -393,14 +350,14 @@ def _run_case(case: dict, resettable: bool) -> dict:
             result.update(ok=False, peak_extra_mib=None)
         return result
 
-    before = _rss_bytes()
-    _reset_peak()
+    before = rss_bytes()
+    reset_peak()
     limits = None
     if cap is not None:
         import resource
 
         limits = resource.getrlimit(resource.RLIMIT_AS)
-        resource.setrlimit(resource.RLIMIT_AS, (_vm_size_bytes() + int(cap * MIB), limits[1]))
+        resource.setrlimit(resource.RLIMIT_AS, (vm_size_bytes() + int(cap * MIB), limits[1]))
     start = time.perf_counter()
     try:
         call()
@@ -415,7 +372,7 @@ def _run_case(case: dict, resettable: bool) -> dict:
 
             resource.setrlimit(resource.RLIMIT_AS, limits)
     seconds = time.perf_counter() - start
-    peak = _peak_bytes(resettable)
+    peak = peak_bytes(resettable)
     result.update(
         ok=ok, seconds=seconds, peak_extra_mib=max(0, peak - before) / MIB if ok else None
     )
@@ -428,7 +385,7 @@ def _worker_main() -> None:
     # One thread: per-thread scratch buffers do not vary with the machine, and a shared
     # machine cannot stall the worker's thread pool. Time is measured elsewhere.
     torch.set_num_threads(1)
-    resettable = _reset_peak()
+    resettable = reset_peak()
     if cases:  # warm up: load kernels, start thread pools, outside any measurement
         warm = dict(cases[0], n=min(64, cases[0]["n"]), cap_mib=None)
         if warm.get("n_kv") is not None:
@@ -451,7 +408,7 @@ def measure_peak_memory(cases: list[dict], *, timeout: float = 600) -> list[dict
     env.update(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "experiments.attention.measure"]
-    if _reset_peak():  # one worker per implementation, cases in the given order
+    if reset_peak():  # one worker per implementation, cases in the given order
         groups: dict[tuple, list[dict]] = {}
         for case in cases:
             groups.setdefault((case["impl"], case.get("backward", False)), []).append(case)
