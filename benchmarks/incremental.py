@@ -35,6 +35,7 @@ from experiments.incremental import (
     pretrain,
     resolve_device,
     run_decode,
+    run_decode_batches,
     run_drift,
     run_stream,
 )
@@ -122,6 +123,24 @@ def main(argv=None) -> int:
         f"log-log slope for contexts >= 2048:              cached {d['slope_cached_upper']:.2f}, "
         f"recompute {d['slope_recompute_upper']:.2f}   (expected ~1 and ~2)"
     )
+
+    # 1b. Batched decoding ----------------------------------------------------------------
+    contexts = (256, 1024) if q else (256, 512, 1024, 2048)
+    db = run_decode_batches(model_cfg, batches=(1, 8, 32), contexts=contexts, device=device)
+    print(
+        f"\n## 1b. Batched decoding, KV cache vs recompute (per step: every sequence of the "
+        f"batch gets one token; attention: {db['attention']}, {db['attention_why']})"
+    )
+    print(
+        f"{'batch':>5} {'context':>8} {'cached/step':>12} {'recompute/step':>15} "
+        f"{'cached tok/s':>13} {'recompute tok/s':>16} {'ratio':>7}"
+    )
+    for r in db["rows"]:
+        print(
+            f"{r['batch']:>5} {r['context']:>8} {fmt_ms(1e3 * r['cached_s']):>12} "
+            f"{fmt_ms(1e3 * r['recompute_s']):>15} {r['cached_tok_s']:>13.0f} "
+            f"{r['recompute_tok_s']:>16.1f} {r['speedup']:>6.1f}x"
+        )
 
     # 2. Sink + window streaming ---------------------------------------------------------
     train_cfg = TrainConfig(steps=steps, seq_len=64 if q else 128)

@@ -22,6 +22,7 @@ from experiments.incremental.experiment import (
     pretrain,
     resolve_device,
     run_decode,
+    run_decode_batches,
     run_drift,
     run_stream,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "pretrain",
     "resolve_device",
     "run_decode",
+    "run_decode_batches",
     "run_drift",
     "run_stream",
     "Transformer",

@@ -31,8 +31,26 @@ import torch.nn.functional as F
 from experiments.incremental.model import Transformer, apply_rotary
 
 
+def decode_attention(device) -> tuple[str, str]:
+    """Which attention a ``KVCache`` step runs on ``device``, and why."""
+    if torch.device(device).type == "cuda":
+        return (
+            "experiments.attention (Triton)",
+            "its kernels take Nq < Nk queries against the cache, causal aligned bottom-right",
+        )
+    return (
+        "SDPA",
+        "on a CPU experiments.attention runs its blockwise PyTorch path, a Python loop over "
+        "key tiles that is slower than SDPA's fused kernel for a few queries",
+    )
+
+
 class KVCache:
-    """Preallocated full KV cache; keys stored rotated at their absolute position."""
+    """Preallocated full KV cache; keys stored rotated at their absolute position.
+
+    A step attends with ``decode_attention(device)``: on CUDA the package's fused
+    kernels (T new queries against the L + T cached keys), on a CPU PyTorch's SDPA.
+    """
 
     def __init__(self, model: Transformer, batch_size: int, max_len: int, device=None, dtype=None):
         cfg = model.cfg
@@ -56,6 +74,10 @@ class KVCache:
         self.v[layer, :, :, L : L + T] = v
         keys = self.k[layer, :, :, : L + T]  # (B, nh, L+T, hs)
         vals = self.v[layer, :, :, : L + T]  # (B, nh, L+T, hs)
+        if q.is_cuda:  # the fused kernels take T queries against L + T keys, causal bottom-right
+            from experiments.attention import attention
+
+            return attention(q, keys, vals, causal=True)
         mask = None
         if T > 1:  # new token i (at position L+i) sees cached slots 0..L+i
             mask = torch.ones(T, L + T, dtype=torch.bool, device=q.device).tril(diagonal=L)

@@ -82,6 +82,34 @@ def run_decode(
     }
 
 
+def run_decode_batches(
+    model_cfg: TransformerConfig,
+    batches=(1, 8, 32),
+    contexts=(256, 512, 1024, 2048),
+    device="cpu",
+    seed: int = 0,
+    model=None,
+) -> dict:
+    """KV-cached decoding against recompute at several batch sizes: per-step latency and
+    tokens per second (batch / step time) against context length, side by side."""
+    from experiments.incremental.cache import decode_attention
+
+    model = (model or seeded_model(model_cfg, seed)).to(device).eval()
+    contexts = [int(n) for n in contexts]
+    rows = []
+    for b in batches:
+        cached = time_cached(model, contexts, device=device, seed=seed, batch_size=b)
+        recompute = time_recompute(model, contexts, device=device, seed=seed, batch_size=b)
+        for n, c, r in zip(contexts, cached, recompute, strict=True):
+            rows.append(
+                dict(batch=b, context=n, cached_s=float(c), recompute_s=float(r),
+                     cached_tok_s=b / float(c), recompute_tok_s=b / float(r),
+                     speedup=float(r / c))
+            )  # fmt: skip
+    kernel, why = decode_attention(device)
+    return {"rows": rows, "attention": kernel, "attention_why": why}
+
+
 def pretrain(
     model_cfg: TransformerConfig,
     train_cfg: TrainConfig,

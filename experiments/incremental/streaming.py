@@ -59,8 +59,10 @@ def time_cached(
     min_reps: int = 24,
     budget_s: float = 0.1,
     seed: int = 0,
+    batch_size: int = 1,
 ) -> np.ndarray:
-    """Seconds of one cached decode step that attends over n keys, for each n: the
+    """Seconds of one cached decode step (``batch_size`` sequences, one new token each)
+    that attends over n keys, for each n: the
     minimum over at least ``min_reps`` repeats, more while under ``budget_s`` per point
     (the minimum is the run least disturbed by other processes, the timeit convention).
 
@@ -72,10 +74,10 @@ def time_cached(
     g = torch.Generator().manual_seed(seed)
     out = []
     for n in contexts:
-        cache = KVCache(model, batch_size=1, max_len=n)
+        cache = KVCache(model, batch_size=batch_size, max_len=n)
         cache.k.copy_(torch.randn(cache.k.shape, generator=g))  # CPU draws: any device
         cache.v.copy_(torch.randn(cache.v.shape, generator=g))
-        token = torch.randint(model.cfg.vocab_size, (1, 1), generator=g).to(device)
+        token = torch.randint(model.cfg.vocab_size, (batch_size, 1), generator=g).to(device)
         ts = []
         while len(ts) <= min_reps or (sum(ts) < budget_s and len(ts) < 500):
             cache.length = n - 1  # the step writes token n-1 and attends over n keys
@@ -96,13 +98,14 @@ def time_recompute(
     min_reps: int = 3,
     budget_s: float = 0.5,
     seed: int = 0,
+    batch_size: int = 1,
 ) -> np.ndarray:
     """Seconds of one full forward over n tokens (what recompute pays for the next token):
     the minimum over at least ``min_reps`` repeats, more while under ``budget_s`` per point."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for n in contexts:
-        tokens = torch.randint(model.cfg.vocab_size, (1, n), generator=g).to(device)
+        tokens = torch.randint(model.cfg.vocab_size, (batch_size, n), generator=g).to(device)
         model(tokens[:, : min(n, 16)])  # warm-up
         ts = []
         while len(ts) < min_reps or (sum(ts) < budget_s and len(ts) < 100):
