@@ -405,3 +405,26 @@ def test_kv_cache_on_cuda_uses_the_attention_kernels_and_matches_recompute():
     with torch.no_grad():
         got = torch.cat([model(seqs[:, :10], cache)] + [model(seqs[:, t : t + 1], cache) for t in range(10, 50)], 1)  # fmt: skip
     assert (got - ref).abs().max().item() <= 1e-3  # the float32 kernels use three-pass TF32
+
+
+def test_stdlib_stream_is_real_deterministic_and_split_by_file(tmp_path):
+    from experiments.incremental.text import VOCAB, stdlib_files, stdlib_stream
+
+    train = stdlib_stream("train", max_bytes=200_000)
+    assert train.numel() == 200_000 and int(train.max()) < VOCAB
+    assert torch.equal(train, stdlib_stream("train", max_bytes=200_000))  # same every time
+    assert b"def " in bytes(train[:50_000].tolist())  # real source text
+    files = stdlib_files()
+    assert files and not any("test" in p.parts or p.name.startswith("test_") for p in files)
+    # a tiny tree of our own: each file lands on exactly one side
+    for i in range(40):
+        (tmp_path / f"mod{i}.py").write_text(f"x = {i}\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "skip.py").write_text("skipped\n")
+    both = bytes(stdlib_stream("train", root=tmp_path, held_out_fraction=0.5).tolist())
+    held = bytes(stdlib_stream("held_out", root=tmp_path, held_out_fraction=0.5).tolist())
+    lines = set(both.decode().splitlines()) | set(held.decode().splitlines())
+    assert set(both.decode().splitlines()).isdisjoint(held.decode().splitlines())
+    assert lines == {f"x = {i}" for i in range(40)}
+    with pytest.raises(ValueError):
+        stdlib_stream("validation")

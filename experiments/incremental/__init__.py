@@ -11,7 +11,10 @@ Two halves, one small model:
   SGD, reservoir replay, A-GEM and detector-triggered online EWC, with a
   Page-Hinkley drift detector and continual-learning metrics (``online``).
 
-``experiment`` wraps each measurement as one function; ``benchmarks/incremental.py``
+``memory`` measures the cache policies' peak memory against stream length;
+``text`` is a real text stream for the StreamingLLM experiment (the standard
+library's own source, byte tokens, split by file). ``experiment`` wraps each
+measurement as one function; ``benchmarks/incremental.py``
 prints the acceptance figures and ``notebooks/incremental_transformer.ipynb``
 records and plots them.
 """
