@@ -32,6 +32,7 @@ from experiments.incremental import (
     OnlineConfig,
     TrainConfig,
     TransformerConfig,
+    page_hinkley_false_alarms,
     pretrain,
     resolve_device,
     run_decode,
@@ -271,6 +272,14 @@ def main(argv=None) -> int:
             f"Page-Hinkley on {m}'s prequential loss: delay {pm(delay, 0)} tokens, "
             f"missed {sm[f'{m}_missed_drifts']}/{3 * len(seeds)}, false alarms {sm[f'{m}_false_alarms']}"
         )
+    fa = page_hinkley_false_alarms(
+        model_cfg, ocfg, seeds=seeds, steps=60 if q else 240, device=device
+    )
+    print(
+        f"Page-Hinkley on a stationary stream (one regime, naive learner, {fa['tokens']:,} tokens "
+        f"over {len(seeds)} seeds): {sum(fa['alarms_per_seed'])} alarms, all false = "
+        f"{fa['false_alarms_per_100k_tokens']:.2f} per 100k tokens (per seed {fa['alarms_per_seed']})"
+    )
     R = dr["runs"]["replay" if "replay" in methods else methods[0]][0]["acc_matrix"]
     print(
         f"accuracy matrix R[i, j] (after segment i, on regime j), {'replay' if 'replay' in methods else methods[0]} seed {seeds[0]}:"

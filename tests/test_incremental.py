@@ -428,3 +428,19 @@ def test_stdlib_stream_is_real_deterministic_and_split_by_file(tmp_path):
     assert lines == {f"x = {i}" for i in range(40)}
     with pytest.raises(ValueError):
         stdlib_stream("validation")
+
+
+def test_page_hinkley_false_alarms_are_counted_on_a_stationary_stream(monkeypatch):
+    import experiments.incremental.experiment as E
+
+    cfg, _, ocfg = _small_online()
+    out = E.page_hinkley_false_alarms(cfg, ocfg, seeds=(0, 1), steps=6)
+    assert out["tokens"] == 2 * 6 * ocfg.batch_size * ocfg.seq_len
+    assert len(out["alarms_per_seed"]) == 2
+    # every alarm on a stream with one regime is false: force some and count them
+    import experiments.incremental.online as O
+
+    monkeypatch.setattr(O.PageHinkley, "update", lambda self, x: True)
+    forced = E.page_hinkley_false_alarms(cfg, ocfg, seeds=(0,), steps=6)
+    assert forced["alarms_per_seed"] == [6]
+    assert forced["false_alarms_per_100k_tokens"] == pytest.approx(1e5 * 6 / forced["tokens"])

@@ -22,6 +22,7 @@ records and plots them.
 from experiments.incremental.cache import KVCache, SinkWindowCache, SinkWindowCacheReference
 from experiments.incremental.data import MarkovSource, make_regimes, mixture_batch, switching_stream
 from experiments.incremental.experiment import (
+    page_hinkley_false_alarms,
     pretrain,
     resolve_device,
     run_decode,
@@ -53,6 +54,7 @@ __all__ = [
     "switching_stream",
     "pretrain",
     "resolve_device",
+    "page_hinkley_false_alarms",
     "run_decode",
     "run_decode_batches",
     "run_drift",

@@ -13,6 +13,7 @@ The benchmark script prints these figures; the notebook records and plots them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -181,6 +182,29 @@ def _mean_std(xs) -> tuple[float, float]:
     if xs.size == 0:
         return math.nan, math.nan
     return float(xs.mean()), float(xs.std(ddof=1)) if xs.size > 1 else 0.0
+
+
+def page_hinkley_false_alarms(
+    model_cfg: TransformerConfig,
+    online_cfg: OnlineConfig,
+    seeds=(0, 1, 2),
+    steps: int = 240,
+    device="cpu",
+) -> dict:
+    """Page-Hinkley's alarms on a stationary stream (one regime, no drift at all) while
+    a naive online learner trains on it: every alarm is false. Per 100k tokens."""
+    alarms, tokens = [], 0
+    for seed in seeds:
+        regime = make_regimes(model_cfg.vocab_size, 1, seed=seed)
+        cfg = dataclasses.replace(online_cfg, segment_steps=steps)
+        r = run_online("naive", regime, model_cfg, cfg, seed=seed, device=device)
+        alarms.append(len(r["detected_steps"]))
+        tokens += len(r["preq_loss"]) * r["tokens_per_step"]
+    return {
+        "alarms_per_seed": alarms,
+        "tokens": tokens,
+        "false_alarms_per_100k_tokens": 1e5 * sum(alarms) / tokens,
+    }
 
 
 def run_drift(
