@@ -7,7 +7,13 @@ measure several cases in turn; where it cannot, callers use one process per case
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def status_kib(field: str) -> int:
@@ -53,3 +59,27 @@ def vm_size_bytes() -> int:
         import psutil
 
         return psutil.Process().memory_info().vms
+
+
+def run_worker(module: str, payload, *, timeout: float = 600):
+    """Run ``python -m module`` in a fresh process with ``payload`` as JSON on stdin and
+    return the JSON on the last line it prints.
+
+    glibc's malloc thresholds are pinned (turning off its adaptive ones): big blocks are
+    mmap'ed and unmapped on free and the heap is trimmed, so one case cannot reuse
+    pages an earlier case left resident, and the peak RSS of each is its own.
+    """
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", module],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory worker {module} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -28,7 +28,7 @@ def fresh_warnings(monkeypatch):
     monkeypatch.setattr(A, "_warned", set())
 
 
-def fake_cuda(nq=8, nk=8, d=16):
+def fake_cuda(nq=8, d=16):
     return types.SimpleNamespace(is_cuda=True, shape=(1, 2, nq, d))
 
 
@@ -66,7 +66,7 @@ def test_cuda_auto_is_triton_when_supported(monkeypatch):
 )
 def test_cuda_fallback_when_unsupported(monkeypatch, nq, nk, causal, window, expected):
     monkeypatch.setattr(A, "triton_unsupported", lambda q, k, v: "Triton is not installed")
-    q, k = fake_cuda(nq, nk), fake_kv(nk)
+    q, k = fake_cuda(nq), fake_kv(nk)
     assert A.choose_impl(q, "auto", k, k, causal=causal, window=window) == expected
 
 

@@ -103,7 +103,7 @@ def _source(v: Variant):
             consts[name] = 1
         elif name in _FLOAT_ARGS:
             signature[name] = "fp32"
-        elif name[0].isupper() and name not in _RUNTIME_INTS and name not in tk.INT_ARGS:
+        elif name[0].isupper() and name not in tk.INT_ARGS:
             signature[name] = _POINTER_TYPES.get(name, _TRITON_TYPE[dtype])
             attrs[(index,)] = [["tt.divisibility", 16]]
         else:

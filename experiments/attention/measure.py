@@ -29,18 +29,21 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from experiments.process_memory import peak_bytes, reset_peak, rss_bytes, vm_size_bytes
+from experiments.process_memory import (
+    peak_bytes,
+    reset_peak,
+    rss_bytes,
+    run_worker,
+    vm_size_bytes,
+)
 
 MIB = 1024 * 1024
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Dense peak TFLOP/s by device name fragment: (16-bit tensor cores, float32 without TF32).
 # Vendor datasheet numbers, SXM parts unless the name says otherwise.
@@ -402,12 +405,6 @@ def measure_peak_memory(cases: list[dict], *, timeout: float = 600) -> list[dict
     and heads), dtype, device, causal, window, sinks, backward, cap_mib. Returns the cases with ``ok`` (False when the
     cap made an allocation fail) and ``peak_extra_mib`` added.
     """
-    env = dict(os.environ)
-    # Fixed thresholds turn off glibc's adaptive ones: big blocks are mmap'ed and unmapped on
-    # free, the heap is trimmed, so a case cannot reuse pages a previous case left resident.
-    env.update(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "experiments.attention.measure"]
     if reset_peak():  # one worker per implementation, cases in the given order
         groups: dict[tuple, list[dict]] = {}
         for case in cases:
@@ -417,18 +414,7 @@ def measure_peak_memory(cases: list[dict], *, timeout: float = 600) -> list[dict
         batches = [[case] for case in cases]
     results = []
     for batch in batches:
-        proc = subprocess.run(
-            cmd,
-            input=json.dumps(batch),
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=timeout,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"memory worker failed:\n{proc.stderr[-4000:]}")
-        results.extend(json.loads(proc.stdout.strip().splitlines()[-1]))
+        results.extend(run_worker("experiments.attention.measure", batch, timeout=timeout))
     return results
 
 

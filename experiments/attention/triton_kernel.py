@@ -669,6 +669,15 @@ def triton_backward(q, k, v, out, lse, dout, *, causal, window, sinks, scale):
     return dq, dk, dv
 
 
+def _checked(q, k, v, causal, window, sinks, scale) -> float:
+    """Validate inputs the kernels can take (ValueError otherwise); the softmax scale."""
+    check_inputs(q, k, v, window, sinks, causal=causal)
+    reason = unsupported_reason(q, k, v)
+    if reason:
+        raise ValueError(reason)
+    return default_scale(q.shape[-1], scale)
+
+
 class TritonAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, window, sinks, scale, on_backward_failure):
@@ -707,11 +716,7 @@ def triton_attention(
     the gradients when the backward kernels fail to compile or launch (the dispatcher
     passes a blockwise fallback); otherwise the failure propagates.
     """
-    check_inputs(q, k, v, window, sinks, causal=causal)
-    reason = unsupported_reason(q, k, v)
-    if reason:
-        raise ValueError(reason)
-    scale = default_scale(q.shape[-1], scale)
+    scale = _checked(q, k, v, causal, window, sinks, scale)
     return TritonAttention.apply(
         q, k, v, bool(causal), int(window), int(sinks), scale, on_backward_failure
     )
@@ -719,11 +724,7 @@ def triton_attention(
 
 def triton_forward_with_lse(q, k, v, *, causal=False, window=0, sinks=0, scale=None):
     """Forward only, returning (O, L); used by tests to check the saved log-sum-exp."""
-    check_inputs(q, k, v, window, sinks, causal=causal)
-    reason = unsupported_reason(q, k, v)
-    if reason:
-        raise ValueError(reason)
-    scale = default_scale(q.shape[-1], scale)
+    scale = _checked(q, k, v, causal, window, sinks, scale)
     return triton_forward(
         q, k, v, causal=bool(causal), window=int(window), sinks=int(sinks), scale=scale
     )

@@ -18,33 +18,22 @@ against N.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from experiments.incremental.cache import KVCache, SinkWindowCache
 from experiments.incremental.model import TransformerConfig, seeded_model
-from experiments.process_memory import peak_bytes, reset_peak, rss_bytes
-
-POLICIES = ("dense", "sink", "window", "recompute")
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+from experiments.incremental.streaming import POLICIES, policy_cache
+from experiments.process_memory import peak_bytes, reset_peak, rss_bytes, run_worker
 
 
 @torch.no_grad()
 def stream_once(model, stream: torch.Tensor, policy: str, n_sink: int, window: int) -> float:
     """Stream ``stream`` (N,) through one policy; the mean next-token NLL (nothing else kept)."""
     n, capacity = stream.numel(), n_sink + window
-    cache = {
-        "dense": lambda: KVCache(model, 1, max_len=n),
-        "sink": lambda: SinkWindowCache(model, 1, n_sink=n_sink, window=window),
-        "window": lambda: SinkWindowCache(model, 1, n_sink=0, window=capacity),
-        "recompute": lambda: None,
-    }[policy]()
+    cache = policy_cache(model, policy, n, n_sink, window)
     total = 0.0
     for t in range(n - 1):
         if cache is None:  # sliding-window recompute of the last `capacity` tokens
@@ -102,25 +91,12 @@ def measure_stream_memory(
     timeout: float = 600,
 ) -> dict:
     """Measured peak extra memory per policy and stream length, and its growth per token."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
     lengths = sorted(int(n) for n in lengths)
     out = {"lengths": lengths, "device": str(device), "policies": {}}
     for policy in policies:
         job = dict(model=asdict(model_cfg), seed=seed, policy=policy, lengths=lengths,
                    n_sink=n_sink, window=window, device=str(device))  # fmt: skip
-        proc = subprocess.run(
-            [sys.executable, "-m", "experiments.incremental.memory"],
-            input=json.dumps(job),
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=timeout,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"memory worker failed:\n{proc.stderr[-4000:]}")
-        peaks = json.loads(proc.stdout.strip().splitlines()[-1])
+        peaks = run_worker("experiments.incremental.memory", job, timeout=timeout)
         slope = float(np.polyfit(np.asarray(lengths, float), np.asarray(peaks, float), 1)[0])
         out["policies"][policy] = {"peak_bytes": peaks, "bytes_per_token": slope}
     elem = 4  # float32 K and V

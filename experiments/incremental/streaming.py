@@ -123,6 +123,22 @@ def loglog_slope(x, y) -> float:
     return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
 
 
+POLICIES = ("dense", "sink", "window", "recompute")
+
+
+def policy_cache(model: Transformer, policy: str, n_tokens: int, n_sink: int, window: int):
+    """The cache a policy streams ``n_tokens`` through; None for sliding-window recompute."""
+    if policy == "dense":
+        return KVCache(model, 1, max_len=n_tokens)
+    if policy == "sink":
+        return SinkWindowCache(model, 1, n_sink=n_sink, window=window)
+    if policy == "window":  # the same memory as "sink", no sinks
+        return SinkWindowCache(model, 1, n_sink=0, window=n_sink + window)
+    if policy == "recompute":
+        return None
+    raise ValueError(f"unknown policy {policy!r}; choose from {POLICIES}")
+
+
 @torch.no_grad()
 def stream_eval(
     model: Transformer,
@@ -140,15 +156,7 @@ def stream_eval(
     """
     stream = stream.to(device)
     N, capacity = stream.numel(), n_sink + window
-    cache = None
-    if policy == "dense":
-        cache = KVCache(model, 1, max_len=N)
-    elif policy == "sink":
-        cache = SinkWindowCache(model, 1, n_sink=n_sink, window=window)
-    elif policy == "window":  # same memory, no sinks
-        cache = SinkWindowCache(model, 1, n_sink=0, window=capacity)
-    elif policy != "recompute":
-        raise ValueError(f"unknown policy {policy!r}")
+    cache = policy_cache(model, policy, N, n_sink, window)
     logits = torch.empty(N, model.cfg.vocab_size, device=device)
     latency, mem = np.empty(N), np.empty(N, dtype=np.int64)
     elem = next(model.parameters()).element_size()
