@@ -18,6 +18,7 @@ over >= 3 seeds.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script from anywhere
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import torch
 
 from experiments.incremental import (
@@ -41,6 +43,7 @@ from experiments.incremental import (
     run_stream,
 )
 from experiments.incremental.memory import measure_stream_memory
+from experiments.incremental.sinks import SinkExperimentConfig, quick_config, run_sink_experiment
 
 
 def verdict(ok: bool) -> str:
@@ -56,6 +59,44 @@ def pm(ms: tuple[float, float], digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def print_sink_experiment(sk: dict) -> None:
+    cfg, T = sk["config"], sk["config"].seq_len
+    print(
+        f"\n## 2c. Attention sinks on real text (StreamingLLM): byte-level models, "
+        f"n_layer={cfg.n_layer} d_model={cfg.d_model}, trained {cfg.train_steps} steps x "
+        f"{cfg.batch_size} x {T} tokens of the standard library's source; {cfg.n_streams} "
+        f"held-out streams of {sk['stream_len']} tokens ({cfg.stream_multiple}x the training "
+        f"context), every bounded policy keeps {cfg.cache} tokens; dense keeps all "
+        f"{sk['stream_len']} (its stated cap)"
+    )
+    for variant, m in sk["models"].items():
+        name = "plain" if variant == "plain" else "learnable sink token (paper's Sec. 3.3)"
+        print(
+            f"\n{name}: trained in {m['train_s']:.0f} s, held-out NLL {m['heldout_nll']:.3f} "
+            f"nats/byte (first 50 steps {np.mean(m['train_loss'][:50]):.3f}, "
+            f"last 50 {np.mean(m['train_loss'][-50:]):.3f})"
+        )
+        for key, label in (("mass_first", "token 0"), ("mass_first4", "tokens 0-3")):
+            mass = m[key]
+            layers = " ".join(f"{x:.3f}" for x in mass["per_layer"])
+            top = " ".join(f"{x:.3f}" for x in mass["per_head"].max(axis=1))
+            print(
+                f"  attention mass on {label:>10} per layer: {layers}  (most-attending head per "
+                f"layer: {top}; uniform attention: {mass['uniform']:.3f})"
+            )
+        ks = sorted(m["nll_at"]["recompute"])
+        head = " ".join(f"{f'NLL @{k}x':>9} {'ratio':>6}" for k in ks)
+        print(f"  {'policy':>10} {head}")
+        for label, at in m["nll_at"].items():
+            ratio = m["ratio_vs_recompute"][label]
+            cells = " ".join(f"{at[k]:>9.3f} {ratio[k]:>5.3f}x" for k in ks)
+            print(f"  {label:>10} {cells}")
+    print(
+        "  (NLL @kx: mean over the streams of the per-token NLL on the training context of "
+        "text ending at k x the training context; ratio: / sliding-window recompute)"
+    )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="~30 s smoke run with small sizes")
@@ -69,6 +110,12 @@ def main(argv=None) -> int:
         "--steps", type=int, default=None, help="pretraining steps (default 150, quick 60)"
     )
     ap.add_argument("--seeds", type=int, default=None, help="drift seeds (default 3, quick 1)")
+    ap.add_argument(
+        "--sink-steps",
+        type=int,
+        default=None,
+        help="training steps of each real-text model in the sink experiment (default 1500)",
+    )
     ap.add_argument("--methods", default=",".join(METHODS))
     args = ap.parse_args(argv)
 
@@ -224,6 +271,15 @@ def main(argv=None) -> int:
         f"bounded policies grow at most {bounded:.0f} B/token, dense {dense:.0f} B/token "
         f"({dense / mem['kv_bytes_per_token']:.2f}x its K/V bytes per token)"
     )
+
+    # 2c. Attention sinks on real text ---------------------------------------------------
+    sink_cfg = quick_config() if q else SinkExperimentConfig()
+    if args.sink_steps:
+        sink_cfg = dataclasses.replace(sink_cfg, train_steps=args.sink_steps)
+    sk = run_sink_experiment(
+        sink_cfg, device=device, progress=lambda m: print("  " + m, flush=True)
+    )
+    print_sink_experiment(sk)
 
     # 3. Drift ---------------------------------------------------------------------------
     ocfg = OnlineConfig(segment_steps=25 if q else 60)

@@ -13,7 +13,8 @@ Two halves, one small model:
 
 ``memory`` measures the cache policies' peak memory against stream length;
 ``text`` is a real text stream for the StreamingLLM experiment (the standard
-library's own source, byte tokens, split by file). ``experiment`` wraps each
+library's own source, byte tokens, split by file) and ``sinks`` trains byte-level
+models on it to test StreamingLLM's attention-sink finding. ``experiment`` wraps each
 measurement as one function; ``benchmarks/incremental.py``
 prints the acceptance figures and ``notebooks/incremental_transformer.ipynb``
 records and plots them.

@@ -90,6 +90,22 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.proj(y)
 
+    @torch.no_grad()
+    def attention_probs(self, x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
+        """The reference path's attention weights, softmax written out: (B, nh, T, T).
+
+        For analysis (where each query puts its attention mass), not for decoding.
+        """
+        B, T, C = x.shape
+        q, k, _ = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        cos, sin = rotary(torch.arange(T, device=x.device))
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, nh, T, T)
+        future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+        return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: TransformerConfig):

@@ -126,17 +126,30 @@ def loglog_slope(x, y) -> float:
 POLICIES = ("dense", "sink", "window", "recompute")
 
 
-def policy_cache(model: Transformer, policy: str, n_tokens: int, n_sink: int, window: int):
+def policy_cache(
+    model: Transformer, policy: str, n_tokens: int, n_sink: int, window: int, batch_size: int = 1
+):
     """The cache a policy streams ``n_tokens`` through; None for sliding-window recompute."""
     if policy == "dense":
-        return KVCache(model, 1, max_len=n_tokens)
+        return KVCache(model, batch_size, max_len=n_tokens)
     if policy == "sink":
-        return SinkWindowCache(model, 1, n_sink=n_sink, window=window)
+        return SinkWindowCache(model, batch_size, n_sink=n_sink, window=window)
     if policy == "window":  # the same memory as "sink", no sinks
-        return SinkWindowCache(model, 1, n_sink=0, window=n_sink + window)
+        return SinkWindowCache(model, batch_size, n_sink=0, window=n_sink + window)
     if policy == "recompute":
         return None
     raise ValueError(f"unknown policy {policy!r}; choose from {POLICIES}")
+
+
+def recompute_context(stream: torch.Tensor, t: int, capacity: int, keep_first: int = 0):
+    """The tokens sliding-window recompute re-runs to predict token t + 1 of ``stream``
+    (B, N): the last ``capacity`` tokens up to t, of which the first ``keep_first`` are
+    the stream's own first tokens (a model pretrained with a sink token at the start of
+    every sequence sees it there too)."""
+    if t + 1 <= capacity:
+        return stream[:, : t + 1]
+    recent = stream[:, t + 1 - (capacity - keep_first) : t + 1]
+    return torch.cat([stream[:, :keep_first], recent], dim=1)
 
 
 @torch.no_grad()
@@ -147,33 +160,40 @@ def stream_eval(
     n_sink: int = 4,
     window: int = 60,
     device="cpu",
+    keep_first: int = 0,
 ) -> dict:
-    """Run ``stream`` (N,) through one cache policy, one token at a time.
+    """Run ``stream`` ((N,), or (B, N) for B streams side by side) through one cache
+    policy, one token per step.
 
-    Returns per-token arrays: ``nll`` (N-1,) of predicting token t+1 from the
-    context the policy keeps, ``latency`` (N,) seconds per token, and
-    ``bytes_in_use`` (N,) of the KV state after each token.
+    Returns ``nll`` ((N-1,) or (B, N-1)) of predicting token t+1 from the context the
+    policy keeps, ``latency`` (N,) seconds per step, and ``bytes_in_use`` (N,) of the
+    KV state after each step. ``keep_first`` is passed to ``recompute_context``.
     """
-    stream = stream.to(device)
-    N, capacity = stream.numel(), n_sink + window
-    cache = policy_cache(model, policy, N, n_sink, window)
-    logits = torch.empty(N, model.cfg.vocab_size, device=device)
+    single = stream.dim() == 1
+    stream = stream.to(device).reshape(-1, stream.shape[-1])  # (B, N)
+    (B, N), capacity = stream.shape, n_sink + window
+    cache = policy_cache(model, policy, N, n_sink, window, batch_size=B)
+    logits = torch.empty(B, N, model.cfg.vocab_size, device=device)
     latency, mem = np.empty(N), np.empty(N, dtype=np.int64)
     elem = next(model.parameters()).element_size()
-    kv_bytes_per_token = 2 * model.cfg.n_layer * model.cfg.d_model * elem  # K and V, all layers
+    kv_bytes_per_token = 2 * model.cfg.n_layer * model.cfg.d_model * elem * B  # K, V, all layers
     for t in range(N):
         _sync(device)
         t0 = time.perf_counter()
-        if cache is None:  # sliding-window recompute: last `capacity` tokens at positions 0..
-            ctx = stream[max(0, t + 1 - capacity) : t + 1]
-            logits[t] = model(ctx[None])[0, -1]
+        if cache is None:  # sliding-window recompute, positions 0.. every step
+            logits[:, t] = model(recompute_context(stream, t, capacity, keep_first))[:, -1]
         else:
-            logits[t] = model(stream[None, t : t + 1], cache)[0, -1]
+            logits[:, t] = model(stream[:, t : t + 1], cache)[:, -1]
         _sync(device)
         latency[t] = time.perf_counter() - t0
         if cache is None:  # recompute keeps only tokens; its K/V are transient
             mem[t] = min(t + 1, capacity) * kv_bytes_per_token
         else:
             mem[t] = cache.bytes_in_use
-    nll = F.cross_entropy(logits[:-1].float(), stream[1:], reduction="none")
-    return {"nll": nll.cpu().numpy(), "latency": latency, "bytes_in_use": mem}
+    nll = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        stream[:, 1:].reshape(-1),
+        reduction="none",
+    ).view(B, N - 1)
+    nll = nll.cpu().numpy()
+    return {"nll": nll[0] if single else nll, "latency": latency, "bytes_in_use": mem}

@@ -9,6 +9,7 @@ model must read its context to know which chain it is in.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -42,13 +43,27 @@ def train_offline(
     model: Transformer, regimes: list[MarkovSource], cfg: TrainConfig, device="cpu"
 ) -> list[float]:
     """Train in place on the regime mixture; returns the loss per step."""
-    import math
+    return train_lm(
+        model, lambda g: mixture_batch(regimes, cfg.batch_size, cfg.seq_len, g), cfg, device
+    )
 
+
+def train_lm(
+    model: Transformer, sample_batch, cfg: TrainConfig, device="cpu", on_step=None
+) -> list[float]:
+    """AdamW with linear warm-up and cosine decay to lr/10 on ``sample_batch(generator)``
+    -> (B, T) token batches (the generator is seeded from ``cfg.seed``, nothing global).
+    ``on_step(step, model)``, if given, is called before each step and after the last
+    (step == cfg.steps), e.g. to probe the model during training. Trains in place;
+    returns the loss per step."""
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
     losses = []
     for step in range(cfg.steps):
+        if on_step is not None:
+            on_step(step, model)
+            model.train()
         if step < cfg.warmup:
             lr = cfg.lr * (step + 1) / cfg.warmup
         else:
@@ -56,7 +71,7 @@ def train_offline(
             lr = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for group in opt.param_groups:
             group["lr"] = lr
-        seqs = mixture_batch(regimes, cfg.batch_size, cfg.seq_len, g).to(device)
+        seqs = sample_batch(g).to(device)
         loss, _ = lm_loss(model, seqs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -64,6 +79,8 @@ def train_offline(
         opt.step()
         losses.append(loss.item())
     model.eval()
+    if on_step is not None:
+        on_step(cfg.steps, model)
     return losses
 
 
