@@ -45,6 +45,8 @@ from experiments.incremental import (
 from experiments.incremental.memory import measure_stream_memory
 from experiments.incremental.sinks import SinkExperimentConfig, quick_config, run_sink_experiment
 
+SECTIONS = ("decode", "batches", "stream", "memory", "sinks", "drift")
+
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
@@ -117,6 +119,13 @@ def main(argv=None) -> int:
         help="training steps of each real-text model in the sink experiment (default 1500)",
     )
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=SECTIONS,
+        help="sections to leave out (e.g. --skip decode batches to rerun the rest)",
+    )
     args = ap.parse_args(argv)
 
     if args.threads > 0:
@@ -135,151 +144,156 @@ def main(argv=None) -> int:
     )
 
     # 1. Cached vs recompute ------------------------------------------------------------
-    d = run_decode(
-        model_cfg,
-        cached_contexts=(128, 256, 512, 1024, 2048, 4096)
-        if q
-        else (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
-        recompute_contexts=(128, 256, 512, 1024, 2048)
-        if q
-        else (128, 256, 512, 1024, 2048, 4096, 8192),
-        check_len=2048,
-        device=device,
-    )
-    print("\n## 1. KV cache vs full recompute (per generated token, random-init weights)")
-    print(
-        f"max |logits_cached - logits_recompute| over 2048 tokens: {d['max_abs_diff']:.2e}"
-        f"  (target <= 1e-4: {verdict(d['max_abs_diff'] <= 1e-4)})"
-    )
-    print(f"{'context':>8} {'cached':>12} {'recompute':>12} {'ratio':>8}")
-    rc = dict(zip(d["recompute_contexts"], d["recompute_s"], strict=True))
-    for n, c in zip(d["cached_contexts"], d["cached_s"], strict=True):
-        r = rc.get(n)
-        print(
-            f"{n:>8} {fmt_ms(1e3 * c):>12} "
-            + (f"{fmt_ms(1e3 * r):>12} {r / c:>7.1f}x" if r else f"{'-':>12}")
+    if "decode" not in args.skip:
+        d = run_decode(
+            model_cfg,
+            cached_contexts=(128, 256, 512, 1024, 2048, 4096)
+            if q
+            else (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
+            recompute_contexts=(128, 256, 512, 1024, 2048)
+            if q
+            else (128, 256, 512, 1024, 2048, 4096, 8192),
+            check_len=2048,
+            device=device,
         )
-    print(
-        f"speedup per token at {d['speedup_context']} tokens: {d['speedup']:.1f}x"
-        f"  (target >= 10x: {verdict(d['speedup'] >= 10)})"
-    )
-    print(
-        f"log-log slope of per-token cost vs context, all contexts: cached {d['slope_cached']:.2f}, "
-        f"recompute {d['slope_recompute']:.2f}"
-    )
-    print(
-        f"log-log slope for contexts >= 2048:              cached {d['slope_cached_upper']:.2f}, "
-        f"recompute {d['slope_recompute_upper']:.2f}   (expected ~1 and ~2)"
-    )
+        print("\n## 1. KV cache vs full recompute (per generated token, random-init weights)")
+        print(
+            f"max |logits_cached - logits_recompute| over 2048 tokens: {d['max_abs_diff']:.2e}"
+            f"  (target <= 1e-4: {verdict(d['max_abs_diff'] <= 1e-4)})"
+        )
+        print(f"{'context':>8} {'cached':>12} {'recompute':>12} {'ratio':>8}")
+        rc = dict(zip(d["recompute_contexts"], d["recompute_s"], strict=True))
+        for n, c in zip(d["cached_contexts"], d["cached_s"], strict=True):
+            r = rc.get(n)
+            print(
+                f"{n:>8} {fmt_ms(1e3 * c):>12} "
+                + (f"{fmt_ms(1e3 * r):>12} {r / c:>7.1f}x" if r else f"{'-':>12}")
+            )
+        print(
+            f"speedup per token at {d['speedup_context']} tokens: {d['speedup']:.1f}x"
+            f"  (target >= 10x: {verdict(d['speedup'] >= 10)})"
+        )
+        print(
+            f"log-log slope of per-token cost vs context, all contexts: cached {d['slope_cached']:.2f}, "
+            f"recompute {d['slope_recompute']:.2f}"
+        )
+        print(
+            f"log-log slope for contexts >= 2048:              cached {d['slope_cached_upper']:.2f}, "
+            f"recompute {d['slope_recompute_upper']:.2f}   (expected ~1 and ~2)"
+        )
 
     # 1b. Batched decoding ----------------------------------------------------------------
-    contexts = (256, 1024) if q else (256, 512, 1024, 2048)
-    db = run_decode_batches(model_cfg, batches=(1, 8, 32), contexts=contexts, device=device)
-    print(
-        f"\n## 1b. Batched decoding, KV cache vs recompute (per step: every sequence of the "
-        f"batch gets one token; attention: {db['attention']}, {db['attention_why']})"
-    )
-    print(
-        f"{'batch':>5} {'context':>8} {'cached/step':>12} {'recompute/step':>15} "
-        f"{'cached tok/s':>13} {'recompute tok/s':>16} {'ratio':>7}"
-    )
-    for r in db["rows"]:
+    if "batches" not in args.skip:
+        contexts = (256, 1024) if q else (256, 512, 1024, 2048)
+        db = run_decode_batches(model_cfg, batches=(1, 8, 32), contexts=contexts, device=device)
         print(
-            f"{r['batch']:>5} {r['context']:>8} {fmt_ms(1e3 * r['cached_s']):>12} "
-            f"{fmt_ms(1e3 * r['recompute_s']):>15} {r['cached_tok_s']:>13.0f} "
-            f"{r['recompute_tok_s']:>16.1f} {r['speedup']:>6.1f}x"
+            f"\n## 1b. Batched decoding, KV cache vs recompute (per step: every sequence of the "
+            f"batch gets one token; attention: {db['attention']}, {db['attention_why']})"
         )
+        print(
+            f"{'batch':>5} {'context':>8} {'cached/step':>12} {'recompute/step':>15} "
+            f"{'cached tok/s':>13} {'recompute tok/s':>16} {'ratio':>7}"
+        )
+        for r in db["rows"]:
+            print(
+                f"{r['batch']:>5} {r['context']:>8} {fmt_ms(1e3 * r['cached_s']):>12} "
+                f"{fmt_ms(1e3 * r['recompute_s']):>15} {r['cached_tok_s']:>13.0f} "
+                f"{r['recompute_tok_s']:>16.1f} {r['speedup']:>6.1f}x"
+            )
 
     # 2. Sink + window streaming ---------------------------------------------------------
-    train_cfg = TrainConfig(steps=steps, seq_len=64 if q else 128)
-    model, regimes, info = pretrain(model_cfg, train_cfg, device=device, regime_seed=0)
-    n_sink, window = (4, 28) if q else (4, 60)
-    n_windows = 11 if q else 32
-    s = run_stream(
-        model,
-        regimes,
-        n_sink=n_sink,
-        window=window,
-        n_windows=n_windows,
-        segment=256 if q else 512,
-        device=device,
-    )
-    print(
-        f"\n## 2. Bounded streaming cache (model pretrained {steps} steps in {info['train_s']:.0f} s on "
-        f"4 Markov regimes, seq_len {train_cfg.seq_len}: held-out NLL {info['heldout_nll']:.3f} "
-        f"vs oracle {info['oracle_nll']:.3f}, acc {info['heldout_acc']:.3f} vs oracle {info['oracle_acc']:.3f})"
-    )
-    print(
-        f"stream: {s['stream_len']} tokens = {n_windows} cache lengths of {s['capacity']} "
-        f"({n_sink} sinks + {window} window), regime changes every {256 if q else 512} tokens"
-    )
-    print(
-        f"{'policy':>10} {'NLL':>7} {'vs recompute':>13} {'mem end':>10} {'mem growth':>11} "
-        f"{'p10 first':>10} {'p10 last':>10} {'p10 growth':>10}"
-    )
-    for p in ("sink", "window", "recompute", "dense"):
-        print(
-            f"{p:>10} {s[f'nll_{p}']:>7.3f} {s[f'nll_ratio_{p}_vs_recompute']:>12.3f}x "
-            f"{s[f'mem_{p}_final_kib']:>7.0f} KiB {s[f'mem_{p}_growth']:>10.2f}x "
-            f"{fmt_ms(s[f'latency_{p}_first_ms']):>10} {fmt_ms(s[f'latency_{p}_last_ms']):>10} "
-            f"{s[f'latency_{p}_growth']:>9.2f}x"
+    if "stream" not in args.skip:
+        train_cfg = TrainConfig(steps=steps, seq_len=64 if q else 128)
+        model, regimes, info = pretrain(model_cfg, train_cfg, device=device, regime_seed=0)
+        n_sink, window = (4, 28) if q else (4, 60)
+        n_windows = 11 if q else 32
+        s = run_stream(
+            model,
+            regimes,
+            n_sink=n_sink,
+            window=window,
+            n_windows=n_windows,
+            segment=256 if q else 512,
+            device=device,
         )
-    ratio = s["nll_ratio_sink_vs_recompute"]
-    print(
-        f"sink+window NLL / sliding-window recompute NLL: {ratio:.3f}  (target within 5%: "
-        f"{verdict(abs(ratio - 1) <= 0.05)}); memory growth {s['mem_sink_growth']:.2f}x, latency "
-        f"last/first quarter {s['latency_sink_growth']:.2f}x  (flat: "
-        f"{verdict(s['mem_sink_growth'] == 1.0 and s['latency_sink_growth'] < 1.25)})"
-    )
-    print(
-        f"window-only ablation (same memory, no sinks): NLL ratio vs recompute "
-        f"{s['nll_ratio_window_vs_recompute']:.3f}, vs sink {s['nll_window'] / s['nll_sink']:.3f}"
-    )
-    print(
-        f"dense full cache beyond the {train_cfg.seq_len}-token training length: NLL ratio vs recompute "
-        f"{s['nll_ratio_dense_vs_recompute']:.3f}, memory grows {s['mem_dense_growth']:.0f}x"
-    )
-    print(
-        f"sink step vs recompute step latency (last quarter): "
-        f"{s['latency_recompute_last_ms'] / s['latency_sink_last_ms']:.1f}x faster"
-    )
+        print(
+            f"\n## 2. Bounded streaming cache (model pretrained {steps} steps in {info['train_s']:.0f} s on "
+            f"4 Markov regimes, seq_len {train_cfg.seq_len}: held-out NLL {info['heldout_nll']:.3f} "
+            f"vs oracle {info['oracle_nll']:.3f}, acc {info['heldout_acc']:.3f} vs oracle {info['oracle_acc']:.3f})"
+        )
+        print(
+            f"stream: {s['stream_len']} tokens = {n_windows} cache lengths of {s['capacity']} "
+            f"({n_sink} sinks + {window} window), regime changes every {256 if q else 512} tokens"
+        )
+        print(
+            f"{'policy':>10} {'NLL':>7} {'vs recompute':>13} {'mem end':>10} {'mem growth':>11} "
+            f"{'p10 first':>10} {'p10 last':>10} {'p10 growth':>10}"
+        )
+        for p in ("sink", "window", "recompute", "dense"):
+            print(
+                f"{p:>10} {s[f'nll_{p}']:>7.3f} {s[f'nll_ratio_{p}_vs_recompute']:>12.3f}x "
+                f"{s[f'mem_{p}_final_kib']:>7.0f} KiB {s[f'mem_{p}_growth']:>10.2f}x "
+                f"{fmt_ms(s[f'latency_{p}_first_ms']):>10} {fmt_ms(s[f'latency_{p}_last_ms']):>10} "
+                f"{s[f'latency_{p}_growth']:>9.2f}x"
+            )
+        ratio = s["nll_ratio_sink_vs_recompute"]
+        print(
+            f"sink+window NLL / sliding-window recompute NLL: {ratio:.3f}  (target within 5%: "
+            f"{verdict(abs(ratio - 1) <= 0.05)}); memory growth {s['mem_sink_growth']:.2f}x, latency "
+            f"last/first quarter {s['latency_sink_growth']:.2f}x  (flat: "
+            f"{verdict(s['mem_sink_growth'] == 1.0 and s['latency_sink_growth'] < 1.25)})"
+        )
+        print(
+            f"window-only ablation (same memory, no sinks): NLL ratio vs recompute "
+            f"{s['nll_ratio_window_vs_recompute']:.3f}, vs sink {s['nll_window'] / s['nll_sink']:.3f}"
+        )
+        print(
+            f"dense full cache beyond the {train_cfg.seq_len}-token training length: NLL ratio vs recompute "
+            f"{s['nll_ratio_dense_vs_recompute']:.3f}, memory grows {s['mem_dense_growth']:.0f}x"
+        )
+        print(
+            f"sink step vs recompute step latency (last quarter): "
+            f"{s['latency_recompute_last_ms'] / s['latency_sink_last_ms']:.1f}x faster"
+        )
 
     # 2b. Measured memory against stream length --------------------------------------
-    lengths = (256, 512, 1024) if q else (512, 1024, 2048, 4096)
-    mem = measure_stream_memory(
-        model_cfg, lengths=lengths, n_sink=4, window=60, device=device, seed=0
-    )
-    cuda = torch.device(device).type == "cuda"
-    where = "torch.cuda.max_memory_allocated" if cuda else "peak RSS (VmHWM)"
-    print(
-        f"\n## 2b. Measured peak extra memory vs stream length ({where}, fresh worker per "
-        f"policy, nothing kept per token; K/V of one token: {mem['kv_bytes_per_token']} bytes)"
-    )
-    print(
-        f"{'policy':>10} "
-        + " ".join(f"{'N=' + str(n):>10}" for n in mem["lengths"])
-        + f" {'slope':>14}"
-    )
-    for p, r in mem["policies"].items():
-        cells = " ".join(f"{b / 1024:>6.0f} KiB" for b in r["peak_bytes"])
-        print(f"{p:>10} {cells} {r['bytes_per_token']:>8.0f} B/token")
-    bounded = max(
-        abs(mem["policies"][p]["bytes_per_token"]) for p in ("sink", "window", "recompute")
-    )
-    dense = mem["policies"]["dense"]["bytes_per_token"]
-    print(
-        f"bounded policies grow at most {bounded:.0f} B/token, dense {dense:.0f} B/token "
-        f"({dense / mem['kv_bytes_per_token']:.2f}x its K/V bytes per token)"
-    )
+    if "memory" not in args.skip:
+        lengths = (256, 512, 1024) if q else (512, 1024, 2048, 4096)
+        mem = measure_stream_memory(
+            model_cfg, lengths=lengths, n_sink=4, window=60, device=device, seed=0
+        )
+        cuda = torch.device(device).type == "cuda"
+        where = "torch.cuda.max_memory_allocated" if cuda else "peak RSS (VmHWM)"
+        print(
+            f"\n## 2b. Measured peak extra memory vs stream length ({where}, fresh worker per "
+            f"policy, nothing kept per token; K/V of one token: {mem['kv_bytes_per_token']} bytes)"
+        )
+        print(
+            f"{'policy':>10} "
+            + " ".join(f"{'N=' + str(n):>10}" for n in mem["lengths"])
+            + f" {'slope':>14}"
+        )
+        for p, r in mem["policies"].items():
+            cells = " ".join(f"{b / 1024:>6.0f} KiB" for b in r["peak_bytes"])
+            print(f"{p:>10} {cells} {r['bytes_per_token']:>8.0f} B/token")
+        bounded = max(
+            abs(mem["policies"][p]["bytes_per_token"]) for p in ("sink", "window", "recompute")
+        )
+        dense = mem["policies"]["dense"]["bytes_per_token"]
+        print(
+            f"bounded policies grow at most {bounded:.0f} B/token, dense {dense:.0f} B/token "
+            f"({dense / mem['kv_bytes_per_token']:.2f}x its K/V bytes per token)"
+        )
 
     # 2c. Attention sinks on real text ---------------------------------------------------
-    sink_cfg = quick_config() if q else SinkExperimentConfig()
-    if args.sink_steps:
-        sink_cfg = dataclasses.replace(sink_cfg, train_steps=args.sink_steps)
-    sk = run_sink_experiment(
-        sink_cfg, device=device, progress=lambda m: print("  " + m, flush=True)
-    )
-    print_sink_experiment(sk)
+    if "sinks" not in args.skip:
+        sink_cfg = quick_config() if q else SinkExperimentConfig()
+        if args.sink_steps:
+            sink_cfg = dataclasses.replace(sink_cfg, train_steps=args.sink_steps)
+        sk = run_sink_experiment(
+            sink_cfg, device=device, progress=lambda m: print("  " + m, flush=True)
+        )
+        print_sink_experiment(sk)
 
     # 3. Drift ---------------------------------------------------------------------------
     ocfg = OnlineConfig(segment_steps=25 if q else 60)
