@@ -224,6 +224,12 @@ def test_recovery_is_measured_against_one_common_reference():
     (sooner,) = recovery_tokens(acc, [seg], [0.3], seg, tokens_per_step=tps)
     assert sooner < t
     assert math.isnan(recovery_tokens(acc, [seg], [1.0], seg, tokens_per_step=tps)[0])
+    # steps with no sequence from the incoming regime (a gradual ramp's start) are skipped
+    ramp = acc.copy()
+    ramp[seg : seg + 3] = math.nan
+    assert recovery_tokens(ramp, [seg], [level], seg, tokens_per_step=tps) == [t]
+    ramp[seg:] = math.nan
+    assert math.isnan(recovery_tokens(ramp, [seg], [level], seg, tokens_per_step=tps)[0])
 
 
 def test_reservoir_is_uniform_and_bounded():
@@ -527,14 +533,16 @@ def test_gradual_stream_draws_the_new_regime_in_proportion():
     assert schedule.ramp_steps == 10 and schedule.mixing(27) == (0, 1, 0.7)
     g = torch.Generator().manual_seed(0)
     # step 20 + 7: P(new) = 0.7; tell the regimes apart by each sequence's likelihood
-    seqs = schedule.sample(regimes, 27, 2000, 16, g)
+    seqs, incoming = schedule.sample(regimes, 27, 2000, 16, g)
 
     def loglik(P, s):
         return P[s[:-1], s[1:]].log().sum()
 
     from_new = [loglik(regimes[1].P, s) > loglik(regimes[0].P, s) for s in seqs]
     assert np.mean(from_new) == pytest.approx(0.7, abs=0.04)  # sd of the share ~0.01
-    assert schedule.sample(regimes, 20, 4, 16, g).shape == (4, 16)
+    assert np.mean(np.array(from_new) == incoming.numpy()) > 0.97  # the mask says which
+    first, none_new = schedule.sample(regimes, 20, 4, 16, g)
+    assert first.shape == (4, 16) and not none_new.any()  # P(new) = 0 at the ramp's start
 
 
 def test_recurring_schedule_revisits_regimes():
@@ -554,6 +562,17 @@ def test_recurring_run_evaluates_each_segment_on_its_regime():
     R = out["acc_matrix"]
     assert R.shape == (4, 4) and out["regime_order"] == [0, 1, 0, 1]
     np.testing.assert_array_equal(R[:, 0], R[:, 2])  # the same regime, the same held-out set
+
+
+def test_gradual_run_measures_accuracy_on_the_incoming_regime():
+    cfg, regimes, ocfg = _small_online()
+    ocfg = dataclasses.replace(ocfg, segment_steps=6)
+    schedule = drift_schedule("gradual", 2, 6)  # ramp over steps 6..8
+    out = run_online("naive", regimes, cfg, ocfg, seed=0, schedule=schedule)
+    acc, incoming = out["preq_acc"], out["preq_acc_incoming"]
+    assert math.isnan(incoming[6])  # P(new) = 0: no sequence from the incoming regime
+    pure = [s for s in range(12) if schedule.mixing(s)[2] == 1.0]
+    np.testing.assert_array_equal(incoming[pure], acc[pure])
 
 
 # --------------------------------------------------------------------------- intervals, tuning

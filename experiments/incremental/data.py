@@ -139,19 +139,20 @@ class DriftSchedule:
 
     def sample(
         self, regimes: list[MarkovSource], step: int, n_seq: int, length: int, generator
-    ) -> torch.Tensor:
-        """The (n_seq, length) fresh sequences of ``step``. Outside a ramp this is one
-        regime's ``sample`` and draws nothing else, so abrupt streams are unchanged."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (n_seq, length) fresh sequences of ``step`` and an (n_seq,) bool mask of
+        those from the incoming regime. Outside a ramp this is one regime's ``sample`` and
+        draws nothing else, so abrupt streams are unchanged."""
         old, new, p_new = self.mixing(step)
         if p_new >= 1.0:
-            return regimes[new].sample(n_seq, length, generator)
+            return regimes[new].sample(n_seq, length, generator), torch.ones(n_seq, dtype=bool)
         from_new = torch.rand(n_seq, generator=generator) < p_new
         out = torch.empty(n_seq, length, dtype=torch.long)
         for regime, mask in ((old, ~from_new), (new, from_new)):
             idx = mask.nonzero().squeeze(1)
             if idx.numel():
                 out[idx] = regimes[regime].sample(idx.numel(), length, generator)
-        return out
+        return out, from_new
 
 
 def drift_schedule(

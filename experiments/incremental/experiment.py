@@ -331,8 +331,9 @@ def run_drift(
     hyperparameters=None,
     references: dict | None = None,
 ) -> dict:
-    """Every method on every seed of one drift scenario (``data.drift_schedule``; each seed
-    has its own regimes, initialisation and stream, the same for every method).
+    """Every method on every seed of one drift scenario (``data.drift_schedule`` over
+    ``n_regimes`` segments; each seed has its own regimes, initialisation and stream, the
+    same for every method).
 
     ``hyperparameters`` maps a method to its ``OnlineConfig`` overrides (default
     ``TUNED_HYPERPARAMETERS``; ``{}`` runs ``online_cfg`` as given). ``references`` is a
@@ -359,7 +360,7 @@ def run_drift(
             r["seconds"] = time.perf_counter() - t0
             r["reference_levels"] = [levels[k] for k in incoming]
             r["tokens_to_recover"] = recovery_tokens(
-                r["preq_acc"], r["drift_steps"], r["reference_levels"],
+                r["preq_acc_incoming"], r["drift_steps"], r["reference_levels"],
                 cfg.segment_steps, r["tokens_per_step"],
             )  # fmt: skip
             r["returning_drift"] = returning

@@ -150,15 +150,19 @@ def recovery_tokens(
 
     ``reference_levels[k]`` is the plateau of a reference learner trained on drift k's
     regime alone (``reference_plateau``), the same for every method, so methods are
-    compared against one bar rather than each against its own final level. Accuracy is a
-    trailing mean over ``smooth`` steps within the segment; NaN if it never gets there
-    before the next drift.
+    compared against one bar rather than each against its own final level. ``acc`` is the
+    accuracy on the incoming regime's sequences (NaN at steps with none, as at the start
+    of a gradual ramp); it is a trailing mean over ``smooth`` steps within the segment,
+    skipping NaN. NaN if it never gets there before the next drift.
     """
     acc = np.asarray(acc, float)
     out = []
     for d, level in zip(drift_steps, reference_levels, strict=True):
         seg = acc[d : d + segment_steps]
-        rolled = np.array([seg[max(0, i - smooth + 1) : i + 1].mean() for i in range(len(seg))])
+        windows = [seg[max(0, i - smooth + 1) : i + 1] for i in range(len(seg))]
+        rolled = np.array(
+            [w[~np.isnan(w)].mean() if (~np.isnan(w)).any() else -1.0 for w in windows]
+        )
         hit = np.nonzero(rolled >= frac * level)[0]
         out.append(float((hit[0] + 1) * tokens_per_step) if hit.size else math.nan)
     return out
@@ -169,13 +173,13 @@ class OnlineConfig:
     segment_steps: int = 60  # optimizer steps per regime
     batch_size: int = 8  # fresh sequences per step = compute per step (sequences)
     seq_len: int = 64  # tokens per sequence
-    lr: float = 2e-3  # constant AdamW learning rate
+    lr: float = 2e-3  # constant AdamW learning rate (run_drift: each method's tuned one)
     memory: int = 512  # reservoir capacity (sequences) for replay and A-GEM
-    replay_frac: float = 0.5  # replay / A-GEM: share of the batch drawn from the memory
+    replay_frac: float = 0.5  # replay / A-GEM: share of the batch drawn from the memory (tuned)
     eval_seqs: int = 32  # held-out sequences per regime for the accuracy matrix
     ph_delta: float = 0.05  # Page-Hinkley tolerance (nats)
     ph_threshold: float = 1.0  # Page-Hinkley alarm threshold (nats)
-    ewc_lambda: float = 1e5  # EWC penalty weight; experiment.TUNED_HYPERPARAMETERS per method
+    ewc_lambda: float = 1e5  # EWC penalty weight (tuned: experiment.TUNED_HYPERPARAMETERS)
     ewc_gamma: float = 1.0  # online-EWC decay of old Fisher terms
     fisher_seqs: int = 32  # recent sequences used for the Fisher estimate at an alarm
 
@@ -258,7 +262,7 @@ def run_online(
     n_mem = min(B - 1, max(1, round(B * cfg.replay_frac)))  # replayed sequences per step
     n_fresh = B - n_mem  # fresh sequences trained on beside them (replay, A-GEM)
     R = np.zeros((K, K))
-    preq_loss, preq_acc = [], []
+    preq_loss, preq_acc, preq_acc_incoming = [], [], []
     ph = PageHinkley(cfg.ph_delta, cfg.ph_threshold)
     detections = []
     ewc = OnlineEWC(model, cfg.ewc_lambda, cfg.ewc_gamma) if method == "ewc" else None
@@ -266,13 +270,22 @@ def run_online(
     extra_seq_passes = 0
     for seg in range(K):
         for i in range(cfg.segment_steps):
-            fresh = schedule.sample(regimes, seg * cfg.segment_steps + i, B, cfg.seq_len, stream_g)
+            step = seg * cfg.segment_steps + i
+            fresh, incoming = schedule.sample(regimes, step, B, cfg.seq_len, stream_g)
             stream_digest.update(fresh.numpy().tobytes())
             fresh = fresh.to(device)
             # test ...
             loss, acc = evaluate(model, fresh)
             preq_loss.append(loss)
             preq_acc.append(acc)
+            # accuracy on the incoming regime's sequences alone: during a gradual ramp the
+            # batch is mostly the outgoing regime, whose accuracy says nothing of recovery
+            if incoming.all():
+                preq_acc_incoming.append(acc)
+            elif incoming.any():
+                preq_acc_incoming.append(evaluate(model, fresh[incoming.to(device)])[1])
+            else:
+                preq_acc_incoming.append(math.nan)
             if ph.update(loss):
                 detections.append(len(preq_loss) - 1)
                 if ewc is not None and recent:  # the alarm batch itself is not used
@@ -311,6 +324,7 @@ def run_online(
         **continual_metrics(R),
         "preq_loss": np.array(preq_loss),
         "preq_acc": np.array(preq_acc),
+        "preq_acc_incoming": np.array(preq_acc_incoming),  # NaN where none came from it
         "drift_steps": drifts,
         "detected_steps": detections,
         "tokens_per_step": tokens_per_step,
