@@ -1,8 +1,8 @@
 """Acceptance figures for the incremental Transformer (experiments/incremental).
 
-    python benchmarks/incremental.py            # ~3 min on one CPU core
-    python benchmarks/incremental.py --quick    # ~30 s smoke run (figures not meaningful)
-    python benchmarks/incremental.py --only drift [--tune]   # section 3 alone
+    python benchmarks/incremental.py            # ~13 min on one CPU core, ~10 of them drift
+    python benchmarks/incremental.py --quick    # ~2 min smoke run (figures not meaningful)
+    python benchmarks/incremental.py --only drift [--tune]   # section 3 alone (--tune: 857 s)
 
 Runs with torch.set_num_threads(1) by default (--threads to change): per-token
 timings are less disturbed by other processes on a shared machine, and on a busy
