@@ -5,6 +5,7 @@ All seeded; tolerances are explicit. The notebook run is marked slow (~1 min).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from experiments.incremental import (
     METHODS,
@@ -26,15 +29,29 @@ from experiments.incremental import (
     cached_logits,
     continual_metrics,
     detect,
+    drift_schedule,
     make_regimes,
     recompute_logits,
+    recovery_tokens,
+    reference_plateau,
     run_online,
     stream_eval,
-    tokens_to_recover,
 )
 from tests.support import assert_figures_shown_and_stored_once
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread, as the benchmark runs: on a shared 2-core box two threads made small
+    training steps several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 ATOL = 1e-4  # fp32 logits, cached vs recomputed (the acceptance tolerance)
 
 
@@ -190,17 +207,29 @@ def test_continual_metrics_on_hand_made_matrix():
     assert m["bwt"] == pytest.approx(((0.5 - 0.6) + (0.9 - 0.9)) / 2)
 
 
-def test_tokens_to_recover():
-    seg = 20
+def test_recovery_is_measured_against_one_common_reference():
+    seg, tps = 20, 100
+    # a method that climbs back linearly to 0.8 after a drift at step 20 ...
     acc = np.concatenate([np.full(seg, 0.8), np.linspace(0.0, 0.8, 10), np.full(seg - 10, 0.8)])
-    # plateau 0.8 -> target 0.72; the 5-step trailing mean first reaches it at index 11 of the segment
-    (t,) = tokens_to_recover(acc, [seg], seg, tokens_per_step=100, frac=0.9, smooth=5)
+    # ... against a reference learner whose last 20% (4 of 20 steps) average 0.6
+    reference = np.r_[np.zeros(16), np.full(4, 0.6)]
+    level = reference_plateau(reference)
+    assert level == pytest.approx(0.6)
+    (t,) = recovery_tokens(acc, [seg], [level], seg, tokens_per_step=tps, frac=0.9, smooth=5)
     rolled = [acc[seg + max(0, i - 4) : seg + i + 1].mean() for i in range(seg)]
-    assert t == 100 * (next(i for i, r in enumerate(rolled) if r >= 0.72) + 1)
-    assert t == 1200
-    # a jump at the very end: the 5-step mean never reaches 90% of the final plateau -> NaN
-    late = np.r_[np.ones(seg), np.zeros(seg - 4), np.ones(4)]
-    assert math.isnan(tokens_to_recover(late, [seg], seg, tokens_per_step=1)[0])
+    first = next(i for i, r in enumerate(rolled) if r >= 0.9 * 0.6)
+    assert t == tps * (first + 1) == 1000  # 5-step mean 0.533 at step 8, 0.622 at step 9
+    # the bar is the reference's, not the method's own plateau: a lower plateau recovers sooner,
+    # a reference above anything the method reaches gives NaN
+    (sooner,) = recovery_tokens(acc, [seg], [0.3], seg, tokens_per_step=tps)
+    assert sooner < t
+    assert math.isnan(recovery_tokens(acc, [seg], [1.0], seg, tokens_per_step=tps)[0])
+    # steps with no sequence from the incoming regime (a gradual ramp's start) are skipped
+    ramp = acc.copy()
+    ramp[seg : seg + 3] = math.nan
+    assert recovery_tokens(ramp, [seg], [level], seg, tokens_per_step=tps) == [t]
+    ramp[seg:] = math.nan
+    assert math.isnan(recovery_tokens(ramp, [seg], [level], seg, tokens_per_step=tps)[0])
 
 
 def test_reservoir_is_uniform_and_bounded():
@@ -225,7 +254,7 @@ def test_run_online_smoke(method):
     out = run_online(method, regimes, cfg, ocfg, seed=0)
     assert out["acc_matrix"].shape == (3, 3)
     assert len(out["preq_loss"]) == 9 and np.isfinite(out["preq_loss"]).all()
-    assert out["drift_steps"] == [3, 6] and len(out["tokens_to_recover"]) == 2
+    assert out["drift_steps"] == [3, 6] and out["regime_order"] == [0, 1, 2]
 
 
 def _small_online():
@@ -244,6 +273,20 @@ def test_every_method_sees_the_same_fresh_stream():
     assert run_online("naive", regimes, cfg, ocfg, seed=4)["stream_digest"] != digests["naive"]
 
 
+@pytest.mark.parametrize("scenario", ["gradual", "recurring"])
+def test_every_method_sees_the_same_fresh_stream_in_each_scenario(scenario):
+    cfg, _, ocfg = _small_online()
+    regimes = make_regimes(32, n_regimes=3, seed=0)
+    schedule = drift_schedule(scenario, 3, ocfg.segment_steps)
+    digests = {
+        m: run_online(m, regimes, cfg, ocfg, seed=3, schedule=schedule)["stream_digest"]
+        for m in METHODS
+    }
+    assert len(set(digests.values())) == 1, digests
+    abrupt = run_online("naive", regimes, cfg, ocfg, seed=3)["stream_digest"]
+    assert abrupt != digests["naive"]  # the scenario does change the stream
+
+
 def test_library_calls_leave_the_global_rng_alone():
     from experiments.incremental import TrainConfig, pretrain, run_decode
 
@@ -256,6 +299,20 @@ def test_library_calls_leave_the_global_rng_alone():
     run_decode(
         cfg, cached_contexts=(16, 32), recompute_contexts=(16, 32), check_len=32, model=model
     )
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_drift_scenarios_and_tuning_leave_the_global_rng_alone():
+    from experiments.incremental import run_drift, tune_methods
+
+    cfg, _, ocfg = _small_online()
+    ocfg = dataclasses.replace(ocfg, segment_steps=4)
+    torch.manual_seed(99)
+    before = torch.get_rng_state()
+    regimes = make_regimes(32, n_regimes=2, seed=0)
+    drift_schedule("gradual", 2, 4).sample(regimes, 5, 8, 16, torch.Generator().manual_seed(0))
+    run_drift(cfg, ocfg, methods=("naive", "replay"), seeds=(0,), n_regimes=2, scenario="gradual")
+    tune_methods(cfg, ocfg, grid={"naive": [{"lr": 1e-3}]}, n_regimes=2)
     assert torch.equal(torch.get_rng_state(), before)
 
 
@@ -444,3 +501,144 @@ def test_page_hinkley_false_alarms_are_counted_on_a_stationary_stream(monkeypatc
     forced = E.page_hinkley_false_alarms(cfg, ocfg, seeds=(0,), steps=6)
     assert forced["alarms_per_seed"] == [6]
     assert forced["false_alarms_per_100k_tokens"] == pytest.approx(1e5 * 6 / forced["tokens"])
+
+
+# --------------------------------------------------------------------------- drift scenarios
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    n_segments=st.integers(2, 6),
+    segment_steps=st.integers(2, 80),
+    ramp_frac=st.floats(0.05, 1.0),
+)
+def test_gradual_mixing_rises_monotonically_to_one(n_segments, segment_steps, ramp_frac):
+    schedule = drift_schedule("gradual", n_segments, segment_steps, ramp_frac=ramp_frac)
+    for d in schedule.drift_steps:
+        p = [schedule.mixing(step)[2] for step in range(d, d + segment_steps)]
+        assert p[0] == 0.0  # the ramp starts with the outgoing regime only
+        assert all(a <= b for a, b in zip(p, p[1:], strict=False))
+        assert p[-1] == 1.0 and p[schedule.ramp_steps - 1] < 1.0
+        old, new, _ = schedule.mixing(d)
+        assert (old, new) == (
+            schedule.order[d // segment_steps - 1],
+            schedule.order[d // segment_steps],
+        )
+    assert all(schedule.mixing(s)[2] == 1.0 for s in range(segment_steps))  # first segment pure
+
+
+def test_gradual_stream_draws_the_new_regime_in_proportion():
+    regimes = make_regimes(32, n_regimes=2, seed=0)
+    schedule = drift_schedule("gradual", 2, segment_steps=20, ramp_frac=0.5)
+    assert schedule.ramp_steps == 10 and schedule.mixing(27) == (0, 1, 0.7)
+    g = torch.Generator().manual_seed(0)
+    # step 20 + 7: P(new) = 0.7; tell the regimes apart by each sequence's likelihood
+    seqs, incoming = schedule.sample(regimes, 27, 2000, 16, g)
+
+    def loglik(P, s):
+        return P[s[:-1], s[1:]].log().sum()
+
+    from_new = [loglik(regimes[1].P, s) > loglik(regimes[0].P, s) for s in seqs]
+    assert np.mean(from_new) == pytest.approx(0.7, abs=0.04)  # sd of the share ~0.01
+    assert np.mean(np.array(from_new) == incoming.numpy()) > 0.97  # the mask says which
+    first, none_new = schedule.sample(regimes, 20, 4, 16, g)
+    assert first.shape == (4, 16) and not none_new.any()  # P(new) = 0 at the ramp's start
+
+
+def test_recurring_schedule_revisits_regimes():
+    schedule = drift_schedule("recurring", 4, segment_steps=5)
+    assert schedule.order == (0, 1, 0, 1) and schedule.ramp_steps == 0
+    assert drift_schedule("recurring", 6, 5, period=3).order == (0, 1, 2, 0, 1, 2)
+    assert schedule.drift_steps == [5, 10, 15]
+    assert [schedule.mixing(s)[1] for s in (0, 5, 10, 15)] == [0, 1, 0, 1]
+    with pytest.raises(ValueError, match="unknown scenario"):
+        drift_schedule("sudden", 4, 5)
+
+
+def test_recurring_run_evaluates_each_segment_on_its_regime():
+    cfg, regimes, ocfg = _small_online()
+    schedule = drift_schedule("recurring", 4, ocfg.segment_steps)
+    out = run_online("naive", regimes, cfg, ocfg, seed=0, schedule=schedule)
+    R = out["acc_matrix"]
+    assert R.shape == (4, 4) and out["regime_order"] == [0, 1, 0, 1]
+    np.testing.assert_array_equal(R[:, 0], R[:, 2])  # the same regime, the same held-out set
+
+
+def test_gradual_run_measures_accuracy_on_the_incoming_regime():
+    cfg, regimes, ocfg = _small_online()
+    ocfg = dataclasses.replace(ocfg, segment_steps=6)
+    schedule = drift_schedule("gradual", 2, 6)  # ramp over steps 6..8
+    out = run_online("naive", regimes, cfg, ocfg, seed=0, schedule=schedule)
+    acc, incoming = out["preq_acc"], out["preq_acc_incoming"]
+    assert math.isnan(incoming[6])  # P(new) = 0: no sequence from the incoming regime
+    pure = [s for s in range(12) if schedule.mixing(s)[2] == 1.0]
+    np.testing.assert_array_equal(incoming[pure], acc[pure])
+
+
+# --------------------------------------------------------------------------- intervals, tuning
+
+
+def test_t_interval_matches_the_textbook_value():
+    from experiments.incremental.stats import paired_interval, t_interval, t_quantile_975
+
+    # scipy.stats.t.interval(0.95, 4, loc=3, scale=sem([1, 2, 3, 4, 5])) = (1.0368, 4.9632)
+    mean, half, n = t_interval([1, 2, 3, 4, 5, math.nan])
+    assert (mean, n) == (3.0, 5) and half == pytest.approx(1.9632, abs=1e-4)
+    assert t_quantile_975(1) == pytest.approx(12.7062, abs=1e-4)
+    assert t_quantile_975(60) == pytest.approx(2.0003, abs=1e-3)  # the expansion beyond 30
+    assert t_quantile_975(120) == pytest.approx(1.9799, abs=1e-3)
+    assert math.isnan(t_interval([2.0])[1])
+    diff = paired_interval([3, 5, 7], [1, 2, 3], "difference")  # differences 2, 3, 4
+    assert diff[0] == pytest.approx(3) and diff[1] == pytest.approx(4.3027 / math.sqrt(3), 1e-4)
+    assert paired_interval([2, 4], [1, 2], "ratio")[:2] == (2.0, 0.0)
+
+
+def test_tune_methods_picks_the_argmax_of_its_grid(monkeypatch):
+    import experiments.incremental.experiment as E
+
+    cfg, _, ocfg = _small_online()
+    grid = {
+        "naive": [{"lr": 1e-3}, {"lr": 3e-3}],
+        "replay": [{"replay_frac": 0.25}, {"replay_frac": 0.75}],
+    }
+    real = E.tune_methods(cfg, ocfg, grid=grid, seeds=(100, 101), n_regimes=2)
+    for m, rows in real["grid"].items():
+        assert [r["config"] for r in rows] == grid[m]
+        assert real["chosen"][m] == max(rows, key=lambda r: r["score"])["config"]
+    # with scores known in advance: the chosen config is the best one, not the first or last
+    score = {1e-3: 0.2, 2e-3: 0.9, 3e-3: 0.5}
+    monkeypatch.setattr(E, "run_online", lambda m, r, mc, c, *a, **k: {"avg_acc": score[c.lr]})
+    fake = E.tune_methods(cfg, ocfg, grid={"ewc": [{"lr": lr} for lr in score]}, n_regimes=2)
+    assert fake["chosen"] == {"ewc": {"lr": 2e-3}}
+    assert [r["score"] for r in fake["grid"]["ewc"]] == [0.2, 0.9, 0.5]
+
+
+def test_run_drift_reports_intervals_and_reuses_reference_runs(monkeypatch):
+    import experiments.incremental.experiment as E
+
+    cfg, _, ocfg = _small_online()
+    calls = []
+    real = E.run_online
+    monkeypatch.setattr(
+        E, "run_online", lambda m, r, *a, **k: calls.append((m, len(r))) or real(m, r, *a, **k)
+    )
+    cache: dict = {}
+    out = {
+        sc: E.run_drift(cfg, ocfg, methods=("naive", "replay"), seeds=(0, 1), n_regimes=3,
+                        scenario=sc, references=cache)
+        for sc in ("abrupt", "recurring")
+    }  # fmt: skip
+    # one reference run per (seed, regime): 2 seeds x 3 regimes, none repeated for recurring
+    assert sum(1 for m, n in calls if n == 1) == 6 and len(cache) == 6
+    iv = out["abrupt"]["intervals"]
+    mean, half, n = iv["replay"]["forgetting"]
+    assert (
+        n == 2
+        and half >= 0
+        and mean == pytest.approx(out["abrupt"]["summary"]["replay_forgetting"][0])
+    )
+    assert set(iv["replay"]) >= {"forgetting_ratio_vs_naive", "avg_acc_diff_vs_naive"}
+    rec = out["recurring"]["runs"]["naive"][0]
+    assert rec["returning_drift"] == [False, True]  # A B A: the second drift returns to A
+    naive_levels = out["abrupt"]["runs"]["naive"][0]["reference_levels"]  # into B, C
+    assert rec["reference_levels"][0] == naive_levels[0]  # the same reference for B

@@ -8,8 +8,9 @@ Two halves, one small model:
   positions are assigned inside the cache (``cache``, ``streaming``);
 * streaming learning -- prequential online training on a token stream that
   drifts between synthetic Markov regimes (``data``), comparing naive online
-  SGD, reservoir replay, A-GEM and detector-triggered online EWC, with a
-  Page-Hinkley drift detector and continual-learning metrics (``online``).
+  SGD, reservoir replay, A-GEM and detector-triggered online EWC under abrupt,
+  gradual and recurring drift, with a Page-Hinkley drift detector and
+  continual-learning metrics (``online``; intervals over seeds in ``stats``).
 
 ``memory`` measures the cache policies' peak memory against stream length;
 ``text`` is a real text stream for the StreamingLLM experiment (the standard
@@ -21,8 +22,20 @@ records and plots them.
 """
 
 from experiments.incremental.cache import KVCache, SinkWindowCache, SinkWindowCacheReference
-from experiments.incremental.data import MarkovSource, make_regimes, mixture_batch, switching_stream
+from experiments.incremental.data import (
+    SCENARIOS,
+    DriftSchedule,
+    MarkovSource,
+    drift_schedule,
+    make_regimes,
+    mixture_batch,
+    switching_stream,
+)
 from experiments.incremental.experiment import (
+    TEST_SEEDS,
+    TUNED_HYPERPARAMETERS,
+    TUNING_GRID,
+    VALIDATION_SEEDS,
     page_hinkley_false_alarms,
     pretrain,
     resolve_device,
@@ -30,6 +43,7 @@ from experiments.incremental.experiment import (
     run_decode_batches,
     run_drift,
     run_stream,
+    tune_methods,
 )
 from experiments.incremental.model import Transformer, TransformerConfig
 from experiments.incremental.online import (
@@ -39,9 +53,11 @@ from experiments.incremental.online import (
     Reservoir,
     continual_metrics,
     detect,
+    recovery_tokens,
+    reference_plateau,
     run_online,
-    tokens_to_recover,
 )
+from experiments.incremental.stats import paired_interval, t_interval
 from experiments.incremental.streaming import cached_logits, recompute_logits, stream_eval
 from experiments.incremental.train import TrainConfig, train_offline
 
@@ -50,16 +66,24 @@ __all__ = [
     "SinkWindowCache",
     "SinkWindowCacheReference",
     "MarkovSource",
+    "SCENARIOS",
+    "DriftSchedule",
+    "drift_schedule",
     "make_regimes",
     "mixture_batch",
     "switching_stream",
     "pretrain",
     "resolve_device",
+    "TEST_SEEDS",
+    "TUNED_HYPERPARAMETERS",
+    "TUNING_GRID",
+    "VALIDATION_SEEDS",
     "page_hinkley_false_alarms",
     "run_decode",
     "run_decode_batches",
     "run_drift",
     "run_stream",
+    "tune_methods",
     "Transformer",
     "TransformerConfig",
     "METHODS",
@@ -69,7 +93,10 @@ __all__ = [
     "continual_metrics",
     "detect",
     "run_online",
-    "tokens_to_recover",
+    "recovery_tokens",
+    "reference_plateau",
+    "paired_interval",
+    "t_interval",
     "cached_logits",
     "recompute_logits",
     "stream_eval",

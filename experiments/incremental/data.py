@@ -95,3 +95,78 @@ def switching_stream(
         parts.append(regimes[r % len(regimes)].sample(1, segment, generator)[0])
         r += 1
     return torch.cat(parts)[:length]
+
+
+SCENARIOS = ("abrupt", "gradual", "recurring")
+
+
+@dataclass(frozen=True)
+class DriftSchedule:
+    """Which regime feeds each step of a drifting stream, in the taxonomy of Gama et al.
+    2014 ("A survey on concept drift adaptation", Sec. 2.2: abrupt, gradual, recurring).
+
+    The stream has ``len(order)`` segments of ``segment_steps`` steps; segment s draws from
+    regime ``order[s]``. With ``ramp_steps > 0`` (gradual drift) the first ``ramp_steps``
+    steps of every later segment mix the outgoing and the incoming regime: each fresh
+    sequence comes from the incoming one with probability i / ramp_steps at step i of the
+    ramp (0 at its start, 1 from step ``ramp_steps`` of the segment on), drawn from the
+    stream's own generator.
+    """
+
+    order: tuple[int, ...]  # regime index of each segment
+    segment_steps: int
+    ramp_steps: int = 0  # 0 = abrupt switches; below segment_steps, so P(new) reaches 1
+
+    def __post_init__(self):
+        if not 0 <= self.ramp_steps < self.segment_steps:
+            raise ValueError("ramp_steps must be in [0, segment_steps)")
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.order) * self.segment_steps
+
+    @property
+    def drift_steps(self) -> list[int]:
+        """First step of every drift (the start of the ramp for gradual drift)."""
+        return [s * self.segment_steps for s in range(1, len(self.order))]
+
+    def mixing(self, step: int) -> tuple[int, int, float]:
+        """(outgoing regime, incoming regime, P(a fresh sequence is from the incoming one))."""
+        seg, i = divmod(step, self.segment_steps)
+        if seg == 0 or i >= self.ramp_steps:
+            return self.order[seg], self.order[seg], 1.0
+        return self.order[seg - 1], self.order[seg], i / self.ramp_steps
+
+    def sample(
+        self, regimes: list[MarkovSource], step: int, n_seq: int, length: int, generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (n_seq, length) fresh sequences of ``step`` and an (n_seq,) bool mask of
+        those from the incoming regime. Outside a ramp this is one regime's ``sample`` and
+        draws nothing else, so abrupt streams are unchanged."""
+        old, new, p_new = self.mixing(step)
+        if p_new >= 1.0:
+            return regimes[new].sample(n_seq, length, generator), torch.ones(n_seq, dtype=bool)
+        from_new = torch.rand(n_seq, generator=generator) < p_new
+        out = torch.empty(n_seq, length, dtype=torch.long)
+        for regime, mask in ((old, ~from_new), (new, from_new)):
+            idx = mask.nonzero().squeeze(1)
+            if idx.numel():
+                out[idx] = regimes[regime].sample(idx.numel(), length, generator)
+        return out, from_new
+
+
+def drift_schedule(
+    scenario: str, n_segments: int, segment_steps: int, ramp_frac: float = 0.5, period: int = 2
+) -> DriftSchedule:
+    """``abrupt``: regimes 0, 1, ..., n_segments-1, switched at once. ``gradual``: the same
+    order, each switch ramped over ``ramp_frac`` of a segment. ``recurring``: regimes
+    0, 1, ..., period-1 revisited in turn (A B A B for period 2), switched at once, so a
+    returning regime shows how fast a learner re-learns what it has seen."""
+    if scenario == "abrupt":
+        return DriftSchedule(tuple(range(n_segments)), segment_steps)
+    if scenario == "gradual":
+        ramp = min(segment_steps - 1, max(1, round(ramp_frac * segment_steps)))
+        return DriftSchedule(tuple(range(n_segments)), segment_steps, ramp)
+    if scenario == "recurring":
+        return DriftSchedule(tuple(s % period for s in range(n_segments)), segment_steps)
+    raise ValueError(f"unknown scenario {scenario!r}; choose from {SCENARIOS}")

@@ -1,20 +1,22 @@
 """Online learning on a drifting stream: prequential training, replay, A-GEM,
 a Page-Hinkley drift detector and continual-learning metrics.
 
-The stream visits regimes 0, 1, ..., K-1 (``data.py``) for ``segment_steps`` steps
-each. At every step it delivers ``batch_size`` fresh sequences; the learner is
-first *tested* on them (prequential, "test-then-train", Dawid 1984; Gama et al.
-2013) and then takes one optimizer step. Methods, all at equal compute (one
+The stream is a ``data.DriftSchedule``: segments of ``segment_steps`` steps, each drawn
+from one regime, switched abruptly, ramped gradually or revisiting earlier regimes
+(Gama et al. 2014). At every step it delivers ``batch_size`` fresh sequences; the
+learner is first *tested* on them (prequential, "test-then-train", Dawid 1984; Gama et
+al. 2013) and then takes one optimizer step. Methods, all at equal compute (one
 forward+backward over ``batch_size`` sequences per step) and the same stream:
 
 * ``naive``  -- online SGD (AdamW) on the fresh sequences only.
 * ``replay`` -- experience replay (Chaudhry et al. 2019, "On Tiny Episodic
-  Memories"): half fresh sequences, half drawn from a reservoir-sampled memory
-  (Vitter 1985, Algorithm R), which holds a uniform sample of everything seen.
+  Memories"): a share ``replay_frac`` of the batch drawn from a reservoir-sampled
+  memory (Vitter 1985, Algorithm R), which holds a uniform sample of everything seen,
+  the rest fresh sequences.
 * ``agem``   -- Averaged GEM (Chaudhry et al. 2019, arXiv:1812.00420): gradient
-  on half fresh sequences, projected so it does not increase the loss on half a
-  batch from the same reservoir (g <- g - (g.g_ref / g_ref.g_ref) g_ref when
-  g.g_ref < 0).
+  on the fresh part of the batch, projected so it does not increase the loss on the
+  memory part (``replay_frac`` of the batch, from the same reservoir):
+  g <- g - (g.g_ref / g_ref.g_ref) g_ref when g.g_ref < 0.
 * ``ewc``    -- online Elastic Weight Consolidation (Kirkpatrick et al. 2017;
   Schwarz et al. 2018, "Progress & Compress"): trains on the fresh sequences like
   ``naive`` plus a penalty (lambda/2) sum_i F_i (theta_i - theta*_i)^2. It
@@ -27,10 +29,11 @@ The ``PageHinkley`` test (Page 1954; Gama et al. 2014 survey, Sec. 3.2) watches 
 prequential loss and flags increases in its mean: the regime changes.
 
 Metrics follow Lopez-Paz & Ranzato 2017 (GEM) and Chaudhry et al. 2018 (RWalk):
-``R[i, j]`` = accuracy on held-out data of regime j after training on segment i;
+``R[i, j]`` = accuracy on held-out data of segment j's regime after training on segment i;
 average accuracy = mean_j R[K-1, j]; backward transfer BWT = mean_{j<K-1}
 (R[K-1, j] - R[j, j]); forgetting f_j = max_{l<K-1} R[l, j] - R[K-1, j], averaged
-over j < K-1.
+over j < K-1. Recovery after a drift is measured against one common reference per
+regime (``recovery_tokens``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from experiments.incremental.data import MarkovSource
+from experiments.incremental.data import DriftSchedule, MarkovSource
 from experiments.incremental.model import TransformerConfig, seeded_model
 from experiments.incremental.train import evaluate, lm_loss
 
@@ -126,22 +129,41 @@ def continual_metrics(R) -> dict:
     }
 
 
-def tokens_to_recover(
-    acc, drift_steps, segment_steps: int, tokens_per_step: int, frac: float = 0.9, smooth: int = 5
-) -> list[float]:
-    """Tokens after each drift until the prequential accuracy is back to ``frac`` of its level.
+def reference_plateau(acc, tail: float = 0.2) -> float:
+    """Mean prequential accuracy over the last ``tail`` of a run: the level a learner
+    reaches on a regime when it sees nothing else (the recovery reference)."""
+    acc = np.asarray(acc, float)
+    return float(acc[-max(1, round(tail * acc.size)) :].mean())
 
-    The level is the mean accuracy over the last 20% of that segment (the plateau
-    the learner reaches on the new regime); accuracy is a trailing mean over
-    ``smooth`` steps. NaN if it never gets there within the segment.
+
+def recovery_tokens(
+    acc,
+    drift_steps,
+    reference_levels,
+    segment_steps: int,
+    tokens_per_step: int,
+    frac: float = 0.9,
+    smooth: int = 5,
+) -> list[float]:
+    """Tokens after each drift until the prequential accuracy reaches ``frac`` of one
+    common reference level for the incoming regime.
+
+    ``reference_levels[k]`` is the plateau of a reference learner trained on drift k's
+    regime alone (``reference_plateau``), the same for every method, so methods are
+    compared against one bar rather than each against its own final level. ``acc`` is the
+    accuracy on the incoming regime's sequences (NaN at steps with none, as at the start
+    of a gradual ramp); it is a trailing mean over ``smooth`` steps within the segment,
+    skipping NaN. NaN if it never gets there before the next drift.
     """
     acc = np.asarray(acc, float)
     out = []
-    for d in drift_steps:
+    for d, level in zip(drift_steps, reference_levels, strict=True):
         seg = acc[d : d + segment_steps]
-        target = frac * seg[-max(1, segment_steps // 5) :].mean()
-        rolled = np.array([seg[max(0, i - smooth + 1) : i + 1].mean() for i in range(len(seg))])
-        hit = np.nonzero(rolled >= target)[0]
+        windows = [seg[max(0, i - smooth + 1) : i + 1] for i in range(len(seg))]
+        rolled = np.array(
+            [w[~np.isnan(w)].mean() if (~np.isnan(w)).any() else -1.0 for w in windows]
+        )
+        hit = np.nonzero(rolled >= frac * level)[0]
         out.append(float((hit[0] + 1) * tokens_per_step) if hit.size else math.nan)
     return out
 
@@ -151,12 +173,13 @@ class OnlineConfig:
     segment_steps: int = 60  # optimizer steps per regime
     batch_size: int = 8  # fresh sequences per step = compute per step (sequences)
     seq_len: int = 64  # tokens per sequence
-    lr: float = 2e-3  # constant AdamW learning rate
+    lr: float = 2e-3  # constant AdamW learning rate (run_drift: each method's tuned one)
     memory: int = 512  # reservoir capacity (sequences) for replay and A-GEM
+    replay_frac: float = 0.5  # replay / A-GEM: share of the batch drawn from the memory (tuned)
     eval_seqs: int = 32  # held-out sequences per regime for the accuracy matrix
     ph_delta: float = 0.05  # Page-Hinkley tolerance (nats)
     ph_threshold: float = 1.0  # Page-Hinkley alarm threshold (nats)
-    ewc_lambda: float = 1e5  # best avg accuracy of 1e3..1e8 on seed 100 (not a test seed)
+    ewc_lambda: float = 1e5  # EWC penalty weight (tuned: experiment.TUNED_HYPERPARAMETERS)
     ewc_gamma: float = 1.0  # online-EWC decay of old Fisher terms
     fisher_seqs: int = 32  # recent sequences used for the Fisher estimate at an alarm
 
@@ -214,8 +237,14 @@ def run_online(
     cfg: OnlineConfig,
     seed: int = 0,
     device="cpu",
+    schedule: DriftSchedule | None = None,
 ) -> dict:
-    """Prequential run of one method over regimes 0..K-1; see the module docstring."""
+    """Prequential run of one method over the stream ``schedule`` describes (default:
+    regimes 0..K-1, abrupt switches); see the module docstring. ``acc_matrix[i, j]`` is the
+    accuracy on segment j's regime after segment i."""
+    schedule = schedule or DriftSchedule(tuple(range(len(regimes))), cfg.segment_steps)
+    if schedule.segment_steps != cfg.segment_steps:
+        raise ValueError("schedule.segment_steps must equal cfg.segment_steps")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     # One generator per source of randomness, so every method sees the same fresh stream
@@ -229,23 +258,34 @@ def run_online(
     stream_digest = hashlib.sha256()
     eval_g = torch.Generator().manual_seed(10_000 + seed)
     held_out = [src.sample(cfg.eval_seqs, cfg.seq_len, eval_g).to(device) for src in regimes]
-    K, B, half = len(regimes), cfg.batch_size, cfg.batch_size // 2
+    K, B = len(schedule.order), cfg.batch_size
+    n_mem = min(B - 1, max(1, round(B * cfg.replay_frac)))  # replayed sequences per step
+    n_fresh = B - n_mem  # fresh sequences trained on beside them (replay, A-GEM)
     R = np.zeros((K, K))
-    preq_loss, preq_acc = [], []
+    preq_loss, preq_acc, preq_acc_incoming = [], [], []
     ph = PageHinkley(cfg.ph_delta, cfg.ph_threshold)
     detections = []
     ewc = OnlineEWC(model, cfg.ewc_lambda, cfg.ewc_gamma) if method == "ewc" else None
     recent: list[torch.Tensor] = []  # last fisher_seqs sequences (FIFO), for EWC
     extra_seq_passes = 0
-    for r, src in enumerate(regimes):
-        for _ in range(cfg.segment_steps):
-            fresh = src.sample(B, cfg.seq_len, stream_g)
+    for seg in range(K):
+        for i in range(cfg.segment_steps):
+            step = seg * cfg.segment_steps + i
+            fresh, incoming = schedule.sample(regimes, step, B, cfg.seq_len, stream_g)
             stream_digest.update(fresh.numpy().tobytes())
             fresh = fresh.to(device)
             # test ...
             loss, acc = evaluate(model, fresh)
             preq_loss.append(loss)
             preq_acc.append(acc)
+            # accuracy on the incoming regime's sequences alone: during a gradual ramp the
+            # batch is mostly the outgoing regime, whose accuracy says nothing of recovery
+            if incoming.all():
+                preq_acc_incoming.append(acc)
+            elif incoming.any():
+                preq_acc_incoming.append(evaluate(model, fresh[incoming.to(device)])[1])
+            else:
+                preq_acc_incoming.append(math.nan)
             if ph.update(loss):
                 detections.append(len(preq_loss) - 1)
                 if ewc is not None and recent:  # the alarm batch itself is not used
@@ -258,13 +298,13 @@ def run_online(
             elif method == "ewc":
                 (lm_loss(model, fresh)[0] + ewc.penalty(model)).backward()
             elif method == "replay":
-                batch = torch.cat([fresh[:half], memory.sample(B - half).to(device)])
+                batch = torch.cat([fresh[:n_fresh], memory.sample(n_mem).to(device)])
                 lm_loss(model, batch)[0].backward()
             else:  # agem
-                lm_loss(model, memory.sample(B - half).to(device))[0].backward()
+                lm_loss(model, memory.sample(n_mem).to(device))[0].backward()
                 g_ref = _flat_grad(model)
                 opt.zero_grad(set_to_none=False)
-                lm_loss(model, fresh[:half])[0].backward()
+                lm_loss(model, fresh[:n_fresh])[0].backward()
                 grad = _flat_grad(model)
                 dot = grad @ g_ref
                 if dot < 0:
@@ -273,9 +313,10 @@ def run_online(
             opt.step()
             memory.add(fresh.cpu())
             recent = (recent + list(fresh.cpu()))[-cfg.fisher_seqs :]
-        R[r] = [evaluate(model, h)[1] for h in held_out]
+        acc_on = {r: evaluate(model, held_out[r])[1] for r in set(schedule.order)}
+        R[seg] = [acc_on[r] for r in schedule.order]
     tokens_per_step = B * cfg.seq_len
-    drifts = [r * cfg.segment_steps for r in range(1, K)]
+    drifts = schedule.drift_steps
     return {
         "method": method,
         "seed": seed,
@@ -283,14 +324,13 @@ def run_online(
         **continual_metrics(R),
         "preq_loss": np.array(preq_loss),
         "preq_acc": np.array(preq_acc),
+        "preq_acc_incoming": np.array(preq_acc_incoming),  # NaN where none came from it
         "drift_steps": drifts,
         "detected_steps": detections,
         "tokens_per_step": tokens_per_step,
         "extra_seq_passes": extra_seq_passes,
         "stream_digest": stream_digest.hexdigest(),  # equal across methods for one seed
-        "tokens_to_recover": tokens_to_recover(
-            preq_acc, drifts, cfg.segment_steps, tokens_per_step
-        ),
+        "regime_order": list(schedule.order),
     }
 
 
