@@ -387,16 +387,23 @@ def test_notebook_quick_end_to_end(tmp_path, monkeypatch):
         "stream_nll_ratio_sink_vs_recompute",
         "stream_nll_ratio_window_vs_recompute",
         "stream_mem_growth_sink",
-        "drift_forgetting_naive",
-        "drift_forgetting_replay",
-        "drift_replay_vs_naive_forgetting_ratio",
-        "drift_tokens_to_recover_replay",
+        "drift_abrupt_forgetting_naive",
+        "drift_abrupt_forgetting_replay_ci95",
+        "drift_abrupt_replay_vs_naive_forgetting_ratio",
+        "drift_abrupt_tokens_to_recover_replay",
+        "decode_speedup_batch32",
+        "memory_slope_bytes_per_token_dense",
+        "sink_mass_first_token_layer0_plain",
+        "sink_mass_first_token_layer1_sink_token",
+        "sink_nll_ratio_window_vs_recompute_4x_sink_token",
+        "sink_nll_ratio_sink4_vs_recompute_4x_plain",
+        "notebook_wall_s",
     ):
         assert name in metrics, name
     assert metrics["cache_max_abs_diff"] <= ATOL
     assert metrics["stream_mem_growth_sink"] == 1.0
     artifacts = [e for e in lines if e["kind"] == "artifact"]
-    assert {Path(a["path"]).suffix for a in artifacts} == {".png"} and len(artifacts) >= 3
+    assert {Path(a["path"]).suffix for a in artifacts} == {".png"} and len(artifacts) >= 7
     assert_figures_shown_and_stored_once(tmp_path / "out.ipynb", run_dir)
 
 
