@@ -51,7 +51,12 @@ from experiments.incremental import (
     tune_methods,
 )
 from experiments.incremental.memory import measure_stream_memory
-from experiments.incremental.sinks import SinkExperimentConfig, quick_config, run_sink_experiment
+from experiments.incremental.sinks import (
+    SINK_THRESHOLD,
+    SinkExperimentConfig,
+    quick_config,
+    run_sink_experiment,
+)
 
 SECTIONS = ("decode", "batches", "stream", "memory", "sinks", "drift")
 
@@ -213,8 +218,13 @@ def print_sink_experiment(sk: dict) -> None:
             top = " ".join(f"{x:.3f}" for x in mass["per_head"].max(axis=1))
             print(
                 f"  attention mass on {label:>10} per layer: {layers}  (most-attending head per "
-                f"layer: {top}; uniform attention: {mass['uniform']:.3f})"
+                f"layer: {top}; uniform attention: {mass['uniform']:.3f}; heads above "
+                f"{SINK_THRESHOLD}: {100 * mass['sink_rate']:.0f}%)"
             )
+        history = " ".join(
+            f"{step}:{'/'.join(f'{x:.3f}' for x in mass)}" for step, mass in m["mass_history"]
+        )
+        print(f"  mass on token 0 per layer during training (step:layers): {history}")
         ks = sorted(m["nll_at"]["recompute"])
         head = " ".join(f"{f'NLL @{k}x':>9} {'ratio':>6}" for k in ks)
         print(f"  {'policy':>10} {head}")

@@ -36,6 +36,7 @@ from experiments.incremental.text import VOCAB, stdlib_stream
 from experiments.incremental.train import TrainConfig, lm_loss, train_lm
 
 SINK_TOKEN = VOCAB  # one id past the bytes, used only by the sink-token model
+SINK_THRESHOLD = 0.3  # a head "has a sink" above this mean mass on the first token
 
 
 @dataclass
@@ -119,9 +120,12 @@ def attention_mass_on_first(
     """Mean attention weight on keys 0..n_first-1 from queries at positions >= min_query.
 
     Returns ``per_layer`` (n_layer,) averaged over heads, ``per_head`` (n_layer, nh),
-    and ``uniform``: what attention spread evenly over each causal prefix would put on
-    those keys (n_first / (i + 1), averaged over the same queries). A sink is a mass
-    far above ``uniform``; attention that avoids the first tokens sits below it.
+    ``uniform``: what attention spread evenly over each causal prefix would put on
+    those keys (n_first / (i + 1), averaged over the same queries), and ``sink_rate``:
+    the fraction of heads whose mean mass exceeds ``SINK_THRESHOLD`` (Gu et al. 2024,
+    "When Attention Sink Emerges in Language Models", arXiv:2410.10781: Sink_1^eps with
+    eps = 0.3). A sink is a mass far above ``uniform``; attention that avoids the first
+    tokens sits below it.
     """
     model.eval()
     T = seqs.shape[1]
@@ -138,6 +142,7 @@ def attention_mass_on_first(
         "per_layer": per_head.mean(axis=1),
         "per_head": per_head,
         "uniform": float(np.mean(n_first / (queries + 1))),
+        "sink_rate": float((per_head > SINK_THRESHOLD).mean()),
     }
 
 
