@@ -225,6 +225,8 @@ def print_sink_experiment(sk: dict) -> None:
             f"{step}:{'/'.join(f'{x:.3f}' for x in mass)}" for step, mass in m["mass_history"]
         )
         print(f"  mass on token 0 per layer during training (step:layers): {history}")
+        recent = " ".join(f"{x:.3f}" for x in m["mass_first"]["recent_per_layer"])
+        print(f"  attention mass on the 8 most recent tokens (itself included) per layer: {recent}")
         ks = sorted(m["nll_at"]["recompute"])
         head = " ".join(f"{f'NLL @{k}x':>9} {'ratio':>6}" for k in ks)
         print(f"  {'policy':>10} {head}")

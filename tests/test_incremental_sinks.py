@@ -88,6 +88,7 @@ def test_attention_mass_equals_uniform_when_attention_is_uniform():
         assert m["per_head"].shape == (2, 4)
         np.testing.assert_allclose(m["per_layer"], m["uniform"], rtol=1e-5)
         assert m["sink_rate"] == 0.0
+        np.testing.assert_allclose(m["recent_per_layer"], np.mean(8 / np.arange(9, 41)), rtol=1e-5)
     whole = attention_mass_on_first(model, x, n_first=40, min_query=8)  # every key
     np.testing.assert_allclose(whole["per_layer"], 1.0, rtol=1e-5)
     assert whole["sink_rate"] == 1.0

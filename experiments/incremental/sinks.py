@@ -115,7 +115,11 @@ def train_text_model(
 
 @torch.no_grad()
 def attention_mass_on_first(
-    model: Transformer, seqs: torch.Tensor, n_first: int = 1, min_query: int = 16
+    model: Transformer,
+    seqs: torch.Tensor,
+    n_first: int = 1,
+    min_query: int = 16,
+    n_recent: int = 8,
 ) -> dict:
     """Mean attention weight on keys 0..n_first-1 from queries at positions >= min_query.
 
@@ -125,16 +129,20 @@ def attention_mass_on_first(
     the fraction of heads whose mean mass exceeds ``SINK_THRESHOLD`` (Gu et al. 2024,
     "When Attention Sink Emerges in Language Models", arXiv:2410.10781: Sink_1^eps with
     eps = 0.3). A sink is a mass far above ``uniform``; attention that avoids the first
-    tokens sits below it.
+    tokens sits below it. ``recent_per_layer`` is the mass on each query's ``n_recent``
+    most recent keys (itself included): how local the attention is.
     """
     model.eval()
     T = seqs.shape[1]
-    per_head = []
+    per_head, recent = [], []
+    offset = torch.arange(T)[:, None] - torch.arange(T)[None, :]  # query minus key position
+    is_recent = ((offset >= 0) & (offset < n_recent)).to(seqs.device)  # (T, T)
     x = model.tok_emb(seqs)  # (B, T, C)
     for block in model.blocks:
         probs = block.attn.attention_probs(block.ln1(x), model.rotary)  # (B, nh, T, T)
         mass = probs[:, :, min_query:, :n_first].sum(-1)  # (B, nh, T - min_query)
         per_head.append(mass.mean(dim=(0, 2)))
+        recent.append((probs * is_recent)[:, :, min_query:].sum(-1).mean())
         x = block(x, model.rotary, 0)
     per_head = torch.stack(per_head).cpu().numpy()  # (n_layer, nh)
     queries = np.arange(min_query, T)
@@ -143,6 +151,7 @@ def attention_mass_on_first(
         "per_head": per_head,
         "uniform": float(np.mean(n_first / (queries + 1))),
         "sink_rate": float((per_head > SINK_THRESHOLD).mean()),
+        "recent_per_layer": torch.stack(recent).cpu().numpy(),
     }
 
 
