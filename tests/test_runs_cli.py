@@ -429,3 +429,35 @@ def test_figures_show_in_the_output_notebook_and_each_png_is_stored_once(cli, pr
     artifacts = cli.json("runs", "show", "1")["artifacts"]
     assert sorted(Path(a).name for a in artifacts) == ["bars.png", "line.png"]
     assert all(Path(a).is_file() for a in artifacts)
+
+
+def test_a_kernel_that_dies_before_answering_is_started_once_more(monkeypatch):
+    """No cell has run when a kernel dies before its first reply, so one more start is
+    safe; any other start failure, or a second death, still ends the run."""
+    from research.runs import papermill_child as child
+
+    calls = []
+    deaths = {"left": 1}
+
+    def start(kernel_name, cwd):
+        calls.append(kernel_name)
+        if deaths["left"]:
+            deaths["left"] -= 1
+            raise RuntimeError("Kernel died before replying to kernel_info")
+
+    monkeypatch.setattr(child, "_start_kernel", start)
+    monkeypatch.setattr(child, "_shutdown_kernel", lambda km: None)
+    child._start_kernel_retrying("python3", ".")
+    assert calls == ["python3", "python3"]
+    calls.clear()
+    deaths["left"] = 2
+    with pytest.raises(RuntimeError, match="died before replying"):
+        child._start_kernel_retrying("python3", ".")
+    assert len(calls) == 2
+
+    def unresponsive(kernel_name, cwd):
+        raise RuntimeError("kernel didn't respond to its set-up")
+
+    monkeypatch.setattr(child, "_start_kernel", unresponsive)
+    with pytest.raises(RuntimeError, match="didn't respond"):
+        child._start_kernel_retrying("python3", ".")

@@ -211,6 +211,20 @@ def _start_kernel(kernel_name: str, cwd: str) -> None:
     _track_kernel(km)
 
 
+def _start_kernel_retrying(kernel_name: str, cwd: str) -> None:
+    """``_start_kernel``, once more with a fresh kernel if the first died before it
+    answered: no cell has run then, so a second start repeats nothing. (Seen with
+    several kernels starting at once on a loaded 2-core machine.)"""
+    try:
+        _start_kernel(kernel_name, cwd)
+    except RuntimeError as exc:
+        if "Kernel died before replying" not in str(exc) or STATE.terminating:
+            raise
+        _shutdown_kernel(STATE.kernel_manager)
+        STATE.prestarted = None
+        _start_kernel(kernel_name, cwd)
+
+
 async def _execute_quietly(km, code: str):
     client = km.client()
     client.start_channels()
@@ -329,7 +343,7 @@ def _run(job: dict) -> dict:
     )
     injected = bool(parameters) and not had_injected
     try:
-        _start_kernel(kernel_name, job.get("cwd") or os.getcwd())
+        _start_kernel_retrying(kernel_name, job.get("cwd") or os.getcwd())
         if STATE.terminating:
             raise _Terminated()
         papermill.execute_notebook(
