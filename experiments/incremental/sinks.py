@@ -62,6 +62,11 @@ class SinkExperimentConfig:
         )
 
 
+def with_sink(seqs: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B, T + 1): ``SINK_TOKEN`` in front of every sequence."""
+    return torch.cat([torch.full_like(seqs[:, :1], SINK_TOKEN), seqs], dim=1)
+
+
 def text_batches(tokens: torch.Tensor, batch_size: int, seq_len: int, sink_token: bool):
     """A sampler for ``train_lm``: ``batch_size`` random windows of ``tokens``, each
     ``seq_len`` long; with ``sink_token`` the window's last byte makes room for
@@ -70,10 +75,7 @@ def text_batches(tokens: torch.Tensor, batch_size: int, seq_len: int, sink_token
     def sample(g: torch.Generator) -> torch.Tensor:
         start = torch.randint(tokens.numel() - seq_len, (batch_size,), generator=g)
         seqs = torch.stack([tokens[s : s + seq_len] for s in start.tolist()])  # (B, T)
-        if sink_token:
-            sink = torch.full((batch_size, 1), SINK_TOKEN, dtype=seqs.dtype)
-            seqs = torch.cat([sink, seqs[:, :-1]], dim=1)
-        return seqs
+        return with_sink(seqs[:, :-1]) if sink_token else seqs
 
     return sample
 
@@ -184,8 +186,7 @@ def stream_model(
     dropped, so its curves line up with the plain model's token for token.
     """
     if sink_token:
-        sink = torch.full((streams.shape[0], 1), SINK_TOKEN, dtype=streams.dtype)
-        streams = torch.cat([sink, streams], dim=1)
+        streams = with_sink(streams)
     out = {}
     for label, policy, n_sink in policy_runs(cfg):
         window = cfg.cache - n_sink
@@ -222,9 +223,7 @@ def run_sink_experiment(
     probe = held_out_streams(held, cfg.n_streams, cfg.seq_len)  # attention-mass inputs
     out = {"config": cfg, "stream_len": n_stream, "models": {}}
     for variant, sink_token in (("plain", False), ("sink_token", True)):
-        x = probe.to(device)
-        if sink_token:
-            x = torch.cat([torch.full_like(x[:, :1], SINK_TOKEN), x[:, :-1]], dim=1)
+        x = with_sink(probe[:, :-1]).to(device) if sink_token else probe.to(device)
         model, info = train_text_model(cfg, sink_token, train, device, probe=x)
         say(f"sinks: trained {variant} model in {info['train_s']:.0f} s")
         held_nll = lm_loss(model, x)[0].item()
