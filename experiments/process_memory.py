@@ -52,6 +52,30 @@ def peak_bytes(resettable: bool) -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
+def pin_malloc_thresholds(bytes_: int = 131072) -> bool:
+    """Pin glibc's mmap and trim thresholds in this process (and children it forks).
+
+    The same as the environment ``run_worker`` sets, for a process already running:
+    large blocks are mmap'ed and unmapped on free, so a freed batch leaves RSS at
+    once and peaks measured one after another are each their own. False where
+    glibc's ``mallopt`` is not available.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, bytes_)) and bool(
+            libc.mallopt(m_trim_threshold, bytes_)
+        )
+    except (OSError, AttributeError):
+        return False
+
+
 def vm_size_bytes() -> int:
     try:
         return status_kib("VmSize") * 1024

@@ -77,12 +77,13 @@ def deadlock_guard(request):
     assert not multiprocessing.active_children(), "leaked worker processes"
 
 
-def _random_dataset(n=60, seed=0, lo=4 * KB, hi=64 * KB, produce_s=0.0, **kw):
+def _random_dataset(n=60, seed=0, lo=4 * KB, hi=64 * KB, produce_s=0.0, known_sizes=True, **kw):
+    """Random sizes, told to the loader in advance unless ``known_sizes=False``."""
     rng = np.random.default_rng(seed)
     sizes = [int(s) for s in rng.integers(lo, hi, n)]
     if produce_s == "random":
         produce_s = [float(x) for x in rng.uniform(0, 0.004, n)]
-    return SyntheticDataset(sizes, produce_s, **kw)
+    return SyntheticDataset(sizes, produce_s, known_sizes=known_sizes, **kw)
 
 
 def _consume(iterable, step_s=0.0):
@@ -116,7 +117,8 @@ def test_budget_never_exceeded_and_credit_balances(workers):
 def test_item_larger_than_budget_travels_alone():
     sizes = [8 * KB] * 10
     sizes[4] = 100 * KB  # bigger than the whole budget
-    loader = BackpressureLoader(SyntheticDataset(sizes), budget_bytes=32 * KB, num_workers=2)
+    ds = SyntheticDataset(sizes, known_sizes=True)
+    loader = BackpressureLoader(ds, budget_bytes=32 * KB, num_workers=2)
     assert _consume(loader) == list(range(10))
     st = loader.stats()
     assert st.violations == 0 and st.credit_balanced
@@ -135,15 +137,41 @@ def test_sampler_order_and_unordered_delivery():
 
 
 def test_size_unknown_is_estimated_and_accounted():
-    class NoHint(SyntheticDataset):
-        item_nbytes = None  # the loader cannot know a size before production
-
-    ds = NoHint([16 * KB] * 20)
+    ds = SyntheticDataset([16 * KB] * 20)  # sizes not offered: the loader estimates them
     loader = BackpressureLoader(ds, budget_bytes=64 * KB, num_workers=2)
     assert _consume(loader) == list(range(20))
     st = loader.stats()
-    assert st.credit_balanced and st.violations == 0  # max-seen estimate is exact here
+    assert st.credit_balanced and st.violations == 0  # every estimate is exact here
     assert st.peak_in_flight_bytes <= 64 * KB
+    assert st.reservations.estimated == 20 and st.reservations.short == 0
+
+
+def _one_surprise(headroom_items):
+    """Twelve 8 KB items, then a 48 KB one nobody announced, then more small ones."""
+    sizes = [8 * KB] * 40
+    sizes[12] = 48 * KB
+    ds = SyntheticDataset(sizes, produce_s=0.004)
+    ds.max_item_nbytes = 48 * KB  # the dataset declares a bound, not the sizes
+    loader = BackpressureLoader(
+        ds, budget_bytes=60 * KB, num_workers=4, size_headroom_items=headroom_items
+    )
+    assert _consume(loader, step_s=0.001) == list(range(40))
+    return loader.stats()
+
+
+def test_headroom_absorbs_an_item_larger_than_its_estimate():
+    st = _one_surprise(headroom_items=1)
+    r = st.reservations
+    assert r.short == 1 and r.short_max_bytes == 40 * KB  # reserved 8 KB, came as 48 KB
+    assert st.violations == 0 and st.over_budget_max_bytes == 0  # the headroom held it
+    assert st.credit_balanced
+
+
+def test_without_headroom_a_surprise_goes_over_and_is_counted():
+    st = _one_surprise(headroom_items=0)
+    assert st.reservations.short == 1
+    assert st.violations >= 1 and 0 < st.over_budget_max_bytes <= 40 * KB
+    assert st.credit_balanced
 
 
 class ShardedStream(torch.utils.data.IterableDataset):
@@ -447,7 +475,9 @@ def test_workloads_have_the_stated_shapes():
 
 def test_backpressure_run_on_a_small_workload():
     wl = make_workload("slowdown", 120, scale=1 / 64, speed=2.0)  # 8-128 KB items
-    run = run_backpressure(wl, budget_bytes=1 * MB, num_workers=3, workers="thread")
+    run = run_backpressure(
+        wl, budget_bytes=1 * MB, num_workers=3, workers="thread", known_sizes=True
+    )
     assert run.items == 120 and run.violations == 0
     assert run.peak_bytes <= run.ledger_peak_bytes <= 1 * MB
     s = settling(run, wl.change_at)
@@ -457,7 +487,7 @@ def test_backpressure_run_on_a_small_workload():
 def test_a_real_run_does_not_beat_the_oracle_schedule():
     wl = make_workload("heavy_tailed", 100, scale=1 / 64, speed=2.0)  # 8-128 KB items
     budget = int(1.2 * max(wl.sizes))  # tight: the largest items go nearly alone
-    run = run_backpressure(wl, budget_bytes=budget, num_workers=3, workers="thread")
+    run = run_backpressure(wl, budget, num_workers=3, workers="thread", known_sizes=True)
     steps = measured_steps(wl, run.limit)
     oracle = oracle_schedule(wl.sizes, wl.produce_s, steps, budget, num_workers=3)
     unbounded = oracle_schedule(wl.sizes, wl.produce_s, steps, sum(wl.sizes), num_workers=3)
@@ -502,3 +532,14 @@ def test_notebook_quick_run_records_metrics(tmp_path, monkeypatch):
     artifacts = [r for r in records if r["kind"] == "artifact"]
     assert artifacts and all(os.path.exists(a["path"]) for a in artifacts)
     assert_figures_shown_and_stored_once(out, tmp_path / "run")  # under Agg too
+
+
+def test_a_jpeg_run_estimates_sizes_and_measures_memory():
+    wl = make_workload("jpeg", 40, scale=1 / 16, speed=2.0)
+    budget = 2 * max(wl.sizes)
+    run = run_backpressure(wl, budget, num_workers=2, workers="thread")
+    assert run.items == 40 and run.sizes == "estimated"
+    assert 0 <= run.under_reserved < 1 and run.over_budget_bytes >= 0
+    assert run.rss_peak_bytes > 0
+    known = run_backpressure(wl, budget, num_workers=2, workers="thread", known_sizes=True)
+    assert known.violations == 0 and known.over_budget_bytes == 0 and known.under_reserved is None

@@ -10,8 +10,9 @@ so nothing deadlocks). The scheduler adds a second gate, the adaptive depth from
 :mod:`experiments.backpressure.control`.
 
 Grants are made in sampler order, so the item the consumer needs next is never
-starved by later ones. Every grant is checked against the budget and any excess
-is counted in ``violations``; the ledger also keeps a timeline of
+starved by later ones. A grant made on an estimated size is trued up when the
+item arrives (``adjust``). Every grant and true-up is checked against the budget:
+excesses are counted in ``violations`` and the largest in ``over_max``; the ledger also keeps a timeline of
 (time, bytes, count, budget) and the time the producer side spent blocked.
 """
 
@@ -34,7 +35,8 @@ class ByteCredits:
         self.granted_total = 0  # bytes ever granted (for the balance check)
         self.returned_total = 0  # bytes ever returned
         self.peak = 0  # largest in_flight seen
-        self.violations = 0  # grants that left in_flight > budget with another item in flight
+        self.violations = 0  # grants or true-ups that left in_flight > budget, others in flight
+        self.over_max = 0  # the most bytes in_flight exceeded the budget by (others in flight)
         self.blocked_s = 0.0  # time the scheduler held the next item back (credit or depth)
         self.closed = False
         self.record_timeline = record_timeline
@@ -53,9 +55,13 @@ class ByteCredits:
         self.count += 1
         self.granted_total += nbytes
         self.peak = max(self.peak, self.in_flight)
+        self._check_over()
+        self._mark()
+
+    def _check_over(self) -> None:
         if self.in_flight > self.budget and self.count > 1:
             self.violations += 1
-        self._mark()
+            self.over_max = max(self.over_max, self.in_flight - self.budget)
 
     def adjust(self, reserved: int, actual: int) -> None:
         """True up a grant made on an estimate once the item's real size is known."""
@@ -66,8 +72,7 @@ class ByteCredits:
             self.granted_total += actual - reserved
             if actual > reserved:
                 self.peak = max(self.peak, self.in_flight)
-                if self.in_flight > self.budget and self.count > 1:
-                    self.violations += 1
+                self._check_over()
             self._mark()
             self.cond.notify_all()
 

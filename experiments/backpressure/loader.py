@@ -29,12 +29,17 @@ Pipeline (one pass)::
 * Memory pressure (:class:`~experiments.backpressure.control.MemoryPressure`)
   scales the budget down above a high watermark and back up below a low one.
 
-Sizes: a map-style dataset tells the loader an item's size before it is produced
-through ``size_fn(index)`` or a ``dataset.item_nbytes(index)`` method; then the
-budget holds exactly. Without a size (iterable datasets, or no hint) the loader
-reserves ``item_bytes_hint``, or the largest size seen so far (the first item
-travels alone), and trues the ledger up when the item arrives; an underestimate
-can then exceed the budget and is counted in ``violations``.
+Sizes: by default the loader does not know an item's size before it is produced,
+as a DataLoader does not. It reserves an estimate (:mod:`~experiments.backpressure.sizes`:
+a running high quantile of the sizes seen, per key when the dataset offers
+``item_size_key(index)``, scaled by ``item_size_hint(index)`` when it offers a
+hint such as a file size), keeps credit free for the worst excess of the items
+still in production (up to ``max_item_bytes``, or ``dataset.max_item_nbytes``, a
+bound such as the largest resolution, where one is known; else the largest size
+seen), and trues the ledger up when each item arrives; how often
+and by how much reservations fell short is in the stats. Given exact sizes
+(``size_fn(index)``, or a ``dataset.item_nbytes(index)`` method) the budget holds
+exactly: the known-size mode, an upper bound on what estimates can do.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import heapq
 import os
 import pickle
 import queue
@@ -62,6 +68,7 @@ from experiments.backpressure.control import (
     default_probe,
 )
 from experiments.backpressure.credits import ByteCredits
+from experiments.backpressure.sizes import ReservationStats, SizeEstimator
 
 MB = 2**20
 
@@ -77,7 +84,11 @@ class BackpressureConfig:
     pressure: PressureConfig | None = field(default_factory=PressureConfig)  # None: no signal
     device: str = "auto"  # where memory pressure is read: "cuda..." (mem_get_info) or "cpu"
     rss_limit_bytes: int | None = None  # CPU probe: RSS over this limit instead of host memory
-    item_bytes_hint: int | None = None  # reservation for items of unknown size
+    item_bytes_hint: int | None = None  # fixed reservation for items of unknown size
+    size_quantile: float = 0.9  # unknown sizes: reserve this running quantile of those seen
+    size_window: int = 256  # ... over the last this many items
+    size_headroom_items: int = 1  # keep credit free for the worst excess of this many guessed items
+    max_item_bytes: int | None = None  # a bound on any item's size, if known (else: largest seen)
     mp_context: str = "fork"  # multiprocessing start method for process workers
     sharing_strategy: str | None = None  # torch tensor sharing for processes; None: default
     poll_s: float = 0.05  # how often blocked waits re-check liveness and budget
@@ -251,13 +262,15 @@ class _Shared:
             probe = probe or default_probe(cfg.device, cfg.rss_limit_bytes)
             self.pressure = MemoryPressure(probe, cfg.pressure)
         self.reserved: dict[int, int] = {}  # seq -> bytes of credit it holds
+        self.estimator = SizeEstimator(cfg.size_quantile, cfg.size_window)
+        self.reservations = ReservationStats()
+        self.guessed: dict[int, tuple] = {}  # seq -> (key, hint, excess) while its size is a guess
         self.delivered: set[int] = set()  # seqs handed to the consumer, step not finished
         self.pending: dict[int, tuple] = {}  # seq -> message arrived, not yet delivered
         self.arrived: dict[int, float] = {}  # seq -> when its message arrived
         self.total: int | None = None  # number of tasks, once the sampler is exhausted
         self.exhausted: set[int] = set()  # iterable workers whose shard ended
         self.warm: set[int] = set()  # workers that delivered their first item
-        self.max_seen = 0  # largest item seen (the estimate for unknown sizes)
         self.scheduler_waiting = False
         self.receiver_error: _ExceptionInfo | None = None
         self.finished: queue.SimpleQueue = queue.SimpleQueue()  # acked steps, for the reclaimer
@@ -283,10 +296,25 @@ class _Shared:
         """Items holding credit that the consumer has not received yet."""
         return len(self.reserved) - len(self.delivered)
 
-    def estimate(self) -> int:
+    def reservation(self, exact: int | None, key, hint) -> tuple[int, int]:
+        """(bytes to reserve, plausible excess over it) for the next item (lock held)."""
+        if exact is not None:
+            return exact, 0
         if self.cfg.item_bytes_hint:
-            return int(self.cfg.item_bytes_hint)
-        return self.max_seen if self.max_seen else self.credits.budget  # the first travels alone
+            return int(self.cfg.item_bytes_hint), 0
+        est = self.estimator.estimate(key, hint)
+        if est is None:  # nothing seen yet: the first item travels alone
+            return max(1, self.credits.budget), 0
+        upper = est.upper if self.cfg.max_item_bytes is None else self.cfg.max_item_bytes
+        return est.reserve, max(0, upper - est.reserve)
+
+    def headroom(self, excess: int) -> int:
+        """Credit kept free: the largest excesses possible among the guessed items not yet
+        arrived and the next one, as many as ``size_headroom_items`` (lock held)."""
+        k = self.cfg.size_headroom_items
+        if k <= 0:
+            return 0
+        return sum(heapq.nlargest(k, [excess, *(g[2] for g in self.guessed.values())]))
 
     def file(self, msg) -> None:
         """Record an arrived message (lock held)."""
@@ -297,16 +325,23 @@ class _Shared:
         seq = msg[1]
         if kind == "item":
             _, _, worker, _, nbytes, t_start, t_ready = msg
-            self.credits.adjust(self.reserved.get(seq, nbytes), nbytes)
+            reserved = self.reserved.get(seq, nbytes)
+            guess = self.guessed.pop(seq, None)
+            if guess is not None:
+                key, hint, _ = guess
+                self.reservations.record(reserved, nbytes)
+                self.estimator.observe(nbytes, key, hint)
+            self.credits.adjust(reserved, nbytes)
             self.reserved[seq] = nbytes
-            self.max_seen = max(self.max_seen, nbytes)
             if worker in self.warm:
                 # W in Little's law: from production start until the item is here
                 # (for processes this includes the transfer through shared memory)
                 self.depth.observe_latency(nbytes, max(t_ready, time.monotonic()) - t_start)
             self.warm.add(worker)  # a worker's first item pays its start-up: not a sample
-        elif kind == "exhausted":
-            self.exhausted.add(msg[2])
+        else:  # an error or an ended shard: no item, no size to learn
+            self.guessed.pop(seq, None)
+            if kind == "exhausted":
+                self.exhausted.add(msg[2])
         self.pending[seq] = msg  # errors too: they are raised when their turn comes
         self.arrived[seq] = time.monotonic()
 
@@ -328,7 +363,7 @@ def _tasks(sampler, iterable: bool, num_workers: int, shared: _Shared):
         w += 1
 
 
-def _schedule(shared: _Shared, sampler, iterable, size_fn, task_qs, num_workers):
+def _schedule(shared: _Shared, sampler, iterable, size_info, task_qs, num_workers):
     """Scheduler thread: reserve credit in sampler order, release each task just in time.
 
     Little's law gives each item a depth D(size): it must be handed to a worker
@@ -341,38 +376,43 @@ def _schedule(shared: _Shared, sampler, iterable, size_fn, task_qs, num_workers)
     """
     cfg, credits, depth = shared.cfg, shared.credits, shared.depth
     tasks = _tasks(sampler, iterable, num_workers, shared)
-    ahead: deque = deque()  # (worker, index, size or None): peeked, not reserved
-    held: dict[int, tuple] = {}  # seq -> (worker, index, nbytes): reserved, not released
+    ahead: deque = deque()  # (worker, index, (exact size or None, key, hint)): peeked
+    held: dict[int, tuple] = {}  # seq -> (worker, index, size for depth): reserved, not released
     seq, sampler_done, failure = 0, False, None
     try:
         while True:
             while not sampler_done and len(ahead) < cfg.depth.max_depth:  # look ahead
                 try:
                     worker, index = next(tasks)
-                    size = size_fn(index) if (size_fn is not None and index is not None) else None
+                    info = size_info(index)
                 except StopIteration:
                     sampler_done = True
                     break
                 except Exception as e:  # raised to the consumer after the items before it
-                    failure = _ExceptionInfo(e, "the sampler or size_fn (scheduler thread)")
+                    failure = _ExceptionInfo(e, "the sampler or a size function (scheduler thread)")
                     sampler_done = True
                     break
-                ahead.append((worker, index, size))
+                ahead.append((worker, index, info))
             with shared.lock:
                 if credits.closed:
                     return
                 shared.refresh_budget()
                 progressed = False
                 if ahead:  # reserve the next item if it, or one after it, needs to start
-                    est = shared.estimate()
-                    sizes = [est if s is None else s for _, _, s in ahead]
+                    plans = [shared.reservation(*info) for _, _, info in ahead]
+                    # an estimated item may be as large as its upper bound: it is
+                    # started as early as the largest item it could be would need
+                    sizes = [nbytes + excess for nbytes, excess in plans]
                     needed = max(depth.depth_for(b) - t for t, b in enumerate(sizes))
                     # depth counts the items not yet delivered, plus the one in the step
                     within = credits.count == 0 or shared.undelivered() + 1 < needed
-                    if within and credits.fits(sizes[0]):
-                        worker, index, _ = ahead.popleft()
-                        credits.grant(sizes[0])
-                        shared.reserved[seq] = sizes[0]
+                    nbytes, excess = plans[0]
+                    if within and credits.fits(nbytes + shared.headroom(excess)):
+                        worker, index, (exact, key, hint) = ahead.popleft()
+                        credits.grant(nbytes)
+                        shared.reserved[seq] = nbytes
+                        if exact is None:
+                            shared.guessed[seq] = (key, hint, excess)
                         held[seq] = (worker, index, sizes[0])
                         seq += 1
                         progressed = True
@@ -493,7 +533,8 @@ def _stats(shared: _Shared, rec: _Record) -> LoaderStats:
     with c.cond:
         balanced = c.granted_total == c.returned_total + c.in_flight
         timeline = [(t - rec.t0, b, n, bud) for t, b, n, bud in c.timeline]
-        blocked, peak, violations = c.blocked_s, c.peak, c.violations
+        blocked, peak, violations, over = c.blocked_s, c.peak, c.violations, c.over_max
+        reservations = dataclasses.replace(shared.reservations)
     return LoaderStats(
         items=rec.items,
         bytes=rec.bytes,
@@ -507,6 +548,8 @@ def _stats(shared: _Shared, rec: _Record) -> LoaderStats:
         producer_blocked_s=blocked,
         peak_in_flight_bytes=peak,
         violations=violations,
+        over_budget_max_bytes=over,
+        reservations=reservations,
         credit_balanced=balanced,
         timeline=timeline,
         depth_timeline=list(rec.depth_timeline),
@@ -526,7 +569,9 @@ class LoaderStats:
     time_to_first_batch_s: float
     producer_blocked_s: float  # time the scheduler held the next item back (credit or depth)
     peak_in_flight_bytes: int  # largest credit ledger value
-    violations: int  # grants that left in-flight bytes above the budget
+    violations: int  # grants or true-ups that left in-flight bytes above the budget
+    over_budget_max_bytes: int  # the most the ledger ever exceeded the budget by
+    reservations: ReservationStats  # estimated reservations against the sizes that came
     credit_balanced: bool  # granted == returned + still in flight
     timeline: list  # (t, in_flight_bytes, in_flight_items, budget_bytes), t from creation
     depth_timeline: list  # (t, depth target, item index) at every delivered item
@@ -548,8 +593,10 @@ class BackpressureLoader:
 
     ``dataset``: map-style (``__getitem__`` + ``__len__``) or iterable (``__iter__``).
     ``sampler``: indices to load, in order (default ``range(len(dataset))``).
-    ``size_fn(index) -> bytes``: item size before it is produced (default
-    ``dataset.item_nbytes`` if it exists). ``pressure_probe() -> fraction``: memory
+    ``size_fn(index) -> bytes``: exact item size before it is produced (default
+    ``dataset.item_nbytes`` if it exists); without it sizes are estimated, from
+    ``dataset.item_size_hint(index)`` and ``dataset.item_size_key(index)`` where
+    the dataset has them (see :mod:`~experiments.backpressure.sizes`). ``pressure_probe() -> fraction``: memory
     use, overriding the default CUDA/CPU probe. Keyword ``overrides`` set fields of
     :class:`BackpressureConfig`.
     """
@@ -571,13 +618,26 @@ class BackpressureLoader:
             raise ValueError("workers must be 'thread' or 'process'")
         if cfg.num_workers < 1:
             raise ValueError("num_workers must be >= 1")
+        if cfg.max_item_bytes is None and getattr(dataset, "max_item_nbytes", None):
+            cfg = dataclasses.replace(cfg, max_item_bytes=int(dataset.max_item_nbytes))
         self.dataset, self.config = dataset, cfg
         self.iterable = _is_iterable_dataset(dataset)
         self.sampler = sampler
         self.size_fn = size_fn or getattr(dataset, "item_nbytes", None)
+        self.hint_fn = getattr(dataset, "item_size_hint", None)
+        self.key_fn = getattr(dataset, "item_size_key", None)
         self.pressure_probe = pressure_probe
         self._last: weakref.ref | None = None
         self._last_stats: Callable[[], LoaderStats] | None = None
+
+    def size_info(self, index) -> tuple:
+        """(exact size or None, key, hint) of item ``index``, as far as they are known."""
+        if index is None:  # iterable datasets: nothing is known before production
+            return None, None, None
+        exact = self.size_fn(index) if self.size_fn is not None else None
+        key = self.key_fn(index) if self.key_fn is not None else None
+        hint = self.hint_fn(index) if self.hint_fn is not None else None
+        return exact, key, hint
 
     def __len__(self) -> int:
         if self.sampler is not None and hasattr(self.sampler, "__len__"):
@@ -654,7 +714,7 @@ class BackpressureIterator(Iterator):
         )
         self._scheduler = threading.Thread(
             target=_schedule,
-            args=(sh, sampler, loader.iterable, loader.size_fn, self._task_qs, n),
+            args=(sh, sampler, loader.iterable, loader.size_info, self._task_qs, n),
             daemon=True,
             name="bp-scheduler",
         )

@@ -8,6 +8,13 @@ the peak of the sum over items is computed the same way for every loader
 For the backpressure loader its credit ledger, which also counts credit reserved
 before production starts, is reported too and is never lower.
 
+Memory is also *measured*, not only accounted: :class:`MemoryWatch` reads the
+peak resident set of the consumer's process (the kernel's ``VmHWM``, reset per
+run) and samples ``/dev/shm``, where process producers of both loaders put their
+items, every 2 ms; both are reported above their levels at the start of the run.
+The consumer touches one byte of every page of each batch, as a training step
+reading it would, so the pages it maps count in its resident set.
+
 Throughput is measured from the first batch to the end of the last step; the
 consumer's limit is the throughput it would reach if ``next()`` never waited
 (items / time spent in steps), so ``throughput / limit = 1 - stall``.
@@ -22,6 +29,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,11 +42,63 @@ from experiments.backpressure.loader import MB, BackpressureConfig, Backpressure
 from experiments.backpressure.oracle import oracle_budget_for, oracle_schedule
 from experiments.backpressure.workloads import (
     SHARING_STRATEGY,
-    SyntheticDataset,
     Workload,
     make_workload,
     set_sharing_strategy,
+    workload_dataset,
 )
+from experiments.process_memory import peak_bytes, reset_peak, rss_bytes
+
+# -- measured memory ----------------------------------------------------------------
+
+
+def shm_used_bytes(path: str = "/dev/shm") -> int | None:
+    """Bytes in use on the shared-memory file system; None where there is none."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+class MemoryWatch:
+    """Peak RSS of this process and peak ``/dev/shm`` use while the block runs.
+
+    Both are given above their values at the start. RSS's peak is the kernel's
+    own counter where it can be reset (Linux), else the largest sample; shared
+    memory is sampled every ``interval_s`` by a thread (statvfs, no GIL held).
+    """
+
+    def __init__(self, interval_s: float = 0.002, shm_path: str = "/dev/shm"):
+        self.interval_s, self.shm_path = interval_s, shm_path
+        self.rss_peak_bytes = 0  # above the start
+        self.shm_peak_bytes: int | None = None  # above the start; None without /dev/shm
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._rss_max = max(self._rss_max, rss_bytes())
+            shm = shm_used_bytes(self.shm_path)
+            if shm is not None:
+                self._shm_max = max(self._shm_max, shm)
+
+    def __enter__(self) -> MemoryWatch:
+        self._resettable = reset_peak()
+        self._rss0 = self._rss_max = rss_bytes()
+        self._shm0 = shm_used_bytes(self.shm_path)
+        self._shm_max = self._shm0 or 0
+        self._thread = threading.Thread(target=self._sample, daemon=True, name="memory-watch")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        peak = peak_bytes(True) if self._resettable else self._rss_max
+        self.rss_peak_bytes = max(0, max(peak, self._rss_max) - self._rss0)
+        if self._shm0 is not None:
+            self.shm_peak_bytes = max(0, self._shm_max - self._shm0)
+
 
 # -- one run ----------------------------------------------------------------
 
@@ -57,8 +118,14 @@ class Run:
     next_p99_s: float
     peak_bytes: int  # peak in-flight bytes, production start -> step end (same for all loaders)
     mean_bytes: float  # time-averaged in-flight bytes over the run
-    ledger_peak_bytes: int | None = None  # backpressure only: credit ledger peak (>= peak)
-    violations: int | None = None  # backpressure only: grants above the budget
+    rss_peak_bytes: int = 0  # measured: the consumer process's peak RSS above its start
+    shm_peak_bytes: int | None = None  # measured: peak /dev/shm use above its start
+    ledger_peak_bytes: int | None = None  # backpressure only: credit ledger peak
+    violations: int | None = None  # backpressure only: grants or true-ups above the budget
+    over_budget_bytes: int | None = None  # backpressure: most in-flight bytes exceeded the budget
+    sizes: str | None = None  # backpressure: "known" or "estimated" item sizes
+    under_reserved: float | None = None  # estimated sizes: fraction of items reserved short
+    short_max_bytes: int | None = None  # ... and the largest shortfall
     producer_blocked_s: float | None = None
     intervals: list = field(default_factory=list, repr=False)  # (start, end, nbytes) per item
     depth: list = field(default_factory=list, repr=False)  # (t, depth, item k) for backpressure
@@ -68,6 +135,11 @@ class Run:
     @property
     def throughput_ratio(self) -> float:
         return self.throughput / self.limit
+
+    @property
+    def measured_peak_bytes(self) -> int:
+        """Measured memory in flight: /dev/shm for process producers, else this process's RSS."""
+        return self.shm_peak_bytes if self.shm_peak_bytes else self.rss_peak_bytes
 
 
 def consume(loader_iter, step_s: list[float], t0: float) -> dict:
@@ -85,12 +157,14 @@ def consume(loader_iter, step_s: list[float], t0: float) -> dict:
         except StopIteration:
             break
         t_got = time.monotonic()
+        data = item["data"]
+        int(data.view(-1)[::4096].sum())  # read every page, as a step using the batch would
         time.sleep(step_s[min(k, len(step_s) - 1)])  # the training step
         t_done = time.monotonic()
         rows.append(
-            (int(item["index"]), item["data"].numel(), float(item["t_start"]), t_req, t_got, t_done)
+            (int(item["index"]), data.numel(), float(item["t_start"]), t_req, t_got, t_done)
         )
-        del item  # the step is over: drop the batch before asking for the next
+        del item, data  # the step is over: drop the batch before asking for the next
         k += 1
     return {"rows": rows, "t0": t0}
 
@@ -164,24 +238,38 @@ def in_flight_curve(intervals, items: bool = False) -> tuple[np.ndarray, np.ndar
 
 
 def run_backpressure(
-    wl: Workload, budget_bytes: int, num_workers: int = 4, workers: str = "process", **overrides
+    wl: Workload,
+    budget_bytes: int,
+    num_workers: int = 4,
+    workers: str = "process",
+    known_sizes: bool = False,
+    **overrides,
 ) -> Run:
-    """One pass of the backpressure loader over ``wl``."""
-    ds = SyntheticDataset(wl.sizes, wl.produce_s)
+    """One pass of the backpressure loader over ``wl`` (sizes estimated unless ``known_sizes``)."""
+    ds = workload_dataset(wl, known_sizes)
     overrides.setdefault("sharing_strategy", SHARING_STRATEGY)
     cfg = BackpressureConfig(
         budget_bytes=budget_bytes, num_workers=num_workers, workers=workers, **overrides
     )
     loader = BackpressureLoader(ds, cfg)
-    it = iter(loader)
-    try:
-        out = consume(it, wl.step_s, it.t0)
-    finally:
-        it.close()
+    with MemoryWatch() as mem:
+        it = iter(loader)
+        try:
+            out = consume(it, wl.step_s, it.t0)
+        finally:
+            it.close()
     st = it.stats()
-    run = summarize(out["rows"], it.t0, "backpressure", f"budget={budget_bytes / MB:g}MB")
+    sizes = "known" if known_sizes else "estimated"
+    setting = f"budget={budget_bytes / MB:g}MB,{workers},{sizes}"
+    run = summarize(out["rows"], it.t0, "backpressure", setting)
+    run.rss_peak_bytes, run.shm_peak_bytes = mem.rss_peak_bytes, mem.shm_peak_bytes
     run.ledger_peak_bytes = st.peak_in_flight_bytes
     run.violations = st.violations
+    run.over_budget_bytes = max(0, run.peak_bytes - budget_bytes)
+    run.sizes = sizes
+    if not known_sizes:
+        run.under_reserved = st.reservations.short_fraction
+        run.short_max_bytes = st.reservations.short_max_bytes
     run.producer_blocked_s = st.producer_blocked_s
     run.depth = st.depth_timeline
     run.ledger = st.timeline
@@ -189,45 +277,66 @@ def run_backpressure(
     return run
 
 
-def run_dataloader(wl: Workload, num_workers: int, prefetch_factor: int) -> Run:
+def run_dataloader(
+    wl: Workload, num_workers: int, prefetch_factor: int, pin_memory: bool = False
+) -> Run:
     """One pass of ``torch.utils.data.DataLoader`` (worker processes) over ``wl``."""
-    ds = SyntheticDataset(wl.sizes, wl.produce_s)
-    t0 = time.monotonic()
-    dl = torch.utils.data.DataLoader(
-        ds,
-        batch_size=None,
-        shuffle=False,
-        num_workers=num_workers,
-        prefetch_factor=prefetch_factor,
-        worker_init_fn=functools.partial(set_sharing_strategy, strategy=SHARING_STRATEGY),
+    ds = workload_dataset(wl)
+    with MemoryWatch() as mem:
+        t0 = time.monotonic()
+        dl = torch.utils.data.DataLoader(
+            ds,
+            batch_size=None,
+            shuffle=False,
+            num_workers=num_workers,
+            prefetch_factor=prefetch_factor,
+            pin_memory=pin_memory,
+            worker_init_fn=functools.partial(set_sharing_strategy, strategy=SHARING_STRATEGY),
+        )
+        it = iter(dl)
+        try:
+            out = consume(it, wl.step_s, t0)
+        finally:
+            del it
+    setting = f"workers={num_workers},prefetch={prefetch_factor}" + (
+        ",pinned" if pin_memory else ""
     )
-    it = iter(dl)
-    try:
-        out = consume(it, wl.step_s, t0)
-    finally:
-        del it
-    return summarize(
-        out["rows"], t0, "dataloader", f"workers={num_workers},prefetch={prefetch_factor}"
-    )
+    run = summarize(out["rows"], t0, "dataloader", setting)
+    run.rss_peak_bytes, run.shm_peak_bytes = mem.rss_peak_bytes, mem.shm_peak_bytes
+    return run
 
 
 # -- figures --------------------------------------------------------------------------
 
 
-def frontier(ours: list[Run], baseline: list[Run], tol: float = 0.03) -> dict:
-    """Peak in-flight bytes at comparable throughput.
+def accounted_peak(r: Run) -> int:
+    return r.peak_bytes
+
+
+def measured_peak(r: Run) -> int:
+    return r.measured_peak_bytes
+
+
+def frontier(
+    ours: list[Run],
+    baseline: list[Run],
+    tol: float = 0.03,
+    peak: Callable[[Run], int] = accounted_peak,
+) -> dict:
+    """Peak memory at comparable throughput.
 
     Among DataLoader settings within ``tol`` of the best DataLoader throughput, the
     one with the lowest peak; likewise among backpressure budgets; their ratio
-    (> 1: the backpressure loader holds less). Peaks are measured the same way for
-    both loaders; the ratio against the backpressure loader's credit ledger (which
-    also counts credit reserved ahead of production) is given as well.
+    (> 1: the backpressure loader holds less). ``peak`` picks the memory figure:
+    in-flight bytes as accounted (the same way for both loaders) or as measured
+    (:func:`measured_peak`). The ratio against the backpressure loader's credit
+    ledger is given as well.
     """
     best = max(r.throughput for r in baseline)
     dl_ok = [r for r in baseline if r.throughput >= (1 - tol) * best]
-    dl = min(dl_ok, key=lambda r: r.peak_bytes)
+    dl = min(dl_ok, key=peak)
     bp_ok = [r for r in ours if r.throughput >= (1 - tol) * best]
-    bp = min(bp_ok, key=lambda r: r.peak_bytes) if bp_ok else max(ours, key=lambda r: r.throughput)
+    bp = min(bp_ok, key=peak) if bp_ok else max(ours, key=lambda r: r.throughput)
     return {
         "best_dataloader_throughput": best,
         "dataloader_within_tol": [r.setting for r in dl_ok],
@@ -235,10 +344,32 @@ def frontier(ours: list[Run], baseline: list[Run], tol: float = 0.03) -> dict:
         "backpressure": bp,
         "comparable": bool(bp_ok),
         "throughput_vs_best": bp.throughput / best,
-        "peak_ratio": dl.peak_bytes / bp.peak_bytes,
+        "peak_ratio": peak(dl) / max(peak(bp), 1),
         "peak_ratio_ledger": dl.peak_bytes / bp.ledger_peak_bytes,
         "mean_ratio": dl.mean_bytes / bp.mean_bytes,
     }
+
+
+def pareto(runs: list[Run], peak: Callable[[Run], int] = accounted_peak) -> list[Run]:
+    """The runs no other run beats on both throughput and peak memory, by memory."""
+    ranked = sorted(runs, key=lambda r: (peak(r), -r.throughput))
+    front, best = [], -math.inf
+    for r in ranked:
+        if r.throughput > best:
+            front.append(r)
+            best = r.throughput
+    return front
+
+
+def oracle_curve(wl: Workload, steps: list[float], num_workers: int, points: int = 24) -> list:
+    """(peak bytes, items/s) of the oracle at budgets from the largest item up to no limit."""
+    lo, hi = max(wl.sizes), sum(wl.sizes)
+    budgets = np.unique(np.geomspace(lo, min(hi, 16 * lo), points).astype(int))
+    out = []
+    for budget in budgets:
+        o = oracle_schedule(wl.sizes, wl.produce_s, steps, int(budget), num_workers)
+        out.append((o.peak_bytes, o.throughput))
+    return out
 
 
 def measured_steps(wl: Workload, limit: float) -> list[float]:
@@ -268,7 +399,7 @@ def oracle_reference(
     would give: the best figure any in-order loader could print.
     """
     at_budget = []
-    for r in ours:
+    for r in ours:  # each run against the oracle at its budget, with its own steps
         o = oracle_schedule(
             wl.sizes, wl.produce_s, measured_steps(wl, r.limit), r.budget_bytes, num_workers
         )
@@ -334,74 +465,124 @@ class SuiteConfig:
     scale: float = 1.0  # item-size multiplier (quick runs: 1/4)
     speed: float = 1.0  # time divisor (quick runs: 2)
     budgets_mb: tuple = (16, 24, 32, 64)  # backpressure budgets swept (at scale 1)
-    dl_workers: tuple = (1, 2, 4, 8)  # DataLoader num_workers swept
+    # backpressure (producer kind, sizes) modes, each at every budget; the first is the main one
+    modes: tuple = (("process", "estimated"), ("thread", "estimated"), ("process", "known"))
+    dl_workers: tuple = tuple(range(1, 9))  # DataLoader num_workers swept
     dl_prefetch: tuple = (1, 2, 4, 8)  # DataLoader prefetch_factor swept
-    num_workers: int = 4  # backpressure producers
-    workers: str = "process"  # backpressure producer kind (DataLoader always uses processes)
+    dl_pin_memory: tuple | None = None  # pin_memory values; None: (False, True) with CUDA
+    num_workers: int = 4  # backpressure producers (a workload may set its own)
     seed: int = 0
     repeats: int = 1  # passes per setting, combined by :func:`combine_repeats`
 
 
-def combine_repeats(runs: list[Run]) -> Run:
-    """One figure per setting from repeated passes: the pass of median throughput,
-    with the largest peak and the total of violations over all passes.
+def _median(xs):
+    return float(np.median(xs))
 
-    The median damps a pass that a busy machine slowed down; taking the largest
-    peak keeps the memory figure conservative, the same way for both loaders.
+
+def combine_repeats(runs: list[Run]) -> Run:
+    """One point per setting from repeated passes: the median of each figure.
+
+    Throughput and every memory figure are medians over the passes (the timelines
+    are the median-throughput pass's), the same way for both loaders; budget
+    figures are the worst over the passes: violations summed, the largest excess.
     """
     ranked = sorted(runs, key=lambda r: r.throughput)
-    median = ranked[(len(ranked) - 1) // 2]
+    middle = ranked[(len(ranked) - 1) // 2]
+
+    def med(name):
+        values = [getattr(r, name) for r in runs]
+        return None if any(v is None for v in values) else type(values[0])(_median(values))
+
+    def worst(name, combine):
+        values = [getattr(r, name) for r in runs]
+        return None if any(v is None for v in values) else combine(values)
+
     return dataclasses.replace(
-        median,
-        peak_bytes=max(r.peak_bytes for r in runs),
-        ledger_peak_bytes=None
-        if median.ledger_peak_bytes is None
-        else max(r.ledger_peak_bytes for r in runs),
-        violations=None if median.violations is None else sum(r.violations for r in runs),
+        middle,
+        throughput=_median([r.throughput for r in runs]),
+        limit=_median([r.limit for r in runs]),
+        stall_fraction=_median([r.stall_fraction for r in runs]),
+        peak_bytes=med("peak_bytes"),
+        mean_bytes=med("mean_bytes"),
+        rss_peak_bytes=med("rss_peak_bytes"),
+        shm_peak_bytes=med("shm_peak_bytes"),
+        ledger_peak_bytes=med("ledger_peak_bytes"),
+        violations=worst("violations", sum),
+        over_budget_bytes=worst("over_budget_bytes", max),
+        under_reserved=worst("under_reserved", _median),
+        short_max_bytes=worst("short_max_bytes", max),
     )
 
 
+def mode_name(workers: str, sizes: str) -> str:
+    return f"{workers},{sizes}"
+
+
 def run_workload(name: str, cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict:
-    """Backpressure budgets and DataLoader settings, ``cfg.repeats`` passes each, on ``name``.
+    """Backpressure budgets (every mode) and the DataLoader grid, ``cfg.repeats`` passes each.
 
     The passes of every setting are interleaved (all settings once, then again),
     so a slow spell of the machine does not fall on one setting only.
     """
     wl = make_workload(name, cfg.n_items, seed=cfg.seed, scale=cfg.scale, speed=cfg.speed)
-    settings = [("bp", mb) for mb in cfg.budgets_mb] + [
-        ("dl", (nw, pf)) for nw in cfg.dl_workers for pf in cfg.dl_prefetch
+    num_workers = wl.num_workers or cfg.num_workers
+    pins = cfg.dl_pin_memory
+    if pins is None:
+        pins = (False, True) if torch.cuda.is_available() else (False,)
+    settings = [("bp", (mb, w, sz)) for w, sz in cfg.modes for mb in cfg.budgets_mb] + [
+        ("dl", (nw, pf, pin)) for nw in cfg.dl_workers for pf in cfg.dl_prefetch for pin in pins
     ]
     passes: dict = {s: [] for s in settings}
     for _ in range(cfg.repeats):
         for kind, arg in settings:
             if kind == "bp":
-                run = run_backpressure(wl, int(arg * MB * cfg.scale), cfg.num_workers, cfg.workers)
+                mb, w, sz = arg
+                budget = int(mb * MB * cfg.scale)
+                run = run_backpressure(wl, budget, num_workers, w, known_sizes=sz == "known")
             else:
                 run = run_dataloader(wl, *arg)
             passes[(kind, arg)].append(run)
-    ours, baseline = [], []
-    for (kind, _), runs in passes.items():
+    ours: dict[str, list[Run]] = {mode_name(*m): [] for m in cfg.modes}
+    baseline = []
+    for (kind, arg), runs in passes.items():
         run = combine_repeats(runs)
         log(format_run(run))
-        (ours if kind == "bp" else baseline).append(run)
-    front = frontier(ours, baseline)
-    oracle = oracle_reference(wl, ours, baseline, front, cfg.num_workers)
-    log(
-        "  oracle (in order, knowing every size and time, no transfer cost), items/s at our "
-        "budgets and our fraction of it: "
-        + ", ".join(
-            f"{setting} {thr:.1f} ({frac:.3f})" for setting, thr, frac in oracle["at_budget"]
+        if kind == "bp":
+            ours[mode_name(arg[1], arg[2])].append(run)
+        else:
+            baseline.append(run)
+    main = mode_name(*cfg.modes[0])
+    fronts = {m: frontier(runs, baseline) for m, runs in ours.items()}
+    measured = {m: frontier(runs, baseline, peak=measured_peak) for m, runs in ours.items()}
+    oracle = {
+        m: oracle_reference(wl, runs, baseline, fronts[m], num_workers) for m, runs in ours.items()
+    }
+    best_dl = max(baseline, key=lambda r: r.throughput)
+    curve = oracle_curve(wl, measured_steps(wl, best_dl.limit), num_workers)
+    for m in ours:
+        log(
+            f"  oracle at our budgets ({m}), items/s and our fraction of it: "
+            + ", ".join(
+                f"{setting.split(',')[0]} {thr:.1f} ({frac:.3f})"
+                for setting, thr, frac in oracle[m]["at_budget"]
+            )
         )
-    )
     result = {
         "workload": wl,
-        "ours": ours,
+        "num_workers": num_workers,
+        "main_mode": main,
+        "modes": ours,
+        "ours": ours[main],
         "dataloader": baseline,
-        "frontier": front,
-        "oracle": oracle,
+        "frontier": fronts[main],
+        "frontiers": fronts,
+        "measured_frontiers": measured,
+        "oracle": oracle[main],
+        "oracles": oracle,
+        "oracle_curve": curve,
     }
     if wl.change_at is not None:
-        result["settling"] = settling(max(ours, key=lambda r: r.budget_bytes), wl.change_at)
+        result["settling"] = settling(max(ours[main], key=lambda r: r.budget_bytes), wl.change_at)
     return result
 
 
@@ -409,9 +590,14 @@ def format_run(r: Run) -> str:
     ledger = (
         f" ledger {r.ledger_peak_bytes / MB:5.1f}" if r.ledger_peak_bytes is not None else " " * 13
     )
-    viol = f" violations {r.violations}" if r.violations is not None else ""
+    shm = f" shm {r.shm_peak_bytes / MB:5.1f}" if r.shm_peak_bytes is not None else ""
+    extra = ""
+    if r.violations is not None:
+        extra = f"  over budget {r.over_budget_bytes / MB:4.2f} MB"
+        if r.under_reserved is not None:
+            extra += f", {100 * r.under_reserved:4.1f}% reserved short"
     return (
-        f"  {r.loader:12s} {r.setting:21s} {r.throughput:6.1f} it/s  {r.throughput_ratio:5.3f} of limit"
+        f"  {r.loader:12s} {r.setting:33s} {r.throughput:6.1f} it/s  {r.throughput_ratio:5.3f} of limit"
         f"  stall {100 * r.stall_fraction:4.1f}%  peak {r.peak_bytes / MB:5.1f} MB{ledger}"
-        f"  mean {r.mean_bytes / MB:5.1f} MB{viol}"
+        f"  measured: rss {r.rss_peak_bytes / MB:5.1f}{shm}{extra}"
     )
