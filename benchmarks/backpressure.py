@@ -79,7 +79,7 @@ def suite_config(quick: bool, items: int | None, repeats: int | None) -> SuiteCo
         )
     return SuiteConfig(
         n_items=items or 160,
-        budgets_mb=(8, 9, 10, 12, 16, 24, 64),
+        budgets_mb=(8, 8.5, 9, 9.5, 10, 11, 12, 14, 16, 24, 64),  # fine near the frontier
         repeats=repeats or 3,
     )
 

@@ -525,9 +525,15 @@ def test_notebook_quick_run_records_metrics(tmp_path, monkeypatch):
         "throughput_vs_best_dataloader",
         "throughput_items_per_s",
         "worst_throughput_vs_oracle",
+        "peak_measured_ratio_vs_dataloader",
+        "estimated_over_budget_fraction",
+        "estimated_under_reserved_fraction",
     ):
         assert name in metrics, name
-    assert metrics["budget_violations"] == 0
+    assert metrics["budget_violations"] == 0  # exact sizes
+    assert metrics["budget_binds"] == 1.0  # quick=true demonstrates backpressure
+    assert metrics["depth_after_slowdown"] < metrics["depth_before_slowdown"]
+    assert 0 < metrics["estimated_under_reserved_fraction"] < 0.5
     assert 0 < metrics["worst_throughput_vs_oracle"] <= 1.05  # the oracle is the fastest
     artifacts = [r for r in records if r["kind"] == "artifact"]
     assert artifacts and all(os.path.exists(a["path"]) for a in artifacts)
