@@ -146,6 +146,23 @@ def test_size_unknown_is_estimated_and_accounted():
     assert st.reservations.estimated == 20 and st.reservations.short == 0
 
 
+def test_rows_of_a_dataset_tensor_cost_a_row_not_the_whole_tensor():
+    from torch.utils.data import TensorDataset
+
+    from experiments.backpressure import nbytes_of
+
+    data = torch.zeros(100, 1000)
+    row = data[3]
+    assert nbytes_of(row) == 4000
+    assert nbytes_of((row, data[4], row)) == 8000  # the same view twice counts once
+    assert nbytes_of((data, data[1])) == data.untyped_storage().nbytes()  # capped
+    ds = TensorDataset(data, torch.arange(100))
+    loader = BackpressureLoader(ds, budget_bytes=200 * KB, num_workers=2)
+    assert [int(i) for _, i in loader] == list(range(100))
+    st = loader.stats()
+    assert st.reservations.short_max_bytes <= 4008 and st.over_budget_max_bytes == 0
+
+
 def _one_surprise(headroom_items):
     """Twelve 8 KB items, then a 48 KB one nobody announced, then more small ones."""
     sizes = [8 * KB] * 40

@@ -117,16 +117,26 @@ def get_worker_info() -> WorkerInfo | None:
     return getattr(_worker_local, "info", None)
 
 
-def nbytes_of(obj, _seen: set | None = None) -> int:
-    """Bytes held by the tensors/arrays/buffers in a (nested) item, each storage once."""
-    seen = set() if _seen is None else _seen
+def nbytes_of(obj, _seen: dict | None = None) -> int:
+    """Bytes an item's tensors/arrays/buffers denote, nested; no storage counted twice.
+
+    A tensor counts the bytes it views, not its whole storage: a row taken from a
+    dataset-sized tensor (``TensorDataset``) costs one row. Views of one storage
+    inside an item add up to at most that storage's size.
+    """
+    seen: dict = {} if _seen is None else _seen
     if hasattr(obj, "untyped_storage"):  # torch.Tensor
         storage = obj.untyped_storage()
-        key = ("t", storage.data_ptr())
-        if key in seen:
+        key = storage.data_ptr()
+        view = (key, obj.storage_offset(), tuple(obj.shape), obj.stride(), obj.element_size())
+        if view in seen:
             return 0
-        seen.add(key)
-        return storage.nbytes()
+        seen[view] = 0
+        counted = seen.get(key, 0)
+        viewed = min(obj.numel() * obj.element_size(), storage.nbytes())
+        total = min(counted + viewed, storage.nbytes())
+        seen[key] = total
+        return total - counted
     if hasattr(obj, "nbytes") and hasattr(obj, "dtype"):  # numpy array
         return int(obj.nbytes)
     if isinstance(obj, bytes | bytearray | memoryview):
