@@ -296,11 +296,13 @@ def test_week_two_counts(cli, history):
     assert data["period"]["start"] == "2025-11-10" and data["period"]["end"] == "2025-11-16"
     assert data["period"]["start_utc"] == "2025-11-09T16:00:00.000000+00:00"
     assert data["counts"] == {
-        "items_added": 3,  # E, B1, H (deleted since, but added this week)
+        "items_added": 2,  # E, H (deleted since, but added this week)
         "items_started": 2,  # B, H (D's start was undone)
         "items_paused": 1,
-        "items_finished": 1,
+        "items_finished": 0,
         "items_dropped": 1,
+        "tasks_added": 1,  # B1
+        "tasks_ticked": 1,  # A1
         "runs_started": 6,
         "runs_succeeded": 6,  # r5 ended this week
         "runs_failed": 1,
@@ -410,6 +412,89 @@ def test_week_two_charts_data(cli, history):
     ]
 
 
+def test_week_two_backlog_charts_data(cli, history):
+    ids = history
+    charts = week2(cli)["charts"]
+    progress = [
+        {k: p[k] for k in ("id", "done", "open", "done_at_start", "total_at_start", "total", "ticked", "added")}
+        for p in charts["progress"]
+    ]
+    assert progress == [
+        {"id": ids["A"], "done": 1, "open": 0, "done_at_start": 0, "total_at_start": 1, "total": 1,
+         "ticked": 1, "added": 0},
+        {"id": ids["B"], "done": 0, "open": 1, "done_at_start": 0, "total_at_start": 0, "total": 1,
+         "ticked": 0, "added": 1},
+    ]
+    burndown = charts["burndown"]
+    assert burndown["start"] == {"items": 5, "tasks": 1}  # A, B, C, D, G; A1
+    # E added Monday, H added Tuesday and deleted Wednesday, A1 ticked Thursday, E dropped Saturday.
+    assert burndown["items"] == [6, 7, 6, 6, 6, 5, 5]
+    assert burndown["tasks"] == [2, 2, 2, 1, 1, 1, 1]
+    assert charts["flow"] == [
+        {"from": "planned", "to": "active", "items": 2, "tasks": 0},  # B, H (D's start undone)
+        {"from": "planned", "to": "done", "items": 0, "tasks": 1},  # A1
+        {"from": "planned", "to": "dropped", "items": 1, "tasks": 0},  # E
+        {"from": "active", "to": "paused", "items": 1, "tasks": 0},  # G
+    ]
+    # The current week: days still to come have no value.
+    current = cli.json_review()["charts"]["burndown"]
+    assert current["items"][2] is not None and current["items"][3:] == [None] * 4
+
+
+def test_quarter_and_its_previous_quarter(cli, history):
+    quarter = cli.json_review("--quarter", "2025-Q4")
+    p = quarter["period"]
+    assert (p["kind"], p["label"], p["start"], p["end"]) == ("quarter", "2025-Q4", "2025-10-01", "2025-12-31")
+    assert p["previous"] == {"start": "2025-07-01", "end": "2025-09-30"}
+    assert quarter["counts"] == cli.json_review("--month", "2025-11")["counts"]
+    assert len(quarter["charts"]["burndown"]["days"]) == 92
+    first = cli.json_review("--quarter", "2026Q1")["period"]
+    assert (first["start"], first["previous"]["start"]) == ("2026-01-01", "2025-10-01")
+    assert cli.json_review("--quarter", "q4")["period"]["label"] == "2025-Q4"  # this year's
+    text = cli("review", "--quarter", "2025-Q4").stdout
+    assert text.startswith("# Review 2025-Q4 (2025-10-01 – 2025-12-31)\n")
+
+
+def test_notes_render_as_markdown_and_nothing_unsafe_passes(cli, isolated, monkeypatch):
+    monkeypatch.setenv("RESEARCH_NOW", "2025-11-12T09:00")
+    cli("add", "流式 attack surface")
+    hostile = (
+        "**创建时间**: 2025-11-08 and `code`\n\n"
+        "<script>alert(1)</script>\n\n"
+        '<img src=x onerror="alert(2)">\n\n'
+        "[click](javascript:alert(3)) [tab](java\tscript:alert(4)) [ok](https://example.org/a?b=1)\n\n"
+        "![pic](data:image/png;base64,AAAA)\n\n"
+        "- one\n- two"
+    )
+    cli("note", "1", hostile)
+    page = cli("review", "--week", "2025-W46", "--format", "html").stdout
+    note = page[page.index('<div class="note">') :].split("</div>", 1)[0]
+    assert "<strong>创建时间</strong>: 2025-11-08" in note and "**" not in note
+    assert "<code>code</code>" in note and "<li>one</li>" in note
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in note
+    assert "<img" not in note and "&lt;img src=x onerror=" in note
+    assert 'href="javascript:' not in note.lower() and "href=\"java" not in note.lower()
+    assert 'href="https://example.org/a?b=1" rel="noopener noreferrer">ok</a>' in note
+    assert 'href="data:' not in note
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    # Markdown output keeps the note as the user wrote it.
+    assert "**创建时间**: 2025-11-08" in cli("review", "--week", "2025-W46").stdout
+
+
+def test_sweep_parameters_show_as_values_not_json(cli, isolated, monkeypatch, utc_plus_8):
+    h = History(cli, monkeypatch)
+    h.at("2025-11-11T09:00")
+    item = h.add("Loader sweep")
+    for workload, loss in (("heavy_tailed", 0.5), ("bursty", 0.4)):
+        h.run(item, "succeeded", "2025-11-11T10:00", "2025-11-11T10:10", {"loss": loss},
+              sweep="sw9", params={"workload": workload, "budget_mb": 12, "sizes": [1, 2]})
+    h.at("2025-11-12T09:00")
+    text = cli("review", "--week", "2025-W46").stdout
+    assert "| heavy_tailed |" in text and '"heavy_tailed"' not in text
+    page = cli("review", "--week", "2025-W46", "--format", "html").stdout
+    assert ">heavy_tailed<" in page and "&quot;heavy_tailed&quot;" not in page
+
+
 def test_week_two_notes_by_item(cli, history):
     notes = week2(cli)["notes"]
     assert [(g["item"]["id"], [n["text"] for n in g["notes"]]) for g in notes] == [
@@ -423,9 +508,13 @@ def test_week_two_notes_by_item(cli, history):
 def test_week_two_stuck_and_next_focus_as_of_the_end_of_the_week(cli, history):
     ids = history
     data = week2(cli)
+    # Planned for 13 days (D) or paused for 4 (G): not yet stuck at 14 days, the default.
+    assert data["stuck"]["waiting"] == []
     # D started in W47 and A's priority dropped in W47: both rewound to how they stood.
-    assert [(e["id"], e["priority"], e["days_waiting"]) for e in data["stuck"]["not_started"]] == [
-        (ids["D"], "high", 13)
+    waiting = week2(cli, "--stale-days", "4")["stuck"]["waiting"]
+    assert [(e["id"], e["status"], e["priority"], e["days_waiting"]) for e in waiting] == [
+        (ids["D"], "planned", "high", 13),
+        (ids["G"], "paused", "medium", 4),
     ]
     assert data["stuck"]["idle"] == []
     focus = [(e["id"], e["priority"], e["status"]) for e in data["next_focus"]]
@@ -447,7 +536,9 @@ def test_week_three_sees_later_changes(cli, history):
     data = cli.json_review("--week", "2025-W47")
     assert data["counts"]["items_started"] == 1 and data["counts"]["items_finished"] == 1
     assert data["counts"]["notes_written"] == 2
-    assert data["stuck"]["not_started"][0]["title"] == "Later topic"
+    assert data["stuck"]["waiting"] == []  # "Later topic", created the day before, is not stuck
+    waiting = cli.json_review("--week", "2025-W47", "--stale-days", "0")["stuck"]["waiting"]
+    assert waiting[0]["title"] == "Later topic" and waiting[0]["days_waiting"] == 1
     assert data["experiments"]["items"][0]["change"] == 50.0  # 200 against last week's 150
     assert [f["error"] for f in data["experiments"]["failures"]] == ["KeyError: x"]
 
@@ -460,7 +551,7 @@ def test_default_is_the_current_week(cli, history):
 def test_month_and_range(cli, history):
     month = cli.json_review("--month", "2025-11")
     assert (month["period"]["start"], month["period"]["end"]) == ("2025-11-01", "2025-11-30")
-    assert month["counts"]["items_added"] == 10
+    assert month["counts"]["items_added"] + month["counts"]["tasks_added"] == 10
     assert month["period"]["previous"] == {"start": "2025-10-01", "end": "2025-10-31"}
     span = cli.json_review("--since", "2025-11-10", "--until", "2025-11-16")
     assert span["counts"] == week2(cli)["counts"]
@@ -470,14 +561,15 @@ def test_month_and_range(cli, history):
 def test_markdown_report(cli, history, isolated):
     text = cli("review", "--week", "2025-W46").stdout
     assert text.startswith("# Review 2025-W46 (2025-11-10 – 2025-11-16)\n")
-    assert "**Items**: 3 added · 2 started · 1 paused · 1 finished · 1 dropped" in text
+    assert "**Items**: 2 added · 2 started · 1 paused · 0 finished · 1 dropped" in text
+    assert "**Tasks**: 1 added · 1 ticked" in text
     assert "**Runs**: 6 started · 6 succeeded · 1 failed" in text
     for heading in (
+        "## 📈 Backlog",
         "## 🔄 Moved this period",
         "## ✅ Finished",
         "## 🧪 Experiments",
         "## 📝 Notes",
-        "## 🧊 Stuck",
         "## 🎯 Next focus",
     ):
         assert heading in text
@@ -496,9 +588,11 @@ def test_markdown_report(cli, history, isolated):
     result = cli("review", "--week", "2025-W46", "-o", "reports/w46.md")
     assert result.stdout == ""
     report = (isolated / "reports" / "w46.md").read_text()
-    assert "![Runs per day by status](w46-runs-per-day.png)" in report
-    assert "![Key metric over time](w46-key-metrics.png)" in report
-    for name in ("w46-runs-per-day.png", "w46-key-metrics.png"):
+    charts = ("progress", "burndown", "flow", "runs-per-day", "key-metrics", "sweeps")
+    for name in charts:
+        assert f"(w46-{name}.png)" in report
+    assert report.index("(w46-progress.png)") < report.index("## 🔄 Moved") < report.index("(w46-runs-per-day.png)")
+    for name in (f"w46-{chart}.png" for chart in charts):
         png = (isolated / "reports" / name).read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 5000
 
@@ -507,7 +601,7 @@ def test_html_report_is_self_contained(cli, history, isolated):
     cli("review", "--week", "2025-W46", "-o", "w46.html")  # format from the suffix
     page = (isolated / "w46.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    assert page.count('src="data:image/png;base64,') == 2
+    assert page.count('src="data:image/png;base64,') == 6
     assert (
         "http://" not in page
         and "https://" not in page
@@ -676,7 +770,7 @@ def test_both_forms_write_every_section_of_the_one_model(cli, history):
     markdown_plain = markdown.replace("**", "").replace("`", "").replace("_", "")
     sections = review_sections(review)
     assert [s.title for s in sections] == [
-        "🔄 Moved this period", "✅ Finished", "🧪 Experiments", "📝 Notes", "🧊 Stuck", "🎯 Next focus"]
+        "📈 Backlog", "🔄 Moved this period", "✅ Finished", "🧪 Experiments", "📝 Notes", "🎯 Next focus"]
     for section in sections:
         assert f"## {section.title}" in markdown and f"<h2>{section.title}</h2>" in html_module.unescape(page)
         for block in section.blocks:

@@ -23,6 +23,10 @@ def review(
         ),
     ] = None,
     month: Annotated[str | None, typer.Option("--month", help="Calendar month YYYY-MM.")] = None,
+    quarter: Annotated[
+        str | None,
+        typer.Option("--quarter", help="Calendar quarter YYYY-Qn, e.g. 2026-Q4 (Qn: this year's)."),
+    ] = None,
     since: Annotated[
         str | None, typer.Option("--since", help="First day YYYY-MM-DD of a custom range.")
     ] = None,
@@ -45,12 +49,17 @@ def review(
         ),
     ] = None,
     stale_days: Annotated[
-        int, typer.Option("--stale-days", help="Active items idle this many days count as stuck.")
+        int,
+        typer.Option(
+            "--stale-days",
+            help="Stuck: planned or paused this many days, or active with nothing done for as long.",
+        ),
     ] = 14,
 ) -> None:
-    """Review a week, a month or a range of days.
+    """Review a week, a month, a quarter or a range of days.
 
-    Review a period: counts, status moves, finished items and outcomes, experiments, notes, stuck items, next focus.
+    Review a period: counts, charts of the backlog and the runs, status moves, finished items and
+    outcomes, experiments, notes, stuck items, next focus; each compared with the period before.
 
     Default: the current ISO week (local time), Markdown on stdout. HTML is one
     self-contained file with its charts embedded; Markdown charts are PNG files
@@ -61,7 +70,7 @@ def review(
     from research.review.period import parse_period
     from research.review.report import build_review
 
-    period = parse_period(week=week, month=month, since=since, until=until)
+    period = parse_period(week=week, month=month, quarter=quarter, since=since, until=until)
     fmt = resolve_format(format_, output)
     recover_runs()
     data = build_review(db_path(), period, stale_days=stale_days)

@@ -1,10 +1,25 @@
-"""The review's charts, drawn with matplotlib (imported lazily, Agg backend) as PNG bytes."""
+"""The review's charts, drawn with matplotlib (imported lazily, Agg backend) as PNG bytes.
+
+Two groups: the backlog's (checklist progress per direction, open items day by day,
+status moves as a flow), drawn whenever the backlog has them, and the runs' (runs per
+day, each experiment's key metric over its runs, each sweep's metric against its
+parameters), drawn when something ran. Each chart is drawn once, on a bare ``Figure``
+with a fixed layout (no pyplot, no tight bounding boxes, no date locators).
+
+Titles are often Chinese: text is set in DejaVu Sans with an installed CJK font as
+matplotlib's per-glyph fallback. Without one, the charts say so once on stderr and
+label items by id rather than draw boxes. Emoji, which no chart font has, are left
+out of chart labels.
+"""
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 
 from research.review.report import METRIC_CHARTS
@@ -15,12 +30,14 @@ from research.review.report import METRIC_CHARTS
 
 @dataclass
 class Chart:
-    name: str  # file-name part: runs-per-day, key-metrics
+    name: str  # file-name part: progress, burndown, flow, runs-per-day, key-metrics, sweeps
     title: str
     png: bytes
+    group: str  # backlog or runs
+    missing_glyphs: tuple[str, ...] = field(default=())  # matplotlib's warnings, if any
 
 
-_STATUS_COLORS = {
+RUN_STATUS_COLORS = {
     "succeeded": "#2e7d32",
     "failed": "#c62828",
     "timeout": "#ef6c00",
@@ -28,24 +45,104 @@ _STATUS_COLORS = {
     "running": "#1565c0",
     "queued": "#90a4ae",
 }
+ITEM_STATUS_COLORS = {
+    "planned": "#90a4ae",
+    "active": "#1565c0",
+    "paused": "#ef6c00",
+    "writing-up": "#8e24aa",
+    "done": "#2e7d32",
+    "dropped": "#616161",
+}
+# Installed CJK-capable fonts, in order of preference (family names as fontconfig gives them).
+CJK_FONTS = (
+    "Noto Sans CJK SC",
+    "Noto Sans CJK JP",
+    "Noto Sans SC",
+    "Source Han Sans SC",
+    "Source Han Sans CN",
+    "Source Han Sans",
+    "PingFang SC",
+    "Hiragino Sans GB",
+    "Microsoft YaHei",
+    "WenQuanYi Zen Hei",
+    "WenQuanYi Micro Hei",
+    "Droid Sans Fallback",
+    "SimHei",
+    "AR PL UMing CN",
+)
+PROGRESS_ROWS = 8  # directions per progress panel
+PROGRESS_PANELS = 3
+SWEEP_CHARTS = 3  # sweeps drawn
+SWEEP_PARAMS = 4  # parameters drawn per sweep
+
+_EMOJI = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\ufe0f\u200d\u20e3]+")
+_BEYOND_LATIN = re.compile(r"[^\x00-\u024f\u2000-\u206f\u2190-\u21ff]")
+_CJK_FILE = re.compile(
+    r"cjk|sourcehan|source-han|wqy|droidsansfallback|simhei|msyh|pingfang|ukai|uming", re.IGNORECASE
+)
+_warned_no_cjk = False
 
 
-def _chart_label(text: str, fonts_cover_cjk: bool) -> str:
-    if fonts_cover_cjk or text.isascii():
-        return text
-    kept = re.sub(r"[^\x00-\u024f]+", " ", text)
-    return re.sub(r"\s{2,}", " ", kept).strip(" :-")
+@functools.cache
+def cjk_font() -> str | None:
+    """The family name of an installed CJK-capable font, or None.
+
+    matplotlib lists the fonts it found when it first built its cache; fonts installed
+    since (``apt install fonts-noto-cjk``) are looked for on the system and added.
+    """
+    from matplotlib import font_manager
+
+    def pick() -> str | None:
+        names = {f.name for f in font_manager.fontManager.ttflist}
+        return next((name for name in CJK_FONTS if name in names), None)
+
+    found = pick()
+    if found is None:
+        for path in font_manager.findSystemFonts():
+            if _CJK_FILE.search(Path(path).name):
+                try:
+                    font_manager.fontManager.addfont(path)
+                except (OSError, RuntimeError, ValueError):
+                    continue
+        found = pick()
+    return found
+
+
+class _Labels:
+    """Chart labels for items: their titles where the fonts can draw them, else their ids."""
+
+    def __init__(self, have_cjk: bool):
+        self.have_cjk = have_cjk
+        self.fell_back = False
+
+    def item(self, entry: dict, width: int = 42) -> str:
+        ident = f"#{entry['id']}" if entry.get("id") is not None else ""
+        title = _EMOJI.sub("", entry.get("title") or "").strip()
+        if not self.have_cjk and _BEYOND_LATIN.search(title):
+            self.fell_back = True
+            return ident or "?"
+        text = f"{ident} {title}".strip()
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    def text(self, value: str) -> str:
+        value = _EMOJI.sub("", value).strip()
+        if not self.have_cjk and _BEYOND_LATIN.search(value):
+            self.fell_back = True
+            return _BEYOND_LATIN.sub("?", value)
+        return value
 
 
 def chart_pngs(review: dict[str, Any]) -> list[Chart]:
-    """The review's charts as PNG images (none when nothing ran).
-
-    Layouts and ticks are fixed rather than computed (no tight bounding boxes,
-    no automatic date locators): that halves the drawing time.
-    """
-    per_day = review["charts"]["runs_per_day"]
-    series = review["charts"]["key_metrics"][:METRIC_CHARTS]
-    if not per_day["by_status"] and not series:
+    """The review's charts as PNG images: the backlog's, then the runs' (none for an empty backlog)."""
+    c = review["charts"]
+    backlog = [p for p in c.get("progress") or [] if p["total"]]
+    burndown = c.get("burndown") or {}
+    has_burndown = any(burndown.get("items", []) + burndown.get("tasks", []))  # anything open
+    flow = c.get("flow") or []
+    per_day = c["runs_per_day"]
+    series = c["key_metrics"][:METRIC_CHARTS]
+    sweeps = [s for s in review["experiments"]["sweeps"] if _sweep_points(s)][:SWEEP_CHARTS]
+    if not (backlog or has_burndown or flow or per_day["by_status"] or series or sweeps):
         return []
     import io
     import warnings
@@ -53,129 +150,326 @@ def chart_pngs(review: dict[str, Any]) -> list[Chart]:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
-    from matplotlib import font_manager
     from matplotlib.figure import Figure
 
-    cjk = [
-        f.name
-        for f in font_manager.fontManager.ttflist
-        if re.search(
-            r"CJK|WenQuanYi|Droid Sans Fallback|Source Han|Noto Sans [SJTK]C|Heiti|SimHei|YaHei|PingFang",
-            f.name,
-        )
-    ]
-    family = ["DejaVu Sans", *dict.fromkeys(cjk)]
-    charts = []
+    font = cjk_font()
+    labels = _Labels(font is not None)
+    charts: list[Chart] = []
 
-    def png(fig) -> bytes:
+    def add(name: str, title: str, group: str, fig) -> None:
         buffer = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # missing glyphs
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             fig.savefig(buffer, format="png", dpi=100)
-        return buffer.getvalue()
+        missing = tuple(str(w.message) for w in caught if "missing from" in str(w.message))
+        charts.append(Chart(name, title, buffer.getvalue(), group, missing))
 
     style = {
-        "font.family": family,
+        "font.family": ["DejaVu Sans", *([font] if font else [])],
         "font.size": 9,
         "axes.spines.top": False,
         "axes.spines.right": False,
+        "legend.frameon": False,
     }
     with matplotlib.rc_context(style):
+        if backlog:
+            add("progress", "Checklist progress per direction", "backlog",
+                _progress_figure(Figure, backlog, labels))
+        if has_burndown:
+            add("burndown", "Open items and checklist tasks, day by day", "backlog",
+                _burndown_figure(Figure, burndown))
+        if flow:
+            add("flow", "Status moves in the period", "backlog", _flow_figure(Figure, flow))
         if per_day["by_status"]:
-            days = per_day["days"]
-            rotate = len(days) > 10
-            fig = Figure(figsize=(max(7.5, min(14.0, 0.3 * len(days) + 2)), 2.8))
-            fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.26 if rotate else 0.14)
-            ax = fig.subplots()
-            bottom = [0] * len(days)
-            positions = list(range(len(days)))
-            for status, values in per_day["by_status"].items():
-                ax.bar(
-                    positions,
-                    values,
-                    bottom=bottom,
-                    label=status,
-                    color=_STATUS_COLORS.get(status, "#607d8b"),
-                    width=0.7,
-                )
-                bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-            step = max(1, -(-len(days) // 16))
-            ax.set_xticks(
-                positions[::step], [d[5:] for d in days[::step]], rotation=45 if rotate else 0
-            )
-            ax.set_xlim(-0.6, len(days) - 0.4)
-            ax.yaxis.get_major_locator().set_params(integer=True)
-            ax.set_ylabel("runs")
-            ax.set_title("Runs per day by status")
-            ax.legend(frameon=False, loc="upper right", fontsize=8)
-            charts.append(Chart("runs-per-day", "Runs per day by status", png(fig)))
+            add("runs-per-day", "Runs per day by status", "runs", _runs_figure(Figure, per_day))
         if series:
-            p = review["period"]
-            first = date.fromisoformat(p["previous"]["start"])
-            period_start = date.fromisoformat(p["start"])
-            total = (date.fromisoformat(p["end"]) - first).days + 1  # x: days since `first`
-            origin = datetime.combine(first, time()).astimezone()
-
-            def x_of(ts: str) -> float:
-                return (datetime.fromisoformat(ts) - origin).total_seconds() / 86400
-
-            # Whole weeks where they fit, so period starts fall on a labelled tick.
-            tick_step = next((n for n in (1, 7, 14, 28, 56, 91, 182) if total / n <= 8), 364)
-            ticks = list(range(0, total + 1, tick_step))
-            labels = [(first + timedelta(days=t)).strftime("%m-%d") for t in ticks]
-            cols = min(3, len(series))
-            rows = -(-len(series) // cols)
-            fig = Figure(figsize=(4.2 * cols, 0.5 + 2.5 * rows))
-            fig.subplots_adjust(
-                left=0.1 if cols > 1 else 0.16,
-                right=0.98,
-                top=1 - 0.55 / (0.5 + 2.5 * rows),
-                bottom=0.45 / (0.5 + 2.5 * rows),
-                wspace=0.38,
-                hspace=0.55,
-            )
-            axes = fig.subplots(rows, cols, squeeze=False)
-            handles = None
-            for n, ax in enumerate(axes.flat):
-                if n >= len(series):
-                    ax.set_visible(False)
-                    continue
-                entry = series[n]
-                xs = [x_of(point["ended_at"]) for point in entry["points"]]
-                ys = [point["value"] for point in entry["points"]]
-                pick = max if entry["goal"] == "max" else min
-                best = []
-                for y in ys:
-                    best.append(y if not best else pick(best[-1], y))
-                dots = ax.scatter(xs, ys, s=12, color="#1565c0", alpha=0.7, zorder=3)
-                (line,) = ax.step(
-                    [*xs, total], [*best, best[-1]], where="post", color="#2e7d32", linewidth=1.2
-                )
-                ax.axvline(
-                    (period_start - first).days, color="#9e9e9e", linestyle="--", linewidth=0.8
-                )
-                ax.set_xlim(0, total)
-                ax.set_xticks(ticks, labels, fontsize=7)
-                if total <= 62:
-                    ax.set_xticks(range(total + 1), minor=True)
-                title = _chart_label(f"#{entry['item_id']} {entry['title']}", len(family) > 1)
-                ax.set_title(title if len(title) <= 42 else title[:41] + "…", fontsize=9)
-                ax.set_ylabel(entry["metric"])
-                handles = handles or (dots, line)
-            fig.suptitle(
-                "Key metric over time (dashed line: start of the period)",
-                fontsize=10,
-                x=0.02,
-                ha="left",
-            )
-            fig.legend(
-                handles,
-                ["run", "best so far"],
-                loc="upper right",
-                bbox_to_anchor=(0.97, 1.0),
-                frameon=False,
-                fontsize=8,
-                ncols=2,
-            )
-            charts.append(Chart("key-metrics", "Key metric over time", png(fig)))
+            add("key-metrics", "Key metric over its runs", "runs",
+                _metrics_figure(Figure, review["period"], series, labels))
+        if sweeps:
+            add("sweeps", "Each sweep's metric against its parameters", "runs",
+                _sweeps_figure(Figure, sweeps, labels))
+    global _warned_no_cjk
+    if labels.fell_back and not _warned_no_cjk:
+        _warned_no_cjk = True
+        print(
+            "research: no CJK-capable font is installed (e.g. Debian's fonts-noto-cjk); "
+            "charts label those items by id",
+            file=sys.stderr,
+        )
     return charts
+
+
+# ---------------------------------------------------------------------------
+# The backlog's charts
+
+HEAD_IN = 0.62  # inches above the plots for the title and, beneath it, the legend
+
+
+def _heading(fig, title: str, handles, names, height_in: float) -> None:
+    """The chart's title at the top left and its legend on the line beneath: neither
+    overlaps the other, whatever the figure's width."""
+    fig.suptitle(title, fontsize=10, x=0.012, y=1 - 0.06 / height_in, ha="left", va="top")
+    fig.legend(handles, names, loc="upper left", bbox_to_anchor=(0.005, 1 - 0.3 / height_in),
+               ncols=len(names), fontsize=7.5, handlelength=1.6, columnspacing=1.2,
+               borderaxespad=0.0)
+
+
+def _progress_figure(Figure, rows: list[dict], labels: _Labels):
+    shown = rows[: PROGRESS_ROWS * PROGRESS_PANELS]
+    panels = [shown[i : i + PROGRESS_ROWS] for i in range(0, len(shown), PROGRESS_ROWS)]
+    height = HEAD_IN + 0.5 + 0.3 * max(len(p) for p in panels)
+    width = max(6.4, 4.6 * len(panels) + 0.6)
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=1.9 / width, right=0.97, top=1 - (HEAD_IN + 0.05) / height,
+                        bottom=0.45 / height, wspace=0.9)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    parts = (
+        ("done before", "#2e7d32", lambda r: r["done_at_start"]),
+        ("ticked in the period", "#81c784", lambda r: max(0, r["done"] - r["done_at_start"])),
+        ("open", "#cfd8dc", lambda r: r["open"]),
+        ("dropped", "#eeeeee", lambda r: r["dropped"]),
+    )
+    handles = {}
+    for ax, panel in zip(axes, panels, strict=True):
+        ys = list(range(len(panel)))[::-1]
+        left = [0] * len(panel)
+        for name, color, value in parts:
+            widths = [value(r) for r in panel]
+            bars = ax.barh(ys, widths, left=left, color=color, height=0.65, label=name,
+                           edgecolor="#b0bec5" if name == "dropped" else color, linewidth=0.5)
+            handles.setdefault(name, bars)
+            left = [a + b for a, b in zip(left, widths, strict=True)]
+        for y, row in zip(ys, panel, strict=True):
+            ax.text(row["total"], y, f" {row['done']}/{row['total']}", va="center", fontsize=7)
+        ax.set_yticks(ys, [labels.item(r, 26) for r in panel], fontsize=8)
+        ax.set_xlim(0, max(r["total"] for r in panel) * 1.25)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("checklist tasks")
+    more = len(rows) - len(shown)
+    title = "Checklist progress per direction" + (f" ({len(shown)} of {len(rows)})" if more else "")
+    _heading(fig, title, list(handles.values()), list(handles), height)
+    return fig
+
+
+def _day_ticks(days: list[str], most: int = 10) -> tuple[list[int], list[str]]:
+    step = max(1, -(-len(days) // most))
+    positions = list(range(0, len(days) + 1, step))
+    names = ["start" if p == 0 else days[p - 1][5:] for p in positions]
+    return positions, names
+
+
+def _burndown_figure(Figure, burndown: dict):
+    days = burndown["days"]
+    height = HEAD_IN + 2.6
+    fig = Figure(figsize=(8.6, height))
+    fig.subplots_adjust(left=0.08, right=0.98, top=1 - (HEAD_IN + 0.3) / height,
+                        bottom=0.5 / height, wspace=0.28)
+    axes = fig.subplots(1, 2)
+    ticks, names = _day_ticks(days)
+    handles = None
+    for ax, key, title in ((axes[0], "items", "Open items"), (axes[1], "tasks", "Open checklist tasks")):
+        values = [burndown["start"][key], *burndown[key]]
+        xs = [x for x, v in enumerate(values) if v is not None]
+        ys = [v for v in values if v is not None]
+        (line,) = ax.plot(xs, ys, color="#1565c0", marker="o" if len(days) <= 31 else None,
+                          markersize=3, linewidth=1.4)
+        start = ax.axhline(values[0], color="#9e9e9e", linestyle="--", linewidth=0.8)
+        ax.set_xlim(-0.3, len(days) + 0.3)
+        low, high = min(ys), max(ys)
+        pad = max(1, (high - low) * 0.15)
+        ax.set_ylim(max(0, low - pad), high + pad)
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.set_xticks(ticks, names, fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("end of day")
+        ax.set_ylabel("open")
+        handles = handles or (line, start)
+    _heading(fig, "Burndown: open items and checklist tasks, day by day", handles,
+             ["open at the end of the day", "at the start of the period"], height)
+    return fig
+
+
+def _flow_figure(Figure, flow: list[dict]):
+    """Status moves as a flow: statuses left (from) and right (to), bands as wide as the moves."""
+    from matplotlib.patches import PathPatch, Rectangle
+    from matplotlib.path import Path
+
+    order = list(ITEM_STATUS_COLORS)
+    total = sum(f["items"] + f["tasks"] for f in flow)
+    gap = total * 0.06
+    sources = [s for s in order if any(f["from"] == s for f in flow)]
+    targets = [s for s in order if any(f["to"] == s for f in flow)]
+
+    def stack(names, side):
+        tops, y = {}, total + gap * (len(names) - 1)
+        for name in names:
+            size = sum(f["items"] + f["tasks"] for f in flow if f[side] == name)
+            tops[name] = [y, size]
+            y -= size + gap
+        return tops
+
+    left, right = stack(sources, "from"), stack(targets, "to")
+    height = HEAD_IN + 3.0
+    fig = Figure(figsize=(6.4, height))
+    fig.subplots_adjust(left=0.17, right=0.83, top=1 - (HEAD_IN + 0.1) / height, bottom=0.5 / height)
+    ax = fig.subplots()
+    out_at = {name: top for name, (top, _) in left.items()}
+    in_at = {name: top for name, (top, _) in right.items()}
+    for f in sorted(flow, key=lambda f: (order.index(f["from"]) if f["from"] in order else 9,
+                                         order.index(f["to"]) if f["to"] in order else 9)):
+        size = f["items"] + f["tasks"]
+        y0, y1 = out_at[f["from"]], in_at[f["to"]]
+        out_at[f["from"]] -= size
+        in_at[f["to"]] -= size
+        a, b = 0.06, 0.94
+        verts = [(a, y0), (0.5, y0), (0.5, y1), (b, y1), (b, y1 - size), (0.5, y1 - size),
+                 (0.5, y0 - size), (a, y0 - size), (a, y0)]
+        codes = [Path.MOVETO, Path.CURVE4, Path.CURVE4, Path.CURVE4, Path.LINETO,
+                 Path.CURVE4, Path.CURVE4, Path.CURVE4, Path.CLOSEPOLY]
+        ax.add_patch(PathPatch(Path(verts, codes), facecolor=ITEM_STATUS_COLORS.get(f["to"], "#607d8b"),
+                               alpha=0.45, linewidth=0))
+    for names, x, align, offset in ((left, 0.0, "right", -0.02), (right, 0.94, "left", 1.02)):
+        for name, (top, size) in names.items():
+            color = ITEM_STATUS_COLORS.get(name, "#607d8b")
+            ax.add_patch(Rectangle((x, top - size), 0.06, size, color=color, linewidth=0))
+            ax.text(offset, top - size / 2, f"{name} {size}", ha=align, va="center", fontsize=8)
+    ax.set_xlim(0, 1.0)
+    ax.set_ylim(-gap * 0.2, total + gap * max(len(sources), len(targets)))
+    ax.set_xticks([0.03, 0.97], ["from", "to"])
+    ax.set_yticks([])
+    ax.spines["left"].set_visible(False)
+    ax.set_xlabel(f"{total} status moves (items and checklist tasks)")
+    shown = [s for s in order if s in targets]
+    _heading(fig, "Status moves in the period",
+             [Rectangle((0, 0), 1, 1, color=ITEM_STATUS_COLORS[s], alpha=0.6) for s in shown],
+             [f"to {s}" for s in shown], height)
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# The runs' charts
+
+
+def _runs_figure(Figure, per_day: dict):
+    days = per_day["days"]
+    rotate = len(days) > 10
+    height = HEAD_IN + 2.4
+    fig = Figure(figsize=(max(7.5, min(14.0, 0.3 * len(days) + 2)), height))
+    fig.subplots_adjust(left=0.08, right=0.98, top=1 - (HEAD_IN + 0.05) / height,
+                        bottom=(0.75 if rotate else 0.5) / height)
+    ax = fig.subplots()
+    handles = []
+    bottom = [0] * len(days)
+    positions = list(range(len(days)))
+    for status, values in per_day["by_status"].items():
+        handles.append(ax.bar(positions, values, bottom=bottom, label=status,
+                              color=RUN_STATUS_COLORS.get(status, "#607d8b"), width=0.7))
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    step = max(1, -(-len(days) // 16))
+    ax.set_xticks(positions[::step], [d[5:] for d in days[::step]], rotation=45 if rotate else 0)
+    ax.set_xlim(-0.6, len(days) - 0.4)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("day")
+    ax.set_ylabel("runs")
+    _heading(fig, "Runs per day by status", handles, list(per_day["by_status"]), height)
+    return fig
+
+
+def _metrics_figure(Figure, p: dict, series: list[dict], labels: _Labels):
+    first = date.fromisoformat(p["previous"]["start"])
+    period_start = date.fromisoformat(p["start"])
+    total = (date.fromisoformat(p["end"]) - first).days + 1  # x: days since `first`
+    origin = datetime.combine(first, time()).astimezone()
+
+    def x_of(ts: str) -> float:
+        return (datetime.fromisoformat(ts) - origin).total_seconds() / 86400
+
+    # Whole weeks where they fit, so period starts fall on a labelled tick.
+    tick_step = next((n for n in (1, 7, 14, 28, 56, 91, 182) if total / n <= 8), 364)
+    ticks = list(range(0, total + 1, tick_step))
+    names = [(first + timedelta(days=t)).strftime("%m-%d") for t in ticks]
+    cols = min(3, len(series))
+    rows = -(-len(series) // cols)
+    height = HEAD_IN + 0.3 + 2.6 * rows
+    width = max(6.4, 4.2 * cols)
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=0.7 / width, right=0.98, top=1 - (HEAD_IN + 0.3) / height,
+                        bottom=0.5 / height, wspace=0.38, hspace=0.75)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    handles = None
+    for n, ax in enumerate(axes.flat):
+        if n >= len(series):
+            ax.set_visible(False)
+            continue
+        entry = series[n]
+        xs = [x_of(point["ended_at"]) for point in entry["points"]]
+        ys = [point["value"] for point in entry["points"]]
+        pick = max if entry["goal"] == "max" else min
+        best: list[float] = []
+        for y in ys:
+            best.append(y if not best else pick(best[-1], y))
+        dots = ax.scatter(xs, ys, s=12, color="#1565c0", alpha=0.7, zorder=3)
+        (line,) = ax.step([*xs, total], [*best, best[-1]], where="post", color="#2e7d32", linewidth=1.2)
+        ax.axvline((period_start - first).days, color="#9e9e9e", linestyle="--", linewidth=0.8)
+        ax.set_xlim(0, total)
+        ax.set_xticks(ticks, names, fontsize=7)
+        if total <= 62:
+            ax.set_xticks(range(total + 1), minor=True)
+        ax.set_title(labels.item({"id": entry["item_id"], "title": entry["title"]}), fontsize=9)
+        ax.set_ylabel(labels.text(entry["metric"]))
+        ax.set_xlabel("run ended")
+        handles = handles or (dots, line)
+    _heading(fig, "Key metric over its runs (dashed line: start of the period)", handles,
+             ["run", "best so far"], height)
+    return fig
+
+
+def _numeric(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _sweep_points(sweep: dict) -> list[dict]:
+    return [r for r in sweep["rows"] if _numeric(r["value"])]
+
+
+def _sweeps_figure(Figure, sweeps: list[dict], labels: _Labels):
+    from research.review.text import number_text
+
+    cols = min(SWEEP_PARAMS, max(len(s["params"][:SWEEP_PARAMS]) for s in sweeps)) or 1
+    height = HEAD_IN + 0.3 + 2.6 * len(sweeps)
+    width = max(6.4, 3.4 * cols + 0.6)
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=0.75 / width, right=0.98, top=1 - (HEAD_IN + 0.3) / height,
+                        bottom=0.5 / height, wspace=0.35, hspace=0.8)
+    axes = fig.subplots(len(sweeps), cols, squeeze=False)
+    handles = None
+    for row, sweep in zip(axes, sweeps, strict=True):
+        points = _sweep_points(sweep)
+        params = sweep["params"][:SWEEP_PARAMS]
+        for n, ax in enumerate(row):
+            if n >= len(params):
+                ax.set_visible(False)
+                continue
+            name = params[n]
+            values = [r["params"].get(name) for r in points]
+            ys = [float(r["value"]) for r in points]
+            if all(_numeric(v) for v in values):
+                xs = [float(v) for v in values]
+                positive = [x for x in xs if x > 0]
+                if len(positive) == len(xs) and max(xs) / min(xs) >= 100:
+                    ax.set_xscale("log")
+            else:
+                categories = list(dict.fromkeys(number_text(v) for v in values))
+                xs = [categories.index(number_text(v)) for v in values]
+                ax.set_xticks(range(len(categories)), [labels.text(c)[:12] for c in categories],
+                              fontsize=7)
+                ax.set_xlim(-0.5, len(categories) - 0.5)
+            dots = ax.scatter(xs, ys, s=14, color="#1565c0", alpha=0.75, zorder=3)
+            ax.set_xlabel(labels.text(name))
+            if n == 0:
+                ax.set_ylabel(labels.text(sweep["metric"] or "metric"))
+                item = labels.item({"id": sweep["item_id"], "title": sweep["title"]}, 48)
+                ax.set_title(f"sweep {sweep['sweep_id']} · {item}", fontsize=9, loc="left")
+            handles = handles or dots
+    _heading(fig, "Each sweep's metric against each swept parameter", [handles], ["run"], height)
+    return fig

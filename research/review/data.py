@@ -172,8 +172,19 @@ class ReviewData:
                 self.outcomes.setdefault(item_id, []).append(
                     {"kind": kind, "ref": ref, "text": text, "created_at": created_at}
                 )
+        # When each item last changed status (else was created), as of the end of the period.
+        self.status_since = dict(
+            conn.execute(
+                "SELECT item_id, MAX(ts) FROM event WHERE undone = 0 AND table_name = 'item' "
+                "AND before IS NOT NULL AND json_extract(after, '$.status') IS NOT NULL "
+                "AND json_extract(after, '$.status') IS NOT json_extract(before, '$.status') "
+                "AND ts < ? GROUP BY item_id",
+                (self.ref,),
+            ).fetchall()
+        )
         self._deleted: dict[int, dict] | None = None
-        self.snapshot = self._rewind()
+        self.snapshot = self._rewind(self.end)
+        self.start_snapshot = self._rewind(self.start)
 
     def in_period(self, ts: str | None) -> bool:
         return bool(ts) and self.start <= ts < self.end
@@ -184,11 +195,12 @@ class ReviewData:
     def period_events(self):
         return (e for e in self.events if e["ts"] < self.end)
 
-    def _rewind(self) -> dict[int, dict]:
-        """Items as they stood at the end of the period: later events undone, later items left out."""
-        items = {i: dict(item) for i, item in self.items.items() if item["created_at"] < self.end}
+    def _rewind(self, bound: str) -> dict[int, dict]:
+        """Items as they stood at ``bound`` (the end or the start of the period): later events
+        undone, later items left out."""
+        items = {i: dict(item) for i, item in self.items.items() if item["created_at"] < bound}
         for event in reversed(self.events):
-            if event["ts"] < self.end or event["table"] != "item":
+            if event["ts"] < bound or event["table"] != "item":
                 continue
             row_id = event["row_id"]
             if event["before"] is None:  # created later

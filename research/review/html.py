@@ -7,6 +7,7 @@ import html
 from typing import Any
 
 from research.review.charts import Chart
+from research.review.safe_markdown import markdown_html
 from research.review.sections import (
     Bullets,
     Charts,
@@ -26,9 +27,10 @@ _CSS = """
 :root { --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --head: #f6f8fa; --accent: #0969da; }
 * { box-sizing: border-box; }
 body { margin: 0; background: #fff; color: var(--fg);
-  font: 15px/1.55 -apple-system, "Segoe UI", "Noto Sans", "Helvetica Neue", Arial, "PingFang SC",
-        "Hiragino Sans GB", "Microsoft YaHei", "Noto Sans CJK SC", sans-serif, "Apple Color Emoji",
-        "Segoe UI Emoji", "Noto Color Emoji"; }
+  font: 15px/1.55 -apple-system, BlinkMacSystemFont, "Segoe UI", "Noto Sans", "Helvetica Neue", Arial,
+        "PingFang SC", "Hiragino Sans GB", "Microsoft YaHei", "Noto Sans CJK SC", "Noto Sans SC",
+        "Source Han Sans SC", "Source Han Sans CN", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei",
+        "Droid Sans Fallback", sans-serif, "Apple Color Emoji", "Segoe UI Emoji", "Noto Color Emoji"; }
 main { max-width: 1040px; margin: 0 auto; padding: 32px 24px 64px; }
 h1 { font-size: 1.8em; margin: 0 0 4px; }
 h2 { font-size: 1.3em; margin: 36px 0 12px; padding-bottom: 6px; border-bottom: 1px solid var(--line); }
@@ -52,7 +54,9 @@ code { font: 0.9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; bac
 .fail { color: #cf222e; }
 figure { margin: 12px 0 20px; } figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px; }
 figcaption { color: var(--muted); font-size: 0.85em; }
-.note { white-space: pre-wrap; margin: 2px 0 10px; }
+.note { margin: 2px 0 10px; } .note p { margin: 0 0 6px; } .note ul, .note ol { margin: 0 0 6px; }
+.note pre { background: var(--head); padding: 8px 10px; border-radius: 6px; overflow-x: auto; }
+.note table { width: auto; }
 .empty { color: var(--muted); font-style: italic; }
 """
 
@@ -109,11 +113,11 @@ def _block(block, charts: list[Chart]) -> str:
     if isinstance(block, Notes):
         return "".join(
             f'<div class="muted">{_e(n["date"])}' + (f" <b>{_e(n['title'])}</b>" if n["title"] else "")
-            + f'</div><div class="note">{_e(n["text"] or "")}</div>'
+            + f'</div><div class="note">{markdown_html(n["text"])}</div>'
             for n in block.notes
         )
     if isinstance(block, Charts):
-        return "\n".join(_figure(chart) for chart in charts)
+        return "\n".join(_figure(chart) for chart in charts if chart.group == block.group)
     raise TypeError(f"no HTML form for {type(block).__name__}")
 
 
@@ -127,6 +131,9 @@ def render_html(review: dict[str, Any], charts: list[Chart] | None = None) -> st
         "<head>",
         '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        # Nothing runs and nothing loads from elsewhere: the charts are data: URIs.
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "img-src data:; style-src 'unsafe-inline'\">",
         f"<title>{_e(heading)}</title>",
         f"<style>{_CSS}</style>",
         "</head>",
@@ -143,7 +150,8 @@ def render_html(review: dict[str, Any], charts: list[Chart] | None = None) -> st
     parts.append("</div>")
     if not has_activity(review):
         parts.append('<p class="empty">No activity recorded in this period.</p>')
-    for section in review_sections(review, with_charts=bool(charts)):
+    groups = frozenset(chart.group for chart in charts or [])
+    for section in review_sections(review, chart_groups=groups):
         parts.append(f"<h2>{_e(section.title)}</h2>")
         parts.extend(_block(block, charts or []) for block in section.blocks)
     parts += ["</main>", "</body>", "</html>"]

@@ -44,7 +44,7 @@ def _notes(notes: list[dict]) -> list[str]:
     return out
 
 
-def _block(block, charts: list[tuple[str, str]]) -> list[str]:
+def _block(block, charts: list[tuple[str, str, str]]) -> list[str]:
     if isinstance(block, Table):
         return _table(block)
     if isinstance(block, SubHeading):
@@ -60,12 +60,13 @@ def _block(block, charts: list[tuple[str, str]]) -> list[str]:
     if isinstance(block, Notes):
         return _notes(block.notes)
     if isinstance(block, Charts):
-        return "\n\n".join(f"![{title}]({path})" for title, path in charts).splitlines()
+        shown = [f"![{title}]({path})" for group, title, path in charts if group == block.group]
+        return "\n\n".join(shown).splitlines()
     raise TypeError(f"no Markdown form for {type(block).__name__}")
 
 
-def render_markdown(review: dict[str, Any], charts: list[tuple[str, str]] | None = None) -> str:
-    """The review as Markdown; ``charts`` are (title, relative path) pairs to link."""
+def render_markdown(review: dict[str, Any], charts: list[tuple[str, str, str]] | None = None) -> str:
+    """The review as Markdown; ``charts`` are (group, title, relative path) triples to link."""
     heading, _span = review_title(review)
     out = [f"# {heading}", ""]
     for label, parts in headline(review):
@@ -73,7 +74,8 @@ def render_markdown(review: dict[str, Any], charts: list[tuple[str, str]] | None
     out.append("")
     if not has_activity(review):
         out += ["No activity recorded in this period.", ""]
-    for section in review_sections(review, with_charts=bool(charts)):
+    groups = frozenset(group for group, _title, _path in charts or [])
+    for section in review_sections(review, chart_groups=groups):
         out += [f"## {section.title}", ""]
         for block in section.blocks:
             out += [*_block(block, charts or []), ""]

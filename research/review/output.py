@@ -36,7 +36,7 @@ def write_review(
     """Render ``review``; returns (text for stdout or None, files written).
 
     HTML embeds its charts. Markdown written to a file gets its charts as PNG
-    files beside it (``<stem>-runs-per-day.png``, ``<stem>-key-metrics.png``),
+    files beside it (``<stem>-progress.png``, ``<stem>-runs-per-day.png``, …),
     linked relatively; Markdown on stdout has no charts (nothing is written
     behind the reader's back), so ask for a file to get them.
     """
@@ -55,7 +55,7 @@ def write_review(
             for chart in chart_pngs(review):
                 path = output.with_name(f"{output.stem}-{chart.name}.png")
                 written.append(write_bytes_file(path, chart.png).path)
-                links.append((chart.title, path.name))
+                links.append((chart.group, chart.title, path.name))
         text = render_markdown(review, links)
     if output is None:
         return text, written

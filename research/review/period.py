@@ -1,4 +1,4 @@
-"""Review periods: an ISO week, a calendar month or a range of local days, with UTC bounds."""
+"""Review periods: an ISO week, a calendar month, a quarter or a range of local days, with UTC bounds."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from research.errors import ResearchError
 class Period:
     """Local calendar days ``[start, end)`` and the period before them, ``[prev_start, start)``."""
 
-    kind: str  # week, month or range
+    kind: str  # week, month, quarter or range
     label: str
     start: date
     end: date
@@ -40,6 +40,13 @@ def utc_bound(day: date) -> str:
 
 _WEEK = re.compile(r"^(\d{4})-?[Ww](\d{1,2})$")
 _MONTH = re.compile(r"^(\d{4})-(\d{1,2})$")
+_QUARTER = re.compile(r"^(\d{4})-?[Qq]([1-4])$")
+
+
+def _month_start(year: int, month: int) -> date:
+    """The first day of ``month`` (which may run past 12 or below 1) of ``year``."""
+    year, month = year + (month - 1) // 12, (month - 1) % 12 + 1
+    return date(year, month, 1)
 
 
 def parse_period(
@@ -48,10 +55,11 @@ def parse_period(
     since: str | None = None,
     until: str | None = None,
     today: date | None = None,
+    quarter: str | None = None,
 ) -> Period:
     """The period the options name; the current ISO week when none is given."""
-    if sum(x is not None for x in (week, month, since)) > 1:
-        raise ResearchError("give only one of --week, --month or --since")
+    if sum(x is not None for x in (week, month, quarter, since)) > 1:
+        raise ResearchError("give only one of --week, --month, --quarter or --since")
     if until is not None and since is None:
         raise ResearchError("--until needs --since")
     today = today or clock.now().astimezone().date()
@@ -64,6 +72,17 @@ def parse_period(
         end = date(year + number // 12, number % 12 + 1, 1)
         prev_start = date(year - (number == 1), 12 if number == 1 else number - 1, 1)
         return Period("month", f"{year}-{number:02d}", start, end, prev_start)
+    if quarter is not None:
+        text = quarter.strip()
+        if re.fullmatch(r"[Qq][1-4]", text):  # this year's
+            text = f"{today.year}-{text}"
+        match = _QUARTER.match(text)
+        if not match:
+            raise ResearchError(f"bad quarter {quarter!r}; use YYYY-Qn, e.g. 2026-Q4")
+        year, number = int(match.group(1)), int(match.group(2))
+        first = 3 * (number - 1) + 1
+        start, end = _month_start(year, first), _month_start(year, first + 3)
+        return Period("quarter", f"{year}-Q{number}", start, end, _month_start(year, first - 3))
     if since is not None:
         start = _parse_date(since, "--since")
         end = (

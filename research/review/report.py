@@ -18,11 +18,13 @@ from research.vocab import (
     OPEN_RUN_STATUSES,
     OPEN_STATUSES,
     PRIORITY_RANK,
+    STATUSES,
 )
 
 FORMATS = ("md", "html", "json")
 CHART_STATUSES = (*ENDED_RUN_STATUSES, *reversed(OPEN_RUN_STATUSES))
 NEXT_FOCUS_LIMIT = 10
+STUCK_ROWS_SHOWN = 15  # rows of the stuck and progress tables in Markdown and HTML
 SWEEP_ROWS_SHOWN = 20  # rows of a sweep table in Markdown and HTML (JSON has them all)
 METRIC_CHARTS = 6  # experiments drawn in the key-metric chart
 _MINIMIZE_HINTS = (
@@ -62,14 +64,27 @@ def build_review(db_path: Path, period: Period, stale_days: int = 14) -> dict[st
         conn.close()
 
     moved, transitions = _moved(data)
+    kinds = {kind: {e["item_id"] for e in data.period_events() if e["table"] == "item" and
+                    (data.row_of(e["item_id"]) or {}).get("kind", "item") == kind}
+             for kind in ("item", "task")}
+
+    def moved_to(status: str, kind: str = "item") -> int:
+        return len(transitions.get(status, set()) & kinds[kind])
+
+    def added(kind: str) -> int:
+        return sum(
+            1 for e in data.period_events()
+            if e["table"] == "item" and e["action"] == "created" and e["item_id"] in kinds[kind]
+        )
+
     counts = {
-        "items_added": sum(
-            1 for e in data.period_events() if e["table"] == "item" and e["action"] == "created"
-        ),
-        "items_started": len(transitions.get("active", set())),
-        "items_paused": len(transitions.get("paused", set())),
-        "items_finished": len(transitions.get("done", set())),
-        "items_dropped": len(transitions.get("dropped", set())),
+        "items_added": added("item"),
+        "items_started": moved_to("active"),
+        "items_paused": moved_to("paused"),
+        "items_finished": moved_to("done"),
+        "items_dropped": moved_to("dropped"),
+        "tasks_added": added("task"),
+        "tasks_ticked": moved_to("done", "task"),
         "runs_started": sum(1 for r in data.runs if data.in_period(r["started_at"])),
         "runs_succeeded": sum(
             1 for r in data.runs if r["status"] == "succeeded" and data.in_period(r["ended_at"])
@@ -105,7 +120,13 @@ def build_review(db_path: Path, period: Period, stale_days: int = 14) -> dict[st
         "stuck": _stuck(data, stale_days),
         "due": _due(data, period),
         "next_focus": _next_focus(data),
-        "charts": {"runs_per_day": _runs_per_day(data, period), "key_metrics": series},
+        "charts": {
+            "progress": _progress(data),
+            "burndown": _burndown(data, period),
+            "flow": _flow(data),
+            "runs_per_day": _runs_per_day(data, period),
+            "key_metrics": series,
+        },
     }
 
 
@@ -417,18 +438,24 @@ def _stuck(data: ReviewData, stale_days: int) -> dict[str, list[dict]]:
             )
             idle.append(entry)
     idle.sort(key=lambda e: (-e["days_idle"], e["id"]))
+    containers = {item["parent_id"] for item in items.values() if item["kind"] == "item"}
     waiting = []
     for item in items.values():
-        if item["status"] == "planned" and item["priority"] in ("high", "critical"):
-            entry = _brief(data, item["id"])
-            entry.update(
-                priority=item["priority"],
-                created_at=item["created_at"],
-                days_waiting=max(0, (ref - clock.parse_iso(item["created_at"])).days),
-            )
-            waiting.append(entry)
-    waiting.sort(key=lambda e: (PRIORITY_RANK[e["priority"]], -e["days_waiting"], e["id"]))
-    return {"idle": idle, "not_started": waiting}
+        if (
+            item["status"] not in ("planned", "paused")
+            or item["kind"] != "item"
+            or item["id"] in containers  # a heading over directions, not one itself
+        ):
+            continue
+        since = max(filter(None, (item["created_at"], data.status_since.get(item["id"]))))
+        days = (ref - clock.parse_iso(since)).days
+        if days < stale_days:
+            continue
+        entry = _brief(data, item["id"])
+        entry.update(status=item["status"], priority=item["priority"], since=since, days_waiting=days)
+        waiting.append(entry)
+    waiting.sort(key=lambda e: (PRIORITY_RANK.get(e["priority"], 9), -e["days_waiting"], e["id"]))
+    return {"idle": idle, "waiting": waiting}
 
 
 def _due(data: ReviewData, period: Period) -> dict[str, list[dict]]:
@@ -462,8 +489,11 @@ DUE_GROUPS = (("overdue", "Overdue (still open)"), ("in_period", "Due in this pe
 
 
 def _next_focus(data: ReviewData) -> list[dict]:
+    containers = {i["parent_id"] for i in data.snapshot.values() if i["kind"] == "item"}
     candidates = [
-        i for i in data.snapshot.values() if i["status"] in OPEN_STATUSES and i["kind"] == "item"
+        i
+        for i in data.snapshot.values()
+        if i["status"] in OPEN_STATUSES and i["kind"] == "item" and i["id"] not in containers
     ]
     candidates.sort(
         key=lambda i: (PRIORITY_RANK.get(i["priority"], 9), -(i["score"] or 0), i["id"])
@@ -501,3 +531,131 @@ def _runs_per_day(data: ReviewData, period: Period) -> dict:
             counts.setdefault(run["status"], [0] * len(days))[index[day]] += 1
     ordered = {s: counts[s] for s in CHART_STATUSES if s in counts}
     return {"days": days, "by_status": ordered}
+
+
+# ---------------------------------------------------------------------------
+# The backlog's charts: progress per direction, open items day by day, status moves
+
+
+def _task_owners(items: dict[int, dict]) -> dict[int, int]:
+    """Each checklist task's direction: the nearest item above it that is not a task."""
+    owners: dict[int, int] = {}
+    for task in items.values():
+        if task["kind"] != "task":
+            continue
+        current, seen = task, set()
+        while current is not None and current["kind"] == "task" and current["id"] not in seen:
+            seen.add(current["id"])
+            current = items.get(current["parent_id"])
+        if current is not None and current["kind"] != "task":
+            owners[task["id"]] = current["id"]
+    return owners
+
+
+def _progress(data: ReviewData) -> list[dict]:
+    """Checklist progress of each direction with tasks: done, dropped and open at the end of the
+    period, done at its start, and tasks ticked and added during it."""
+    end, start = data.snapshot, data.start_snapshot
+    owners = _task_owners(end)
+    ticked: dict[int, set] = {}
+    added: dict[int, int] = {}
+    for event in data.period_events():
+        task = event["item_id"]
+        if task not in owners:
+            continue
+        if status_moved_to(event) == "done":
+            ticked.setdefault(owners[task], set()).add(task)
+        elif event["table"] == "item" and event["action"] == "created" and event["before"] is None:
+            added[owners[task]] = added.get(owners[task], 0) + 1
+    rows: dict[int, dict] = {}
+    for task, owner in owners.items():
+        row = rows.setdefault(
+            owner, {"done": 0, "dropped": 0, "open": 0, "done_at_start": 0, "total_at_start": 0}
+        )
+        status = end[task]["status"]
+        row["done" if status == "done" else "dropped" if status == "dropped" else "open"] += 1
+        if task in start:
+            row["total_at_start"] += 1
+            row["done_at_start"] += start[task]["status"] == "done"
+    out = []
+    for owner, row in rows.items():
+        out.append(
+            {
+                **data.title_of(owner),
+                **row,
+                "total": row["done"] + row["dropped"] + row["open"],
+                "ticked": len(ticked.get(owner, ())),
+                "added": added.get(owner, 0),
+            }
+        )
+    out.sort(key=lambda r: (-(r["ticked"] + r["added"]), end[r["id"]].get("position") or 0, r["id"]))
+    return out
+
+
+def _burndown(data: ReviewData, period: Period) -> dict:
+    """Open items and open checklist tasks at the start of the period and at the end of each of
+    its days (None for days still to come), replayed from the event log."""
+    from research.review.period import utc_bound
+
+    state = {i: (row["kind"], row["status"]) for i, row in data.start_snapshot.items()}
+    open_now = {"item": 0, "task": 0}
+    for kind, status in state.values():
+        if status in OPEN_STATUSES:
+            open_now[kind if kind == "task" else "item"] += 1
+    start_counts = dict(open_now)
+
+    def apply(row_id: int, new: tuple[str, str] | None) -> None:
+        old = state.pop(row_id, None)
+        if old is not None and old[1] in OPEN_STATUSES:
+            open_now["task" if old[0] == "task" else "item"] -= 1
+        if new is not None:
+            state[row_id] = new
+            if new[1] in OPEN_STATUSES:
+                open_now["task" if new[0] == "task" else "item"] += 1
+
+    events = sorted(
+        (e for e in data.period_events() if e["table"] == "item"), key=lambda e: (e["ts"], e["id"])
+    )
+    series: dict[str, list] = {"item": [], "task": []}
+    n = 0
+    for day in period.days:
+        bound = utc_bound(day + timedelta(days=1))
+        while n < len(events) and events[n]["ts"] < bound:
+            event = events[n]
+            n += 1
+            row_id, before, after = event["row_id"], event["before"], event["after"]
+            if after is None:
+                apply(row_id, None)
+            elif before is None:
+                known = data.items.get(row_id) or {}
+                kind = after.get("kind") or known.get("kind") or "item"
+                apply(row_id, (kind, after.get("status") or "planned"))
+            elif "status" in after and row_id in state:
+                apply(row_id, (state[row_id][0], after["status"]))
+        future = utc_bound(day) > data.ref
+        for kind in series:
+            series[kind].append(None if future else open_now[kind])
+    return {
+        "days": [d.isoformat() for d in period.days],
+        "start": {"items": start_counts["item"], "tasks": start_counts["task"]},
+        "items": series["item"],
+        "tasks": series["task"],
+    }
+
+
+def _flow(data: ReviewData) -> list[dict]:
+    """Status moves in the period, from one status to another, counted for items and tasks."""
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for event in data.period_events():
+        status = status_moved_to(event)
+        if status is None:
+            continue
+        kind = (data.row_of(event["item_id"]) or {}).get("kind", "item")
+        key = (event["before"].get("status") or "planned", status)
+        entry = counts.setdefault(key, {"items": 0, "tasks": 0})
+        entry["tasks" if kind == "task" else "items"] += 1
+    order = {status: n for n, status in enumerate(STATUSES)}
+    return [
+        {"from": a, "to": b, **n}
+        for (a, b), n in sorted(counts.items(), key=lambda kv: (order.get(kv[0][0], 9), order.get(kv[0][1], 9)))
+    ]

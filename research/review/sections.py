@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from research.review.report import DUE_GROUPS, SWEEP_ROWS_SHOWN
+from research.review.report import DUE_GROUPS, STUCK_ROWS_SHOWN, SWEEP_ROWS_SHOWN
 from research.review.text import (
     change_text,
     item_text,
@@ -57,7 +57,10 @@ class Notes:
 
 @dataclass
 class Charts:
-    """Where the charts go (the renderer has them: files beside a Markdown report, embedded in HTML)."""
+    """Where a group of charts goes (``backlog`` or ``runs``); the renderer has them: files
+    beside a Markdown report, embedded in HTML."""
+
+    group: str
 
 
 @dataclass
@@ -113,9 +116,14 @@ def idle_table(entries: list[dict]) -> Table:
     )
 
 
-def not_started_table(entries: list[dict]) -> Table:
-    return Table(["Item", "Priority", "Waiting (days)"],
-                 [[item_text(e), priority_with_fire(e["priority"], " "), e["days_waiting"]] for e in entries], frozenset({2}))
+def waiting_table(entries: list[dict]) -> Table:
+    return Table(
+        ["Item", "Status", "Priority", "Since", "Waiting (days)"],
+        [[item_text(e), status_with_emoji(e["status"]), priority_with_fire(e["priority"], " "), when_text(e["since"]),
+          e["days_waiting"]] for e in entries[:STUCK_ROWS_SHOWN]],
+        frozenset({4}),
+        more=max(0, len(entries) - STUCK_ROWS_SHOWN),
+    )
 
 
 def due_table(entries: list[dict]) -> Table:
@@ -136,9 +144,39 @@ def next_focus_table(entries: list[dict]) -> Table:
 # The sections of a review, in order
 
 
-def review_sections(review: dict[str, Any], with_charts: bool = False) -> list[Section]:
-    builders = (_moved, _finished, lambda r: _experiments(r, with_charts), _notes, _stuck, _due, _next_focus)
+def review_sections(review: dict[str, Any], chart_groups: frozenset[str] = frozenset()) -> list[Section]:
+    """The sections in order; ``chart_groups``: the groups of charts the renderer has."""
+    builders = (
+        lambda r: _backlog(r, "backlog" in chart_groups),
+        _moved,
+        _finished,
+        lambda r: _experiments(r, "runs" in chart_groups),
+        _notes,
+        _stuck,
+        _due,
+        _next_focus,
+    )
     return [section for build in builders if (section := build(review)) is not None]
+
+
+def _backlog(review: dict, with_charts: bool) -> Section | None:
+    progress = review["charts"].get("progress") or []
+    if not (with_charts or progress):
+        return None
+    blocks: list = [Charts("backlog")] if with_charts else []
+    moving = [p for p in progress if p["ticked"] or p["added"]]
+    if moving:
+        blocks.append(Table(
+            ["Direction", "Done", "Open", "Ticked", "Added", "Progress"],
+            [[item_text(p), p["done"], p["open"], p["ticked"], p["added"],
+              f"{p['done_at_start']}/{p['total_at_start']} → {p['done']}/{p['total']}"]
+             for p in moving[:STUCK_ROWS_SHOWN]],
+            frozenset({1, 2, 3, 4}),
+            more=max(0, len(moving) - STUCK_ROWS_SHOWN),
+        ))
+        if blocks[-1].more:
+            blocks.append(Paragraph([Styled(f"… {blocks[-1].more} more directions (see --format json)", "muted")]))
+    return Section("📈 Backlog", blocks) if blocks else None
 
 
 def _moved(review: dict) -> Section | None:
@@ -184,7 +222,7 @@ def _experiments(review: dict, with_charts: bool) -> Section | None:
     if exp["items"]:
         blocks.append(experiments_table(exp["items"]))
     if with_charts:
-        blocks.append(Charts())
+        blocks.append(Charts("runs"))
     if exp["failures"]:
         blocks.append(SubHeading(["Failures"]))
         blocks.append(Bullets([Entry(_failure(f)) for f in exp["failures"]]))
@@ -216,14 +254,17 @@ def _notes(review: dict) -> Section | None:
 
 def _stuck(review: dict) -> Section | None:
     stuck = review["stuck"]
-    if not (stuck["idle"] or stuck["not_started"]):
+    if not (stuck["idle"] or stuck["waiting"]):
         return None
     blocks: list = []
     if stuck["idle"]:
         blocks += [Paragraph([f"No run, note or change for {review['period']['stale_days']} days or more:"]),
                    idle_table(stuck["idle"])]
-    if stuck["not_started"]:
-        blocks += [Paragraph(["Planned high and critical items not started:"]), not_started_table(stuck["not_started"])]
+    if stuck["waiting"]:
+        table = waiting_table(stuck["waiting"])
+        blocks += [Paragraph([f"Planned or paused for {review['period']['stale_days']} days or more:"]), table]
+        if table.more:
+            blocks.append(Paragraph([Styled(f"… {table.more} more (see --format json)", "muted")]))
     return Section("🧊 Stuck", blocks)
 
 

@@ -19,6 +19,12 @@ def number_text(value) -> str:
         return str(value)
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, str):
+        return value  # a parameter's value as the user gave it, not as JSON
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(number_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {number_text(v)}" for k, v in value.items()) + "}"
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
@@ -61,6 +67,7 @@ def headline(review: dict) -> list[tuple[str, list[tuple[str, int]]]]:
                 ("failed", c["runs_failed"]),
             ],
         ),
+        ("Tasks", [("added", c.get("tasks_added", 0)), ("ticked", c.get("tasks_ticked", 0))]),
         ("Notes", [("written", c["notes_written"])]),
     ]
 
