@@ -206,3 +206,33 @@ def test_the_html_review_in_headless_chromium(cli, monkeypatch, isolated):
         ), fonts
     shot = (ARTIFACTS / "review-week.png").read_bytes()
     assert shot.startswith(b"\x89PNG") and len(shot) > 50_000
+
+
+def test_chart_workers_draw_what_this_process_would_and_survive_being_killed(cli, monkeypatch):
+    import signal
+    import time
+
+    from research.review.charts import ChartWorkers, chart_tasks, draw_chart
+
+    _ordinary_week(cli, monkeypatch, FIXTURE)
+    tasks = chart_tasks(_review(cli, "--week", "2026-W10"))
+    here = [draw_chart(task) for task in tasks]
+    workers = ChartWorkers()
+    try:
+        there = workers.draw(tasks)
+    finally:
+        workers.close()
+    assert [c.name for c, _ in there] == [c.name for c, _ in here] == ["progress", "burndown", "flow"]
+    assert [c.png for c, _ in there] == [c.png for c, _ in here]  # the same pixels, byte for byte
+    assert not workers._process.is_alive()
+    killed = ChartWorkers()
+    os.kill(killed._process.pid, signal.SIGKILL)
+    killed._process.join()
+    try:
+        assert [c.png for c, _ in killed.draw(tasks)] == [c.png for c, _ in here]  # drawn here instead
+    finally:
+        killed.close()
+    unused = ChartWorkers()
+    started = time.monotonic()
+    unused.close()  # the command failed before it had charts: the worker stops at once
+    assert not unused._process.is_alive() and time.monotonic() - started < 2

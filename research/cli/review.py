@@ -66,15 +66,25 @@ def review(
     written beside -o FILE (none on stdout).
     """
     from research.cli.context import db_path, recover_runs
-    from research.review.output import resolve_format, write_review
+    from research.files import check_writable_target
+    from research.review.charts import start_chart_workers
+    from research.review.output import has_charts, resolve_format, write_review
     from research.review.period import parse_period
     from research.review.report import build_review
 
     period = parse_period(week=week, month=month, quarter=quarter, since=since, until=until)
     fmt = resolve_format(format_, output)
-    recover_runs()
-    data = build_review(db_path(), period, stale_days=stale_days)
-    text, written = write_review(data, fmt, output)
+    if output is not None:
+        check_writable_target(output)  # a bad target fails before any work
+    # Chart workers import matplotlib while this process reads the backlog.
+    workers = start_chart_workers() if has_charts(fmt, output) else None
+    try:
+        recover_runs()
+        data = build_review(db_path(), period, stale_days=stale_days)
+        text, written = write_review(data, fmt, output, chart_workers=workers)
+    finally:
+        if workers is not None:
+            workers.close()
     if text is not None:
         typer.echo(text, nl=False)
     for file in written:

@@ -71,7 +71,7 @@ CJK_FONTS = (
     "AR PL UMing CN",
 )
 PROGRESS_ROWS = 8  # directions per progress panel
-PROGRESS_PANELS = 3
+PROGRESS_PANELS = 2
 SWEEP_CHARTS = 3  # sweeps drawn
 SWEEP_PARAMS = 4  # parameters drawn per sweep
 
@@ -132,18 +132,58 @@ class _Labels:
         return value
 
 
-def chart_pngs(review: dict[str, Any]) -> list[Chart]:
-    """The review's charts as PNG images: the backlog's, then the runs' (none for an empty backlog)."""
+@dataclass(frozen=True)
+class ChartTask:
+    """One chart to draw: its name, title, group and the slice of the review it shows."""
+
+    name: str
+    title: str
+    group: str
+    args: tuple
+
+
+def chart_tasks(review: dict[str, Any]) -> list[ChartTask]:
+    """The charts a review has: the backlog's, then the runs' (none for an empty backlog)."""
     c = review["charts"]
     backlog = [p for p in c.get("progress") or [] if p["total"]]
     burndown = c.get("burndown") or {}
-    has_burndown = any(burndown.get("items", []) + burndown.get("tasks", []))  # anything open
     flow = c.get("flow") or []
     per_day = c["runs_per_day"]
     series = c["key_metrics"][:METRIC_CHARTS]
     sweeps = [s for s in review["experiments"]["sweeps"] if _sweep_points(s)][:SWEEP_CHARTS]
-    if not (backlog or has_burndown or flow or per_day["by_status"] or series or sweeps):
-        return []
+    tasks = []
+    if backlog:
+        tasks.append(ChartTask("progress", "Checklist progress per direction", "backlog", (backlog,)))
+    if any(burndown.get("items", []) + burndown.get("tasks", [])):  # anything open
+        tasks.append(ChartTask("burndown", "Open items and checklist tasks, day by day", "backlog",
+                               (burndown,)))
+    if flow:
+        tasks.append(ChartTask("flow", "Status moves in the period", "backlog", (flow,)))
+    if per_day["by_status"]:
+        tasks.append(ChartTask("runs-per-day", "Runs per day by status", "runs", (per_day,)))
+    if series:
+        tasks.append(ChartTask("key-metrics", "Key metric over its runs", "runs",
+                               (review["period"], series)))
+    if sweeps:
+        tasks.append(ChartTask("sweeps", "Each sweep's metric against its parameters", "runs", (sweeps,)))
+    return tasks
+
+
+def _prepare() -> None:
+    """Import matplotlib and load the fonts (in a chart worker, while the review is read)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    font = cjk_font()
+    fig = Figure(figsize=(0.5, 0.2))
+    fig.text(0, 0, "Aa 流式", family=["DejaVu Sans", *([font] if font else [])])
+    fig.canvas.draw()  # the glyph caches of both fonts, warm
+
+
+def draw_chart(task: ChartTask) -> tuple[Chart, bool]:
+    """Draw one chart; also whether a label fell back to an id for want of a CJK font."""
     import io
     import warnings
 
@@ -154,16 +194,6 @@ def chart_pngs(review: dict[str, Any]) -> list[Chart]:
 
     font = cjk_font()
     labels = _Labels(font is not None)
-    charts: list[Chart] = []
-
-    def add(name: str, title: str, group: str, fig) -> None:
-        buffer = io.BytesIO()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            fig.savefig(buffer, format="png", dpi=100)
-        missing = tuple(str(w.message) for w in caught if "missing from" in str(w.message))
-        charts.append(Chart(name, title, buffer.getvalue(), group, missing))
-
     style = {
         "font.family": ["DejaVu Sans", *([font] if font else [])],
         "font.size": 9,
@@ -172,31 +202,146 @@ def chart_pngs(review: dict[str, Any]) -> list[Chart]:
         "legend.frameon": False,
     }
     with matplotlib.rc_context(style):
-        if backlog:
-            add("progress", "Checklist progress per direction", "backlog",
-                _progress_figure(Figure, backlog, labels))
-        if has_burndown:
-            add("burndown", "Open items and checklist tasks, day by day", "backlog",
-                _burndown_figure(Figure, burndown))
-        if flow:
-            add("flow", "Status moves in the period", "backlog", _flow_figure(Figure, flow))
-        if per_day["by_status"]:
-            add("runs-per-day", "Runs per day by status", "runs", _runs_figure(Figure, per_day))
-        if series:
-            add("key-metrics", "Key metric over its runs", "runs",
-                _metrics_figure(Figure, review["period"], series, labels))
-        if sweeps:
-            add("sweeps", "Each sweep's metric against its parameters", "runs",
-                _sweeps_figure(Figure, sweeps, labels))
+        fig = _FIGURES[task.name](Figure, labels, *task.args)
+        buffer = io.BytesIO()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fig.savefig(buffer, format="png", dpi=100, pil_kwargs={"compress_level": 4})
+    missing = tuple(str(w.message) for w in caught if "missing from" in str(w.message))
+    return Chart(task.name, task.title, buffer.getvalue(), task.group, missing), labels.fell_back
+
+
+def _draw_in_two(tasks: list[ChartTask]) -> list[tuple[Chart, bool]]:
+    """Draw ``tasks`` in this process and a fork of it, each taking about half of the work
+    (the fork shares the matplotlib this process has imported: it starts in milliseconds)."""
+    import os
+    import pickle
+
+    order = sorted(range(len(tasks)), key=lambda n: _COST.get(tasks[n].name, 1), reverse=True)
+    mine, theirs, load = [], [], [0, 0]
+    for n in order:  # greedy: the next costliest to whichever half has less
+        side = 0 if load[0] <= load[1] else 1
+        (mine if side == 0 else theirs).append(n)
+        load[side] += _COST.get(tasks[n].name, 1)
+    results: dict[int, tuple[Chart, bool]] = {}
+    read_end, write_end = os.pipe()
+    pid = os.fork() if theirs else -1
+    if pid == 0:  # the fork: draw its half, send it, and leave without running any cleanup
+        try:
+            os.close(read_end)
+            payload = pickle.dumps({n: draw_chart(tasks[n]) for n in theirs})
+            with os.fdopen(write_end, "wb") as out:
+                out.write(payload)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    for n in mine:
+        results[n] = draw_chart(tasks[n])
+    if pid > 0:
+        with os.fdopen(read_end, "rb") as incoming:
+            payload = incoming.read()
+        os.waitpid(pid, 0)
+        try:
+            results.update(pickle.loads(payload))
+        except (pickle.UnpicklingError, EOFError):  # the fork died: draw its half here
+            pass
+    else:
+        os.close(read_end)
+    for n in range(len(tasks)):
+        if n not in results:
+            results[n] = draw_chart(tasks[n])
+    return [results[n] for n in range(len(tasks))]
+
+
+def _serve(conn) -> None:
+    """The chart worker: import matplotlib, then draw the one list of charts it is sent."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's to handle
+    _prepare()
+    try:
+        tasks = conn.recv()
+    except (EOFError, OSError):  # the command ended without charts
+        return
+    try:
+        reply = ("ok", _draw_in_two(tasks))
+    except Exception as exc:  # a bug: the command raises it, as if it had drawn them itself
+        reply = ("error", exc)
+    conn.send(reply)
+
+
+class ChartWorkers:
+    """A process that imports matplotlib while the review's data is read, then draws its
+    charts with a fork of itself, side by side (each chart once). It is forked from the
+    command, so it starts in milliseconds, and it ends with it."""
+
+    def __init__(self):
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self._conn, theirs = context.Pipe()
+        self._process = context.Process(target=_serve, args=(theirs,), daemon=True)
+        self._process.start()
+        theirs.close()
+        self._used = False
+
+    def draw(self, tasks: list[ChartTask]) -> list[tuple[Chart, bool]]:
+        self._used = True
+        try:
+            self._conn.send(tasks)
+            status, value = self._conn.recv()
+        except (EOFError, OSError):  # the worker died (killed, out of memory): draw here
+            return [draw_chart(task) for task in tasks]
+        if status == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        self._conn.close()
+        if self._used:
+            self._process.join(timeout=5)  # it has sent its charts and is leaving
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join()
+
+
+def start_chart_workers() -> ChartWorkers | None:
+    """A chart worker where it helps: two cores or more, ``fork`` available, no other thread
+    in this process (forking one that has threads risks a lock held forever), and not turned
+    off with ``RESEARCH_CHART_WORKERS=0``."""
+    import multiprocessing
+    import os
+    import threading
+
+    if (
+        os.environ.get("RESEARCH_CHART_WORKERS", "1") == "0"
+        or (os.cpu_count() or 1) < 2
+        or "fork" not in multiprocessing.get_all_start_methods()
+        or threading.active_count() > 1
+    ):
+        return None
+    try:
+        return ChartWorkers()
+    except OSError:  # no processes to be had: draw in this one
+        return None
+
+
+def chart_pngs(review: dict[str, Any], workers: ChartWorkers | None = None) -> list[Chart]:
+    """The review's charts as PNG images (none for an empty backlog), drawn by ``workers``
+    when given, else here."""
+    tasks = chart_tasks(review)
+    if not tasks:
+        return []
+    drawn = workers.draw(tasks) if workers is not None else [draw_chart(task) for task in tasks]
     global _warned_no_cjk
-    if labels.fell_back and not _warned_no_cjk:
+    if any(fell_back for _chart, fell_back in drawn) and not _warned_no_cjk:
         _warned_no_cjk = True
         print(
             "research: no CJK-capable font is installed (e.g. Debian's fonts-noto-cjk); "
             "charts label those items by id",
             file=sys.stderr,
         )
-    return charts
+    return [chart for chart, _fell_back in drawn]
 
 
 # ---------------------------------------------------------------------------
@@ -214,7 +359,7 @@ def _heading(fig, title: str, handles, names, height_in: float) -> None:
                borderaxespad=0.0)
 
 
-def _progress_figure(Figure, rows: list[dict], labels: _Labels):
+def _progress_figure(Figure, labels: _Labels, rows: list[dict]):
     shown = rows[: PROGRESS_ROWS * PROGRESS_PANELS]
     panels = [shown[i : i + PROGRESS_ROWS] for i in range(0, len(shown), PROGRESS_ROWS)]
     height = HEAD_IN + 0.5 + 0.3 * max(len(p) for p in panels)
@@ -243,7 +388,7 @@ def _progress_figure(Figure, rows: list[dict], labels: _Labels):
             ax.text(row["total"], y, f" {row['done']}/{row['total']}", va="center", fontsize=7)
         ax.set_yticks(ys, [labels.item(r, 26) for r in panel], fontsize=8)
         ax.set_xlim(0, max(r["total"] for r in panel) * 1.25)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.get_major_locator().set_params(integer=True, nbins=4)
         ax.set_xlabel("checklist tasks")
     more = len(rows) - len(shown)
     title = "Checklist progress per direction" + (f" ({len(shown)} of {len(rows)})" if more else "")
@@ -258,7 +403,7 @@ def _day_ticks(days: list[str], most: int = 10) -> tuple[list[int], list[str]]:
     return positions, names
 
 
-def _burndown_figure(Figure, burndown: dict):
+def _burndown_figure(Figure, labels: _Labels, burndown: dict):
     days = burndown["days"]
     height = HEAD_IN + 2.6
     fig = Figure(figsize=(8.6, height))
@@ -278,9 +423,9 @@ def _burndown_figure(Figure, burndown: dict):
         low, high = min(ys), max(ys)
         pad = max(1, (high - low) * 0.15)
         ax.set_ylim(max(0, low - pad), high + pad)
-        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.yaxis.get_major_locator().set_params(integer=True, nbins=4)
         ax.set_xticks(ticks, names, fontsize=7)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, y=1.02)  # a fixed place: no layout pass per draw
         ax.set_xlabel("end of day")
         ax.set_ylabel("open")
         handles = handles or (line, start)
@@ -289,7 +434,7 @@ def _burndown_figure(Figure, burndown: dict):
     return fig
 
 
-def _flow_figure(Figure, flow: list[dict]):
+def _flow_figure(Figure, labels: _Labels, flow: list[dict]):
     """Status moves as a flow: statuses left (from) and right (to), bands as wide as the moves."""
     from matplotlib.patches import PathPatch, Rectangle
     from matplotlib.path import Path
@@ -350,7 +495,7 @@ def _flow_figure(Figure, flow: list[dict]):
 # The runs' charts
 
 
-def _runs_figure(Figure, per_day: dict):
+def _runs_figure(Figure, labels: _Labels, per_day: dict):
     days = per_day["days"]
     rotate = len(days) > 10
     height = HEAD_IN + 2.4
@@ -368,14 +513,14 @@ def _runs_figure(Figure, per_day: dict):
     step = max(1, -(-len(days) // 16))
     ax.set_xticks(positions[::step], [d[5:] for d in days[::step]], rotation=45 if rotate else 0)
     ax.set_xlim(-0.6, len(days) - 0.4)
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.yaxis.get_major_locator().set_params(integer=True, nbins=4)
     ax.set_xlabel("day")
     ax.set_ylabel("runs")
     _heading(fig, "Runs per day by status", handles, list(per_day["by_status"]), height)
     return fig
 
 
-def _metrics_figure(Figure, p: dict, series: list[dict], labels: _Labels):
+def _metrics_figure(Figure, labels: _Labels, p: dict, series: list[dict]):
     first = date.fromisoformat(p["previous"]["start"])
     period_start = date.fromisoformat(p["start"])
     total = (date.fromisoformat(p["end"]) - first).days + 1  # x: days since `first`
@@ -409,13 +554,12 @@ def _metrics_figure(Figure, p: dict, series: list[dict], labels: _Labels):
         for y in ys:
             best.append(y if not best else pick(best[-1], y))
         dots = ax.scatter(xs, ys, s=12, color="#1565c0", alpha=0.7, zorder=3)
+        ax.yaxis.get_major_locator().set_params(nbins=4)  # fewer ticks: each is three artists
         (line,) = ax.step([*xs, total], [*best, best[-1]], where="post", color="#2e7d32", linewidth=1.2)
         ax.axvline((period_start - first).days, color="#9e9e9e", linestyle="--", linewidth=0.8)
         ax.set_xlim(0, total)
         ax.set_xticks(ticks, names, fontsize=7)
-        if total <= 62:
-            ax.set_xticks(range(total + 1), minor=True)
-        ax.set_title(labels.item({"id": entry["item_id"], "title": entry["title"]}), fontsize=9)
+        ax.set_title(labels.item({"id": entry["item_id"], "title": entry["title"]}), fontsize=9, y=1.02)
         ax.set_ylabel(labels.text(entry["metric"]))
         ax.set_xlabel("run ended")
         handles = handles or (dots, line)
@@ -432,7 +576,7 @@ def _sweep_points(sweep: dict) -> list[dict]:
     return [r for r in sweep["rows"] if _numeric(r["value"])]
 
 
-def _sweeps_figure(Figure, sweeps: list[dict], labels: _Labels):
+def _sweeps_figure(Figure, labels: _Labels, sweeps: list[dict]):
     from research.review.text import number_text
 
     cols = min(SWEEP_PARAMS, max(len(s["params"][:SWEEP_PARAMS]) for s in sweeps)) or 1
@@ -465,11 +609,25 @@ def _sweeps_figure(Figure, sweeps: list[dict], labels: _Labels):
                               fontsize=7)
                 ax.set_xlim(-0.5, len(categories) - 0.5)
             dots = ax.scatter(xs, ys, s=14, color="#1565c0", alpha=0.75, zorder=3)
+            ax.yaxis.get_major_locator().set_params(nbins=4)
+            if ax.get_xscale() == "linear" and all(_numeric(v) for v in values):
+                ax.xaxis.get_major_locator().set_params(nbins=4)
             ax.set_xlabel(labels.text(name))
             if n == 0:
                 ax.set_ylabel(labels.text(sweep["metric"] or "metric"))
                 item = labels.item({"id": sweep["item_id"], "title": sweep["title"]}, 48)
-                ax.set_title(f"sweep {sweep['sweep_id']} · {item}", fontsize=9, loc="left")
+                ax.set_title(f"sweep {sweep['sweep_id']} · {item}", fontsize=9, loc="left", y=1.02)
             handles = handles or dots
     _heading(fig, "Each sweep's metric against each swept parameter", [handles], ["run"], height)
     return fig
+
+
+_FIGURES = {
+    "progress": _progress_figure,
+    "burndown": _burndown_figure,
+    "flow": _flow_figure,
+    "runs-per-day": _runs_figure,
+    "key-metrics": _metrics_figure,
+    "sweeps": _sweeps_figure,
+}
+_COST = {"progress": 3, "key-metrics": 2, "sweeps": 2, "burndown": 1, "flow": 1, "runs-per-day": 1}

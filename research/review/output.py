@@ -30,15 +30,21 @@ def resolve_format(fmt: str | None, output: Path | None) -> str:
     return "md"
 
 
+def has_charts(fmt: str, output: Path | None) -> bool:
+    """Whether this format and destination get charts: HTML, and Markdown written to a file."""
+    return fmt == "html" or (fmt == "md" and output is not None)
+
+
 def write_review(
-    review: dict[str, Any], fmt: str, output: Path | None
+    review: dict[str, Any], fmt: str, output: Path | None, chart_workers=None
 ) -> tuple[str | None, list[Path]]:
     """Render ``review``; returns (text for stdout or None, files written).
 
     HTML embeds its charts. Markdown written to a file gets its charts as PNG
     files beside it (``<stem>-progress.png``, ``<stem>-runs-per-day.png``, …),
     linked relatively; Markdown on stdout has no charts (nothing is written
-    behind the reader's back), so ask for a file to get them.
+    behind the reader's back), so ask for a file to get them. ``chart_workers``
+    (:func:`research.review.charts.start_chart_workers`) draw them, if given.
     """
     from research.files import check_writable_target, write_bytes_file, write_text_file
 
@@ -48,11 +54,11 @@ def write_review(
     if fmt == "json":
         text = json.dumps(review, ensure_ascii=False, indent=2, default=str) + "\n"
     elif fmt == "html":
-        text = render_html(review, chart_pngs(review))
+        text = render_html(review, chart_pngs(review, chart_workers))
     else:
         links = []
         if output is not None:
-            for chart in chart_pngs(review):
+            for chart in chart_pngs(review, chart_workers):
                 path = output.with_name(f"{output.stem}-{chart.name}.png")
                 written.append(write_bytes_file(path, chart.png).path)
                 links.append((chart.group, chart.title, path.name))
