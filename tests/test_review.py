@@ -636,6 +636,11 @@ def test_empty_period_is_a_short_report(cli):
         (["--until", "2025-11-01"], "--until needs --since"),
         (["--week", "2025-W46", "--month", "2025-11"], "only one of"),
         (["--format", "pdf"], "unknown format 'pdf'"),
+        (["--quarter", "2026-Q5"], "bad quarter '2026-Q5'; use YYYY-Qn"),
+        (["--quarter", "2026-04"], "bad quarter"),
+        (["--quarter", "2026-Q1", "--week", "2026-W01"], "only one of"),
+        (["--stale-days", "-1"], "--stale-days must not be negative"),
+        (["-o", "no/such/dir/r.html"], "no such directory"),
     ],
 )
 def test_bad_input_is_one_line(cli, args, message):
