@@ -159,6 +159,7 @@ class ReviewData:
                     }
                 )
         self.metrics = {run_id: final_metrics(rows) for run_id, rows in entries.items()}
+        self._period_events: list[dict] | None = None
         self.outcomes: dict[int, list[dict]] = {}
         done_ids = sorted(
             {e["item_id"] for e in self.period_events() if status_moved_to(e) == "done" and e["item_id"]}
@@ -192,13 +193,17 @@ class ReviewData:
     def in_previous(self, ts: str | None) -> bool:
         return bool(ts) and self.prev_start <= ts < self.start
 
-    def period_events(self):
-        return (e for e in self.events if e["ts"] < self.end)
+    def period_events(self) -> list[dict]:
+        """The events of the period (from its start to its end), in order."""
+        if self._period_events is None:
+            self._period_events = [e for e in self.events if e["ts"] < self.end]
+        return self._period_events
 
     def _rewind(self, bound: str) -> dict[int, dict]:
         """Items as they stood at ``bound`` (the end or the start of the period): later events
         undone, later items left out."""
-        items = {i: dict(item) for i, item in self.items.items() if item["created_at"] < bound}
+        # Rows are shared with self.items until an event changes them (then copied).
+        items = {i: item for i, item in self.items.items() if item["created_at"] < bound}
         for event in reversed(self.events):
             if event["ts"] < bound or event["table"] != "item":
                 continue
@@ -210,9 +215,9 @@ class ReviewData:
                 restored["tags"] = restored["tags"] or []
                 items[row_id] = restored
             elif row_id in items:
-                for name, value in event["before"].items():
-                    if name in _ITEM_FIELDS:
-                        items[row_id][name] = value
+                changed = {k: v for k, v in event["before"].items() if k in _ITEM_FIELDS}
+                if changed:
+                    items[row_id] = {**items[row_id], **changed}
         return items
 
     def row_of(self, item_id: int | None) -> dict | None:
