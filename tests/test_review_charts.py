@@ -236,3 +236,13 @@ def test_chart_workers_draw_what_this_process_would_and_survive_being_killed(cli
     started = time.monotonic()
     unused.close()  # the command failed before it had charts: the worker stops at once
     assert not unused._process.is_alive() and time.monotonic() - started < 2
+
+
+def test_chart_labels_are_clipped_by_display_width():
+    from research.review.charts import _Labels
+
+    labels = _Labels(have_cjk=True)
+    assert labels.item({"id": 3, "title": "short"}, 26) == "#3 short"
+    wide = labels.item({"id": 22, "title": "探索流式深度学习：实时学习的模型架构与系统设计"}, 26)
+    assert wide.endswith("…") and wide.startswith("#22 探索")
+    assert sum(2 if ord(ch) > 0x2E80 else 1 for ch in wide) <= 26

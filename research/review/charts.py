@@ -108,6 +108,18 @@ def cjk_font() -> str | None:
     return found
 
 
+def _clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` columns, a wide (CJK) character taking two."""
+    import unicodedata
+
+    used = 0
+    for n, ch in enumerate(text):
+        used += 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        if used > width:
+            return text[: max(0, n - 1)] + "…"
+    return text
+
+
 class _Labels:
     """Chart labels for items: their titles where the fonts can draw them, else their ids."""
 
@@ -121,8 +133,7 @@ class _Labels:
         if not self.have_cjk and _BEYOND_LATIN.search(title):
             self.fell_back = True
             return ident or "?"
-        text = f"{ident} {title}".strip()
-        return text if len(text) <= width else text[: width - 1] + "…"
+        return _clip(f"{ident} {title}".strip(), width)
 
     def text(self, value: str) -> str:
         value = _EMOJI.sub("", value).strip()
