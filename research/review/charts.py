@@ -569,10 +569,13 @@ def _metrics_figure(Figure, labels: _Labels, p: dict, series: list[dict]):
         (line,) = ax.step([*xs, total], [*best, best[-1]], where="post", color="#2e7d32", linewidth=1.2)
         ax.axvline((period_start - first).days, color="#9e9e9e", linestyle="--", linewidth=0.8)
         ax.set_xlim(0, total)
-        ax.set_xticks(ticks, names, fontsize=7)
+        # One time axis for all: its dates under the lowest panel of each column only.
+        lowest = n + cols >= len(series)
+        ax.set_xticks(ticks, names if lowest else [], fontsize=7)
         ax.set_title(labels.item({"id": entry["item_id"], "title": entry["title"]}), fontsize=9, y=1.02)
         ax.set_ylabel(labels.text(entry["metric"]))
-        ax.set_xlabel("run ended")
+        if lowest:
+            ax.set_xlabel("run ended")
         handles = handles or (dots, line)
     _heading(fig, "Key metric over its runs (dashed line: start of the period)", handles,
              ["run", "best so far"], height)
