@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -296,16 +297,29 @@ class ChartWorkers:
         theirs.close()
         self._used = False
 
-    def draw(self, tasks: list[ChartTask]) -> list[tuple[Chart, bool]]:
-        self._used = True
+    def submit(self, tasks: list[ChartTask]) -> None:
+        """Send the charts to draw; :meth:`collect` returns them."""
+        self._used, self._tasks = True, tasks
         try:
             self._conn.send(tasks)
+            self._sent = True
+        except OSError:  # the worker died: collect draws them here
+            self._sent = False
+
+    def collect(self) -> list[tuple[Chart, bool]]:
+        try:
+            if not self._sent:
+                raise EOFError
             status, value = self._conn.recv()
         except (EOFError, OSError):  # the worker died (killed, out of memory): draw here
-            return [draw_chart(task) for task in tasks]
+            return [draw_chart(task) for task in self._tasks]
         if status == "error":
             raise value
         return value
+
+    def draw(self, tasks: list[ChartTask]) -> list[tuple[Chart, bool]]:
+        self.submit(tasks)
+        return self.collect()
 
     def close(self) -> None:
         self._conn.close()
@@ -337,22 +351,38 @@ def start_chart_workers() -> ChartWorkers | None:
         return None
 
 
+def start_charts(
+    review: dict[str, Any], workers: ChartWorkers | None = None
+) -> tuple[list[ChartTask], Callable[[], list[Chart]]]:
+    """Start drawing the review's charts (by ``workers`` when given); returns what they will
+    be and a call that waits for them, so the page can be written meanwhile."""
+    tasks = chart_tasks(review)
+    if tasks and workers is not None:
+        workers.submit(tasks)
+        fetch = workers.collect
+    else:
+        def fetch():
+            return [draw_chart(task) for task in tasks]
+
+    def charts() -> list[Chart]:
+        drawn = fetch() if tasks else []
+        global _warned_no_cjk
+        if any(fell_back for _chart, fell_back in drawn) and not _warned_no_cjk:
+            _warned_no_cjk = True
+            print(
+                "research: no CJK-capable font is installed (e.g. Debian's fonts-noto-cjk); "
+                "charts label those items by id",
+                file=sys.stderr,
+            )
+        return [chart for chart, _fell_back in drawn]
+
+    return tasks, charts
+
+
 def chart_pngs(review: dict[str, Any], workers: ChartWorkers | None = None) -> list[Chart]:
     """The review's charts as PNG images (none for an empty backlog), drawn by ``workers``
     when given, else here."""
-    tasks = chart_tasks(review)
-    if not tasks:
-        return []
-    drawn = workers.draw(tasks) if workers is not None else [draw_chart(task) for task in tasks]
-    global _warned_no_cjk
-    if any(fell_back for _chart, fell_back in drawn) and not _warned_no_cjk:
-        _warned_no_cjk = True
-        print(
-            "research: no CJK-capable font is installed (e.g. Debian's fonts-noto-cjk); "
-            "charts label those items by id",
-            file=sys.stderr,
-        )
-    return [chart for chart, _fell_back in drawn]
+    return start_charts(review, workers)[1]()
 
 
 # ---------------------------------------------------------------------------

@@ -91,13 +91,17 @@ def _table(table: Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _figure(chart: Chart) -> str:
-    data = base64.b64encode(chart.png).decode("ascii")
-    return (f'<figure><img alt="{_e(chart.title)}" src="data:image/png;base64,{data}">'
+def data_uri(chart: Chart) -> str:
+    """A chart's PNG as a ``data:`` URI: the page carries its images."""
+    return "data:image/png;base64," + base64.b64encode(chart.png).decode("ascii")
+
+
+def _figure(chart: Chart, image_src) -> str:
+    return (f'<figure><img alt="{_e(chart.title)}" src="{image_src(chart)}">'
             f"<figcaption>{_e(chart.title)}</figcaption></figure>")
 
 
-def _block(block, charts: list[Chart]) -> str:
+def _block(block, charts: list[Chart], image_src=data_uri) -> str:
     if isinstance(block, Table):
         return _table(block)
     if isinstance(block, SubHeading):
@@ -117,12 +121,15 @@ def _block(block, charts: list[Chart]) -> str:
             for n in block.notes
         )
     if isinstance(block, Charts):
-        return "\n".join(_figure(chart) for chart in charts if chart.group == block.group)
+        return "\n".join(_figure(chart, image_src) for chart in charts if chart.group == block.group)
     raise TypeError(f"no HTML form for {type(block).__name__}")
 
 
-def render_html(review: dict[str, Any], charts: list[Chart] | None = None) -> str:
-    """The review as one self-contained HTML page (charts embedded as base64 PNG)."""
+def render_html(review: dict[str, Any], charts: list[Chart] | None = None, image_src=data_uri) -> str:
+    """The review as one self-contained HTML page (charts embedded as base64 PNG).
+
+    ``image_src(chart)`` gives each image's ``src``: a placeholder lets the page be
+    written while its charts are still being drawn."""
     heading, _span = review_title(review)
     p = review["period"]
     parts = [
@@ -153,6 +160,6 @@ def render_html(review: dict[str, Any], charts: list[Chart] | None = None) -> st
     groups = frozenset(chart.group for chart in charts or [])
     for section in review_sections(review, chart_groups=groups):
         parts.append(f"<h2>{_e(section.title)}</h2>")
-        parts.extend(_block(block, charts or []) for block in section.blocks)
+        parts.extend(_block(block, charts or [], image_src) for block in section.blocks)
     parts += ["</main>", "</body>", "</html>"]
     return "\n".join(parts) + "\n"

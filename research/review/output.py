@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 from typing import Any
 
 from research.errors import ResearchError
-from research.review.charts import chart_pngs
-from research.review.html import render_html
+from research.review.charts import Chart, start_charts
+from research.review.html import data_uri, render_html
 from research.review.markdown import render_markdown
 from research.review.report import FORMATS
 
@@ -54,15 +55,21 @@ def write_review(
     if fmt == "json":
         text = json.dumps(review, ensure_ascii=False, indent=2, default=str) + "\n"
     elif fmt == "html":
-        text = render_html(review, chart_pngs(review, chart_workers))
+        # The page is written while its charts are drawn, then they take their places.
+        tasks, charts = start_charts(review, chart_workers)
+        token = secrets.token_hex(8)
+        pending = [Chart(t.name, t.title, b"", t.group) for t in tasks]
+        text = render_html(review, pending, image_src=lambda c: f"chart-{token}-{c.name}")
+        for chart in charts():
+            text = text.replace(f'src="chart-{token}-{chart.name}"', f'src="{data_uri(chart)}"', 1)
+    elif output is not None:
+        tasks, charts = start_charts(review, chart_workers)
+        paths = {t.name: output.with_name(f"{output.stem}-{t.name}.png") for t in tasks}
+        text = render_markdown(review, [(t.group, t.title, paths[t.name].name) for t in tasks])
+        for chart in charts():
+            written.append(write_bytes_file(paths[chart.name], chart.png).path)
     else:
-        links = []
-        if output is not None:
-            for chart in chart_pngs(review, chart_workers):
-                path = output.with_name(f"{output.stem}-{chart.name}.png")
-                written.append(write_bytes_file(path, chart.png).path)
-                links.append((chart.group, chart.title, path.name))
-        text = render_markdown(review, links)
+        text = render_markdown(review, [])
     if output is None:
         return text, written
     return None, [write_text_file(output, text).path, *written]
