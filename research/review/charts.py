@@ -4,7 +4,10 @@ Two groups: the backlog's (checklist progress per direction, open items day by d
 status moves as a flow), drawn whenever the backlog has them, and the runs' (runs per
 day, each experiment's key metric over its runs, each sweep's metric against its
 parameters), drawn when something ran. Each chart is drawn once, on a bare ``Figure``
-with a fixed layout (no pyplot, no tight bounding boxes, no date locators).
+with a fixed layout (no pyplot, no tight bounding boxes, no date locators, few ticks).
+The command forks a worker (``ChartWorkers``) as it starts: it imports matplotlib while
+the backlog is read, then draws the charts with a fork of itself while the page is
+written (``start_charts``).
 
 Titles are often Chinese: text is set in DejaVu Sans with an installed CJK font as
 matplotlib's per-glyph fallback. Without one, the charts say so once on stderr and
