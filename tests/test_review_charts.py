@@ -246,3 +246,40 @@ def test_chart_labels_are_clipped_by_display_width():
     wide = labels.item({"id": 22, "title": "探索流式深度学习：实时学习的模型架构与系统设计"}, 26)
     assert wide.endswith("…") and wide.startswith("#22 探索")
     assert sum(2 if ord(ch) > 0x2E80 else 1 for ch in wide) <= 26
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_review_leaves_no_process_and_no_half_written_page(cli, monkeypatch, isolated):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _ordinary_week(cli, monkeypatch, FIXTURE)
+    code = "import sys\nfrom research.cli import app\napp(sys.argv[1:], prog_name='research')"
+    for delay in (0.3, 0.6, 0.9):
+        page = isolated / f"r{delay}.html"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, "review", "--week", "2026-W10", "-o", str(page)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        time.sleep(delay)
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+        except ProcessLookupError:  # it had finished
+            pass
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode in (0, 130), err
+        if proc.returncode == 130:
+            assert err.strip().splitlines() == ["Interrupted."] and not page.exists()
+        else:
+            assert page.read_text().rstrip().endswith("</html>")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the chart worker and its fork are gone too
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("a process of the review's group is still running")
