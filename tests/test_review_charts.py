@@ -269,10 +269,12 @@ def test_ctrl_c_during_a_review_leaves_no_process_and_no_half_written_page(cli, 
         except ProcessLookupError:  # it had finished
             pass
         _out, err = proc.communicate(timeout=30)
-        assert proc.returncode in (0, 130), err
+        # 130: interrupted in the command; -SIGINT: as Python was leaving, after its work.
+        assert proc.returncode in (0, 130, -signal.SIGINT), err
+        assert "Traceback" not in err
         if proc.returncode == 130:
             assert err.strip().splitlines() == ["Interrupted."] and not page.exists()
-        else:
+        elif page.exists() or proc.returncode == 0:
             assert page.read_text().rstrip().endswith("</html>")
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:  # the chart worker and its fork are gone too
