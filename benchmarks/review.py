@@ -291,7 +291,7 @@ def main() -> None:
     compile_bytecode()
 
     os.environ["RESEARCH_NOW"] = NOW
-    from research.review.charts import chart_pngs
+    from research.review.charts import chart_pngs, chart_tasks
     from research.review.output import write_review
     from research.review.period import parse_period
     from research.review.report import build_review
@@ -324,7 +324,7 @@ def main() -> None:
             period = parse_period(**kwargs)
             review = build_review(db_path, period)
             c = review["counts"]
-            charts = chart_pngs(review)
+            charts = chart_tasks(review)
             print(
                 f"\n{label}: {c['runs_started']} runs started, {c['items_added']} items and "
                 f"{c['tasks_added']} tasks added, {c['tasks_ticked']} ticked, {len(charts)} charts, "

@@ -117,34 +117,34 @@ def get_worker_info() -> WorkerInfo | None:
     return getattr(_worker_local, "info", None)
 
 
-def nbytes_of(obj, _seen: dict | None = None) -> int:
+def nbytes_of(obj, _seen: tuple[set, dict] | None = None) -> int:
     """Bytes an item's tensors/arrays/buffers denote, nested; no storage counted twice.
 
     A tensor counts the bytes it views, not its whole storage: a row taken from a
     dataset-sized tensor (``TensorDataset``) costs one row. Views of one storage
     inside an item add up to at most that storage's size.
     """
-    seen: dict = {} if _seen is None else _seen
+    # The views already counted, and the bytes counted so far per storage.
+    views, per_storage = (set(), {}) if _seen is None else _seen
     if hasattr(obj, "untyped_storage"):  # torch.Tensor
         storage = obj.untyped_storage()
         key = storage.data_ptr()
         view = (key, obj.storage_offset(), tuple(obj.shape), obj.stride(), obj.element_size())
-        if view in seen:
+        if view in views:
             return 0
-        seen[view] = 0
-        counted = seen.get(key, 0)
-        viewed = min(obj.numel() * obj.element_size(), storage.nbytes())
-        total = min(counted + viewed, storage.nbytes())
-        seen[key] = total
+        views.add(view)
+        counted = per_storage.get(key, 0)
+        total = min(counted + obj.numel() * obj.element_size(), storage.nbytes())
+        per_storage[key] = total
         return total - counted
     if hasattr(obj, "nbytes") and hasattr(obj, "dtype"):  # numpy array
         return int(obj.nbytes)
     if isinstance(obj, bytes | bytearray | memoryview):
         return len(obj)
     if isinstance(obj, dict):
-        return sum(nbytes_of(v, seen) for v in obj.values())
+        return sum(nbytes_of(v, (views, per_storage)) for v in obj.values())
     if isinstance(obj, list | tuple):
-        return sum(nbytes_of(v, seen) for v in obj)
+        return sum(nbytes_of(v, (views, per_storage)) for v in obj)
     return 0
 
 

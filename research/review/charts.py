@@ -26,7 +26,7 @@ from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
-from research.review.report import METRIC_CHARTS
+from research.review.report import METRIC_CHARTS, is_number
 
 # ---------------------------------------------------------------------------
 # Charts
@@ -160,16 +160,15 @@ class ChartTask:
 def chart_tasks(review: dict[str, Any]) -> list[ChartTask]:
     """The charts a review has: the backlog's, then the runs' (none for an empty backlog)."""
     c = review["charts"]
-    backlog = [p for p in c.get("progress") or [] if p["total"]]
-    burndown = c.get("burndown") or {}
-    flow = c.get("flow") or []
+    backlog = [p for p in c["progress"] if p["total"]]
+    burndown, flow = c["burndown"], c["flow"]
     per_day = c["runs_per_day"]
     series = c["key_metrics"][:METRIC_CHARTS]
     sweeps = [s for s in review["experiments"]["sweeps"] if _sweep_points(s)][:SWEEP_CHARTS]
     tasks = []
     if backlog:
         tasks.append(ChartTask("progress", "Checklist progress per direction", "backlog", (backlog,)))
-    if any(burndown.get("items", []) + burndown.get("tasks", [])):  # anything open
+    if any(burndown["items"] + burndown["tasks"]):  # anything open
         tasks.append(ChartTask("burndown", "Open items and checklist tasks, day by day", "backlog",
                                (burndown,)))
     if flow:
@@ -184,16 +183,28 @@ def chart_tasks(review: dict[str, Any]) -> list[ChartTask]:
     return tasks
 
 
-def _prepare() -> None:
-    """Import matplotlib and load the fonts (in a chart worker, while the review is read)."""
+def _style() -> dict:
+    """matplotlib (Agg) imported, and the charts' rc settings: fonts with the CJK fallback."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
+    font = cjk_font()
+    return {
+        "font.family": ["DejaVu Sans", *([font] if font else [])],
+        "font.size": 9,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "legend.frameon": False,
+    }
+
+
+def _prepare() -> None:
+    """Import matplotlib and load the fonts (in a chart worker, while the review is read)."""
     from matplotlib.figure import Figure
 
-    font = cjk_font()
+    style = _style()
     fig = Figure(figsize=(0.5, 0.2))
-    fig.text(0, 0, "Aa 流式", family=["DejaVu Sans", *([font] if font else [])])
+    fig.text(0, 0, "Aa 流式", family=style["font.family"])
     fig.canvas.draw()  # the glyph caches of both fonts, warm
 
 
@@ -203,19 +214,10 @@ def draw_chart(task: ChartTask) -> tuple[Chart, bool]:
     import warnings
 
     import matplotlib
-
-    matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure
 
-    font = cjk_font()
-    labels = _Labels(font is not None)
-    style = {
-        "font.family": ["DejaVu Sans", *([font] if font else [])],
-        "font.size": 9,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        "legend.frameon": False,
-    }
+    style = _style()
+    labels = _Labels(have_cjk=len(style["font.family"]) > 1)
     with matplotlib.rc_context(style):
         fig = _FIGURES[task.name](Figure, labels, *task.args)
         buffer = io.BytesIO()
@@ -238,9 +240,10 @@ def _draw_in_two(tasks: list[ChartTask]) -> list[tuple[Chart, bool]]:
         side = 0 if load[0] <= load[1] else 1
         (mine if side == 0 else theirs).append(n)
         load[side] += _COST.get(tasks[n].name, 1)
-    results: dict[int, tuple[Chart, bool]] = {}
+    if not theirs:
+        return [draw_chart(task) for task in tasks]
     read_end, write_end = os.pipe()
-    pid = os.fork() if theirs else -1
+    pid = os.fork()
     if pid == 0:  # the fork: draw its half, send it, and leave without running any cleanup
         try:
             os.close(read_end)
@@ -250,22 +253,15 @@ def _draw_in_two(tasks: list[ChartTask]) -> list[tuple[Chart, bool]]:
         finally:
             os._exit(0)
     os.close(write_end)
-    for n in mine:
-        results[n] = draw_chart(tasks[n])
-    if pid > 0:
-        with os.fdopen(read_end, "rb") as incoming:
-            payload = incoming.read()
-        os.waitpid(pid, 0)
-        try:
-            results.update(pickle.loads(payload))
-        except (pickle.UnpicklingError, EOFError):  # the fork died: draw its half here
-            pass
-    else:
-        os.close(read_end)
-    for n in range(len(tasks)):
-        if n not in results:
-            results[n] = draw_chart(tasks[n])
-    return [results[n] for n in range(len(tasks))]
+    results = {n: draw_chart(tasks[n]) for n in mine}
+    with os.fdopen(read_end, "rb") as incoming:
+        payload = incoming.read()
+    os.waitpid(pid, 0)
+    try:
+        results.update(pickle.loads(payload))
+    except (pickle.UnpicklingError, EOFError):  # the fork died: its half is drawn here
+        pass
+    return [results[n] if n in results else draw_chart(tasks[n]) for n in range(len(tasks))]
 
 
 def _serve(conn) -> None:
@@ -298,7 +294,7 @@ class ChartWorkers:
         self._process = context.Process(target=_serve, args=(theirs,), daemon=True)
         self._process.start()
         theirs.close()
-        self._used = False
+        self._used, self._sent, self._tasks = False, False, []
 
     def submit(self, tasks: list[ChartTask]) -> None:
         """Send the charts to draw; :meth:`collect` returns them."""
@@ -615,12 +611,8 @@ def _metrics_figure(Figure, labels: _Labels, p: dict, series: list[dict]):
     return fig
 
 
-def _numeric(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _sweep_points(sweep: dict) -> list[dict]:
-    return [r for r in sweep["rows"] if _numeric(r["value"])]
+    return [r for r in sweep["rows"] if is_number(r["value"])]
 
 
 def _sweeps_figure(Figure, labels: _Labels, sweeps: list[dict]):
@@ -644,7 +636,7 @@ def _sweeps_figure(Figure, labels: _Labels, sweeps: list[dict]):
             name = params[n]
             values = [r["params"].get(name) for r in points]
             ys = [float(r["value"]) for r in points]
-            if all(_numeric(v) for v in values):
+            if all(is_number(v) for v in values):
                 xs = [float(v) for v in values]
                 positive = [x for x in xs if x > 0]
                 if len(positive) == len(xs) and max(xs) / min(xs) >= 100:
@@ -657,7 +649,7 @@ def _sweeps_figure(Figure, labels: _Labels, sweeps: list[dict]):
                 ax.set_xlim(-0.5, len(categories) - 0.5)
             dots = ax.scatter(xs, ys, s=14, color="#1565c0", alpha=0.75, zorder=3)
             ax.yaxis.get_major_locator().set_params(nbins=4)
-            if ax.get_xscale() == "linear" and all(_numeric(v) for v in values):
+            if ax.get_xscale() == "linear" and all(is_number(v) for v in values):
                 ax.xaxis.get_major_locator().set_params(nbins=4)
             ax.set_xlabel(labels.text(name))
             if n == 0:

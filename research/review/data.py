@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 from research.review.period import Period, utc_bound
@@ -219,6 +220,16 @@ class ReviewData:
                 if changed:
                     items[row_id] = {**items[row_id], **changed}
         return items
+
+    @functools.cached_property
+    def headings(self) -> set[int]:
+        """Items with other items (not only tasks) under them at the end of the period:
+        headings that group directions, not directions themselves."""
+        return {i["parent_id"] for i in self.snapshot.values() if i["kind"] == "item"}
+
+    def kind_of(self, item_id: int | None) -> str:
+        """``item`` or ``task`` (``item`` for a row the review cannot find)."""
+        return (self.row_of(item_id) or {}).get("kind") or "item"
 
     def row_of(self, item_id: int | None) -> dict | None:
         """An item's row at the end of the period, now, or (deleted since) from its events."""

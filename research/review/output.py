@@ -46,12 +46,12 @@ def write_review(
     linked relatively; Markdown on stdout has no charts (nothing is written
     behind the reader's back), so ask for a file to get them. ``chart_workers``
     (:func:`research.review.charts.start_chart_workers`) draw them, if given.
+    Check ``output`` first (``research.files.check_writable_target``) to refuse a
+    folder, a FIFO or a missing folder before any work.
     """
-    from research.files import check_writable_target, write_bytes_file, write_text_file
+    from research.files import write_bytes_file, write_text_file
 
     written: list[Path] = []
-    if output is not None:
-        check_writable_target(output)  # refuse a folder, FIFO or missing folder before any work
     if fmt == "json":
         text = json.dumps(review, ensure_ascii=False, indent=2, default=str) + "\n"
     elif fmt == "html":

@@ -68,10 +68,8 @@ def parse_period(
         if not match or not 1 <= int(match.group(2)) <= 12:
             raise ResearchError(f"bad month {month!r}; use YYYY-MM, e.g. 2025-11")
         year, number = int(match.group(1)), int(match.group(2))
-        start = date(year, number, 1)
-        end = date(year + number // 12, number % 12 + 1, 1)
-        prev_start = date(year - (number == 1), 12 if number == 1 else number - 1, 1)
-        return Period("month", f"{year}-{number:02d}", start, end, prev_start)
+        start, end = _month_start(year, number), _month_start(year, number + 1)
+        return Period("month", f"{year}-{number:02d}", start, end, _month_start(year, number - 1))
     if quarter is not None:
         text = quarter.strip()
         if re.fullmatch(r"[Qq][1-4]", text):  # this year's

@@ -11,7 +11,7 @@ from typing import Any
 from research import clock
 from research.errors import ResearchError
 from research.review.data import ReviewData, status_moved_to
-from research.review.period import Period
+from research.review.period import Period, utc_bound
 from research.vocab import (
     ENDED_RUN_STATUSES,
     FAILED_RUN_STATUSES,
@@ -64,9 +64,14 @@ def build_review(db_path: Path, period: Period, stale_days: int = 14) -> dict[st
         conn.close()
 
     moved, transitions = _moved(data)
-    kinds = {kind: {e["item_id"] for e in data.period_events() if e["table"] == "item" and
-                    (data.row_of(e["item_id"]) or {}).get("kind", "item") == kind}
-             for kind in ("item", "task")}
+    kinds = {
+        kind: {
+            e["item_id"]
+            for e in data.period_events()
+            if e["table"] == "item" and data.kind_of(e["item_id"]) == kind
+        }
+        for kind in ("item", "task")
+    }
 
     def moved_to(status: str, kind: str = "item") -> int:
         return len(transitions.get(status, set()) & kinds[kind])
@@ -211,7 +216,7 @@ def _notes(data: ReviewData) -> list[dict]:
     return out
 
 
-def _numeric(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -226,7 +231,7 @@ def _key_metric(data: ReviewData, item_id: int, runs: list[dict]) -> tuple[str |
             return name.strip(), direction
     for run in sorted(runs, key=lambda r: (r["status"] != "succeeded", r["id"])):
         for name, value in data.metrics.get(run["id"], {}).items():
-            if _numeric(value):
+            if is_number(value):
                 lowered = name.lower()
                 return name, "min" if any(h in lowered for h in _MINIMIZE_HINTS) else "max"
     return None, "max"
@@ -259,7 +264,7 @@ def _experiments(data: ReviewData) -> tuple[dict, list[dict]]:
             out = []
             for r in runs:
                 value = data.metrics.get(r["id"], {}).get(metric) if metric else None
-                if r["status"] == "succeeded" and pick(r["ended_at"]) and _numeric(value):
+                if r["status"] == "succeeded" and pick(r["ended_at"]) and is_number(value):
                     out.append((float(value), r["id"]))
             return out
 
@@ -276,7 +281,7 @@ def _experiments(data: ReviewData) -> tuple[dict, list[dict]]:
             and r["status"] == "succeeded"
             and r["ended_at"]
             and r["ended_at"] < data.end
-            and _numeric(data.metrics.get(r["id"], {}).get(metric))
+            and is_number(data.metrics.get(r["id"], {}).get(metric))
         ]
         info = _brief(data, item_id)
         if current:
@@ -438,13 +443,12 @@ def _stuck(data: ReviewData, stale_days: int) -> dict[str, list[dict]]:
             )
             idle.append(entry)
     idle.sort(key=lambda e: (-e["days_idle"], e["id"]))
-    containers = {item["parent_id"] for item in items.values() if item["kind"] == "item"}
     waiting = []
     for item in items.values():
         if (
             item["status"] not in ("planned", "paused")
             or item["kind"] != "item"
-            or item["id"] in containers  # a heading over directions, not one itself
+            or item["id"] in data.headings  # a heading over directions, not one itself
         ):
             continue
         since = max(filter(None, (item["created_at"], data.status_since.get(item["id"]))))
@@ -489,11 +493,10 @@ DUE_GROUPS = (("overdue", "Overdue (still open)"), ("in_period", "Due in this pe
 
 
 def _next_focus(data: ReviewData) -> list[dict]:
-    containers = {i["parent_id"] for i in data.snapshot.values() if i["kind"] == "item"}
     candidates = [
         i
         for i in data.snapshot.values()
-        if i["status"] in OPEN_STATUSES and i["kind"] == "item" and i["id"] not in containers
+        if i["status"] in OPEN_STATUSES and i["kind"] == "item" and i["id"] not in data.headings
     ]
     candidates.sort(
         key=lambda i: (PRIORITY_RANK.get(i["priority"], 9), -(i["score"] or 0), i["id"])
@@ -595,23 +598,23 @@ def _progress(data: ReviewData) -> list[dict]:
 def _burndown(data: ReviewData, period: Period) -> dict:
     """Open items and open checklist tasks at the start of the period and at the end of each of
     its days (None for days still to come), replayed from the event log."""
-    from research.review.period import utc_bound
-
-    state = {i: (row["kind"], row["status"]) for i, row in data.start_snapshot.items()}
+    # Each row's (task or item, status), and how many of each are open, as events replay.
+    state = {
+        i: ("task" if row["kind"] == "task" else "item", row["status"])
+        for i, row in data.start_snapshot.items()
+    }
     open_now = {"item": 0, "task": 0}
     for kind, status in state.values():
-        if status in OPEN_STATUSES:
-            open_now[kind if kind == "task" else "item"] += 1
+        open_now[kind] += status in OPEN_STATUSES
     start_counts = dict(open_now)
 
     def apply(row_id: int, new: tuple[str, str] | None) -> None:
         old = state.pop(row_id, None)
-        if old is not None and old[1] in OPEN_STATUSES:
-            open_now["task" if old[0] == "task" else "item"] -= 1
+        if old is not None:
+            open_now[old[0]] -= old[1] in OPEN_STATUSES
         if new is not None:
             state[row_id] = new
-            if new[1] in OPEN_STATUSES:
-                open_now["task" if new[0] == "task" else "item"] += 1
+            open_now[new[0]] += new[1] in OPEN_STATUSES
 
     events = sorted(
         (e for e in data.period_events() if e["table"] == "item"), key=lambda e: (e["ts"], e["id"])
@@ -627,9 +630,8 @@ def _burndown(data: ReviewData, period: Period) -> dict:
             if after is None:
                 apply(row_id, None)
             elif before is None:
-                known = data.items.get(row_id) or {}
-                kind = after.get("kind") or known.get("kind") or "item"
-                apply(row_id, (kind, after.get("status") or "planned"))
+                kind = after.get("kind") or data.kind_of(row_id)
+                apply(row_id, ("task" if kind == "task" else "item", after.get("status") or "planned"))
             elif "status" in after and row_id in state:
                 apply(row_id, (state[row_id][0], after["status"]))
         future = utc_bound(day) > data.ref
@@ -650,10 +652,9 @@ def _flow(data: ReviewData) -> list[dict]:
         status = status_moved_to(event)
         if status is None:
             continue
-        kind = (data.row_of(event["item_id"]) or {}).get("kind", "item")
         key = (event["before"].get("status") or "planned", status)
         entry = counts.setdefault(key, {"items": 0, "tasks": 0})
-        entry["tasks" if kind == "task" else "items"] += 1
+        entry["tasks" if data.kind_of(event["item_id"]) == "task" else "items"] += 1
     order = {status: n for n, status in enumerate(STATUSES)}
     return [
         {"from": a, "to": b, **n}

@@ -77,6 +77,14 @@ class Table:
     more: int = 0  # rows left out (they are in --format json)
 
 
+def with_more(table: Table, what: str = "") -> list:
+    """The table, and a line saying how many of its rows were left out, if any."""
+    if not table.more:
+        return [table]
+    noun = f" {what}" if what else ""
+    return [table, Paragraph([Styled(f"… {table.more} more{noun} (see --format json)", "muted")])]
+
+
 def experiments_table(items: list[dict]) -> Table:
     rows = []
     for e in items:
@@ -166,16 +174,14 @@ def _backlog(review: dict, with_charts: bool) -> Section | None:
     blocks: list = [Charts("backlog")] if with_charts else []
     moving = [p for p in progress if p["ticked"] or p["added"]]
     if moving:
-        blocks.append(Table(
+        blocks += with_more(Table(
             ["Direction", "Done", "Open", "Ticked", "Added", "Progress"],
             [[item_text(p), p["done"], p["open"], p["ticked"], p["added"],
               f"{p['done_at_start']}/{p['total_at_start']} → {p['done']}/{p['total']}"]
              for p in moving[:STUCK_ROWS_SHOWN]],
             frozenset({1, 2, 3, 4}),
             more=max(0, len(moving) - STUCK_ROWS_SHOWN),
-        ))
-        if blocks[-1].more:
-            blocks.append(Paragraph([Styled(f"… {blocks[-1].more} more directions (see --format json)", "muted")]))
+        ), "directions")
     return Section("📈 Backlog", blocks) if blocks else None
 
 
@@ -229,10 +235,7 @@ def _experiments(review: dict, with_charts: bool) -> Section | None:
     for sweep in exp["sweeps"]:
         blocks.append(SubHeading(["Sweep ", Styled(str(sweep["sweep_id"]), "code"),
                                   f" — {item_text({'id': sweep['item_id'], 'title': sweep['title']})}"]))
-        table = sweep_table(sweep)
-        blocks.append(table)
-        if table.more:
-            blocks.append(Paragraph([Styled(f"… {table.more} more runs (see --format json)", "muted")]))
+        blocks += with_more(sweep_table(sweep), "runs")
     return Section("🧪 Experiments", blocks)
 
 
@@ -261,10 +264,8 @@ def _stuck(review: dict) -> Section | None:
         blocks += [Paragraph([f"No run, note or change for {review['period']['stale_days']} days or more:"]),
                    idle_table(stuck["idle"])]
     if stuck["waiting"]:
-        table = waiting_table(stuck["waiting"])
-        blocks += [Paragraph([f"Planned or paused for {review['period']['stale_days']} days or more:"]), table]
-        if table.more:
-            blocks.append(Paragraph([Styled(f"… {table.more} more (see --format json)", "muted")]))
+        blocks += [Paragraph([f"Planned or paused for {review['period']['stale_days']} days or more:"]),
+                   *with_more(waiting_table(stuck["waiting"]))]
     return Section("🧊 Stuck", blocks)
 
 

@@ -67,7 +67,7 @@ def headline(review: dict) -> list[tuple[str, list[tuple[str, int]]]]:
                 ("failed", c["runs_failed"]),
             ],
         ),
-        ("Tasks", [("added", c.get("tasks_added", 0)), ("ticked", c.get("tasks_ticked", 0))]),
+        ("Tasks", [("added", c["tasks_added"]), ("ticked", c["tasks_ticked"])]),
         ("Notes", [("written", c["notes_written"])]),
     ]
 
