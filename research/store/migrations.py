@@ -199,7 +199,44 @@ def _m003_documents(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_backlog, _m002_runs, _m003_documents]
+def _m004_sweeps_and_queue(conn: sqlite3.Connection) -> None:
+    _run_script(
+        conn,
+        """
+        CREATE TABLE sweep (
+            id TEXT PRIMARY KEY,
+            item_id INTEGER NOT NULL REFERENCES item(id),
+            link_id INTEGER REFERENCES link(id),
+            notebook TEXT NOT NULL,
+            space JSON NOT NULL DEFAULT '{}',
+            fixed JSON NOT NULL DEFAULT '{}',
+            objective TEXT NOT NULL,
+            direction TEXT NOT NULL,
+            sampler TEXT NOT NULL,
+            seed INTEGER,
+            trials INTEGER NOT NULL,
+            jobs INTEGER NOT NULL DEFAULT 1,
+            executor TEXT NOT NULL DEFAULT 'local',
+            options JSON NOT NULL DEFAULT '{}',
+            status TEXT NOT NULL DEFAULT 'running',
+            reason TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            ended_at TEXT
+        );
+        CREATE INDEX ix_sweep_item_id ON sweep(item_id);
+
+        ALTER TABLE run ADD COLUMN trial INTEGER;
+        ALTER TABLE run ADD COLUMN queue TEXT;
+        ALTER TABLE run ADD COLUMN timeout_s REAL;
+        CREATE INDEX ix_run_queue ON run(queue);
+        """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _m001_backlog, _m002_runs, _m003_documents, _m004_sweeps_and_queue,
+]
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

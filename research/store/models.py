@@ -165,6 +165,38 @@ class Run(SQLModel, table=True):
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     environment: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     artifacts: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    trial: int | None = None  # the trial's number in its search sweep (`research sweep`)
+    # Stored for later (`--queue`): the queue's name; `research queue work` takes it from there.
+    queue: str | None = Field(default=None, index=True)
+    timeout_s: float | None = None  # the limit a queued run is to run under
+
+
+class Sweep(SQLModel, table=True):
+    """A search over a notebook's parameters (`research sweep`): what to search, for how many trials.
+
+    Its trials are runs (``run.sweep_id`` = ``id``, ``run.trial`` numbered from 0); the sampler's
+    state is rebuilt from them, so a sweep resumes from the database alone.
+    """
+
+    id: str = Field(primary_key=True)
+    item_id: int = Field(foreign_key="item.id", index=True)
+    link_id: int | None = Field(default=None, foreign_key="link.id")
+    notebook: str
+    space: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    fixed: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    objective: str
+    direction: str  # maximize | minimize
+    sampler: str  # tpe | random | grid
+    seed: int | None = None
+    trials: int
+    jobs: int = 1
+    executor: str = "local"
+    options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = "running"  # running | finished | stopped | failed
+    reason: str | None = None
+    created_at: str
+    updated_at: str
+    ended_at: str | None = None
 
 
 class Metric(SQLModel, table=True):

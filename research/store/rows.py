@@ -36,6 +36,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "id", "item_id", "link_id", "sweep_id", "status", "notebook", "notebook_sha256", "params_given", "params",
         "kernel", "cwd", "run_dir", "output_path", "executor", "external_id", "pid", "host", "heartbeat_at",
         "queued_at", "started_at", "ended_at", "duration_s", "reason", "error", "environment", "artifacts",
+        "trial", "queue", "timeout_s",
+    ),
+    "sweep": (
+        "id", "item_id", "link_id", "notebook", "space", "fixed", "objective", "direction", "sampler", "seed",
+        "trials", "jobs", "executor", "options", "status", "reason", "created_at", "updated_at", "ended_at",
     ),
     "metric": ("id", "run_id", "name", "value", "value_json", "step", "ts"),
 }
@@ -49,6 +54,7 @@ JSON_COLUMNS: dict[str, frozenset[str]] = {
     "meta": frozenset(),
     "link": frozenset({"defaults"}),
     "run": frozenset({"params_given", "params", "error", "environment", "artifacts"}),
+    "sweep": frozenset({"space", "fixed", "options"}),
     "metric": frozenset({"value_json"}),
 }
 BOOL_COLUMNS: dict[str, frozenset[str]] = {"document": frozenset({"is_main"}), "event": frozenset({"undone"})}
