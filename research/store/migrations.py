@@ -220,6 +220,8 @@ def _m004_sweeps_and_queue(conn: sqlite3.Connection) -> None:
             options JSON NOT NULL DEFAULT '{}',
             status TEXT NOT NULL DEFAULT 'running',
             reason TEXT,
+            pid INTEGER,
+            host TEXT,
             created_at TEXT NOT NULL,
             updated_at TEXT NOT NULL,
             ended_at TEXT

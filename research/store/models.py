@@ -194,6 +194,8 @@ class Sweep(SQLModel, table=True):
     options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     status: str = "running"  # running | finished | stopped | failed
     reason: str | None = None
+    pid: int | None = None  # the process driving it, while one does
+    host: str | None = None
     created_at: str
     updated_at: str
     ended_at: str | None = None

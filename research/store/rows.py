@@ -40,7 +40,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "sweep": (
         "id", "item_id", "link_id", "notebook", "space", "fixed", "objective", "direction", "sampler", "seed",
-        "trials", "jobs", "executor", "options", "status", "reason", "created_at", "updated_at", "ended_at",
+        "trials", "jobs", "executor", "options", "status", "reason", "pid", "host", "created_at", "updated_at", "ended_at",
     ),
     "metric": ("id", "run_id", "name", "value", "value_json", "step", "ts"),
 }
