@@ -51,6 +51,73 @@ def submit(db_path: Path, executor: Executor, run_ids: list[int]) -> dict[int, s
     return external
 
 
+class Follower:
+    """Follows runs on ``executor`` into the database; ``add`` more at any time, ``step`` polls once.
+
+    ``follow`` uses it for a fixed set of runs; a search sweep adds each trial as it asks for it.
+    Once ``interrupts`` is set, the open runs are cancelled on the engine, and those that have
+    not reported within the executor's ``cancel_grace_s`` are marked interrupted.
+    """
+
+    def __init__(self, db_path: Path, executor: Executor, interrupts=None,
+                 on_running: Callable[[int], None] | None = None,
+                 on_done: Callable[[RunResult], None] | None = None) -> None:
+        self.db_path, self.executor, self.interrupts = db_path, executor, interrupts
+        self.on_running, self.on_done = on_running, on_done
+        self.open_ids: list[int] = []
+        self.results: dict[int, RunResult] = {}
+        self._cancel_deadline: float | None = None
+        self._cancelled = False
+        self._reason = "interrupted"
+        self._next_check = time.monotonic() + CHECK_S
+
+    def add(self, run_ids: list[int]) -> None:
+        self.open_ids.extend(run_ids)
+
+    def _done(self, run_id: int, result: RunResult, ended: list[RunResult]) -> None:
+        self.results[run_id] = result
+        if run_id in self.open_ids:
+            self.open_ids.remove(run_id)
+        ended.append(result)
+        if self.on_done:
+            self.on_done(result)
+
+    def step(self) -> list[RunResult]:
+        """One round: waits up to POLL_S for news; returns the runs that ended in it."""
+        db_path, executor, interrupts, ended = self.db_path, self.executor, self.interrupts, []
+        if time.monotonic() >= self._next_check:  # rows another process closed (`research runs cancel`)
+            self._next_check = time.monotonic() + CHECK_S
+            for run in load_runs(db_path, list(self.open_ids)):
+                if run.status not in OPEN_RUN_STATUSES:
+                    self._done(run.id, closed_result(db_path, run.id)
+                               or RunResult(run.id, run.status, run.reason, 0.0), ended)
+        for update in executor.poll(POLL_S):
+            if update.run_id not in self.open_ids:
+                continue
+            result = apply_update(db_path, update)
+            if update.kind == "running":
+                if self.on_running:
+                    self.on_running(update.run_id)
+            elif result is not None:
+                self._done(update.run_id, result, ended)
+            else:  # closed meanwhile by another process (a sync, a cancel)
+                other = closed_result(db_path, update.run_id)
+                if other is not None:
+                    self._done(update.run_id, other, ended)
+        if interrupts is not None and interrupts.is_set() and not self._cancelled:
+            self._cancelled = True
+            if interrupts.signal_name:
+                self._reason = f"interrupted by {interrupts.signal_name}"
+            executor.cancel(list(self.open_ids), self._reason)
+            if executor.cancel_grace_s is not None:
+                self._cancel_deadline = time.monotonic() + executor.cancel_grace_s
+        if self._cancel_deadline is not None and (time.monotonic() >= self._cancel_deadline or interrupts.forced):
+            for run_id in list(self.open_ids):
+                result = mark_ended(db_path, run_id, "interrupted", self._reason) or closed_result(db_path, run_id)
+                self._done(run_id, result or RunResult(run_id, "interrupted", self._reason, 0.0), ended)
+        return ended
+
+
 def follow(
     db_path: Path,
     executor: Executor,
@@ -60,58 +127,8 @@ def follow(
     on_done: Callable[[RunResult], None] | None = None,
 ) -> list[RunResult]:
     """Poll ``executor`` until every run has ended; returns their results in ``run_ids`` order."""
-    open_ids = list(run_ids)
-    results: dict[int, RunResult] = {}
-    cancel_deadline: float | None = None
-    cancelled = False
-
-    def done(run_id: int, result: RunResult) -> None:
-        results[run_id] = result
-        if run_id in open_ids:
-            open_ids.remove(run_id)
-        if on_done:
-            on_done(result)
-
-    next_check = time.monotonic() + CHECK_S
-    while open_ids:
-        if time.monotonic() >= next_check:  # rows another process closed (`research runs cancel`)
-            next_check = time.monotonic() + CHECK_S
-            for run in load_runs(db_path, list(open_ids)):
-                if run.status not in OPEN_RUN_STATUSES:
-                    done(
-                        run.id,
-                        closed_result(db_path, run.id)
-                        or RunResult(run.id, run.status, run.reason, 0.0),
-                    )
-        for update in executor.poll(POLL_S):
-            if update.run_id not in open_ids:
-                continue
-            result = apply_update(db_path, update)
-            if update.kind == "running":
-                if on_running:
-                    on_running(update.run_id)
-            elif result is not None:
-                done(update.run_id, result)
-            else:  # closed meanwhile by another process (a sync, a cancel)
-                other = closed_result(db_path, update.run_id)
-                if other is not None:
-                    done(update.run_id, other)
-        if interrupts is not None and interrupts.is_set() and not cancelled:
-            cancelled = True
-            reason = (
-                f"interrupted by {interrupts.signal_name}"
-                if interrupts.signal_name
-                else "interrupted"
-            )
-            executor.cancel(list(open_ids), reason)
-            if executor.cancel_grace_s is not None:
-                cancel_deadline = time.monotonic() + executor.cancel_grace_s
-        if cancel_deadline is not None and (
-            time.monotonic() >= cancel_deadline or interrupts.forced
-        ):
-            for run_id in list(open_ids):
-                result = mark_ended(db_path, run_id, "interrupted", reason) or closed_result(
-                    db_path, run_id
-                )
-                done(run_id, result or RunResult(run_id, "interrupted", reason, 0.0))
-    return [results[rid] for rid in run_ids]
+    follower = Follower(db_path, executor, interrupts, on_running, on_done)
+    follower.add(list(run_ids))
+    while follower.open_ids:
+        follower.step()
+    return [follower.results[rid] for rid in run_ids]
