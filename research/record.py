@@ -4,6 +4,12 @@ Dependency-free on purpose: a notebook imports it whether or not it runs under
 `research run`. Inside a run the runner sets ``RESEARCH_RUN_DIR``; each call
 appends one JSON line to ``$RESEARCH_RUN_DIR/metrics.jsonl``. Outside a run the
 value is only displayed, so notebooks still work when opened by hand.
+
+A run that executes in a private folder (a Dask worker, a Slurm job) can be watched
+while it runs: when the run folder holds ``MIRROR_NOTE`` (a file naming another file,
+``LIVE_FILE`` in the project's ``runs/<id>/``), each metric line is also appended there.
+Only the run folder's own ``metrics.jsonl`` is ingested at the end; the mirror is for
+reading while the run lasts.
 """
 
 from __future__ import annotations
@@ -18,6 +24,14 @@ from pathlib import Path
 RUN_DIR_ENV = "RESEARCH_RUN_DIR"
 METRICS_FILE = "metrics.jsonl"
 ARTIFACTS_DIR = "artifacts"
+LIVE_FILE = "metrics.live.jsonl"  # in the project's runs/<id>/: metric lines of a run executing elsewhere
+MIRROR_NOTE = ".metrics-mirror"  # in the run folder: the path of a file each metric line is also appended to
+PRUNE_FILE = "prune"  # written into a run's folder by the sweep that prunes it
+
+
+class Pruned(Exception):
+    """Raised by ``record`` once the sweep running this trial has pruned it: the notebook stops
+    there, as Optuna's ``TrialPruned`` stops an objective, and the run ends ``pruned``."""
 
 
 def _run_dir() -> Path | None:
@@ -56,6 +70,24 @@ def _append(entry: dict) -> None:
     # One write per line, opened in append mode, so concurrent writers never interleave a line.
     with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
         fh.write(line + "\n")
+    if entry.get("kind") == "metric":
+        _mirror(run_dir, line)
+
+
+def _mirror(run_dir: Path, line: str) -> None:
+    """Append ``line`` to the file the run folder's ``MIRROR_NOTE`` names, if any; a
+    mirror that cannot be written is skipped (the run's own file has the line)."""
+    try:
+        target = (run_dir / MIRROR_NOTE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return
+    if not target:
+        return
+    try:
+        with open(target, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+    except OSError:
+        pass
 
 
 def record(name: str, value, step: int | None = None) -> None:
@@ -66,6 +98,15 @@ def record(name: str, value, step: int | None = None) -> None:
     _append(entry)
     suffix = f" (step {step})" if step is not None else ""
     print(f"[record] {name} = {entry['value']}{suffix}")
+    if step is not None:
+        _stop_if_pruned(step)
+
+
+def _stop_if_pruned(step: int) -> None:
+    """A sweep prunes a trial by writing PRUNE_FILE into its run folder; the next stepped record stops it."""
+    run_dir = _run_dir()
+    if run_dir is not None and (run_dir / PRUNE_FILE).exists():
+        raise Pruned(f"pruned by the sweep at step {step}")
 
 
 def record_artifact(path: str | os.PathLike, name: str | None = None) -> str:

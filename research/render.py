@@ -314,7 +314,7 @@ def short_value(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _plain_table(headers: list[str], rows: list[list[str]]) -> None:
+def plain_table(headers: list[str], rows: list[list[str]]) -> None:
     widths = [cell_width(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):
@@ -338,20 +338,20 @@ def write_runs_table(rows: list[dict]) -> None:
             row.append(f"{r.get('executor') or 'local'} {r.get('external_id') or ''}".strip())
         table.append(row)
     headers = ["Run", "Item", "Status", "Sweep", "Time", "Params", "Metrics"]
-    _plain_table([*headers, "Executor"] if remote else headers, table)
+    plain_table([*headers, "Executor"] if remote else headers, table)
 
 
 def write_plan_table(plans: list[dict]) -> None:
     """``run --dry-run``: one line per planned run, with the parameters it injects."""
     table = [[str(n), p["item"], p["notebook"], " ".join(f"{k}={short_value(v, 32)}" for k, v in p["inject"].items())]
              for n, p in enumerate(plans, 1)]
-    _plain_table(["#", "Item", "Notebook", "Params"], table)
+    plain_table(["#", "Item", "Notebook", "Params"], table)
 
 
 def write_compare_table(table: dict) -> None:
     headers = ["", *[f"#{rid} ({status})" for rid, status in zip(table["runs"], table["status"], strict=True)]]
     rows = [[f"{row['section']}.{row['name']}", *[short_value(v, 32) for v in row["values"]]] for row in table["rows"]]
-    _plain_table(headers, rows)
+    plain_table(headers, rows)
 
 
 def run_summary_line(result) -> str:

@@ -19,7 +19,8 @@ OUTCOME_KINDS = ("document", "code", "application", "related")
 
 # A run is open (queued, then running) until it ends in one of the ended statuses.
 OPEN_RUN_STATUSES = ("queued", "running")
-ENDED_RUN_STATUSES = ("succeeded", "failed", "timeout", "interrupted")
+# "pruned": a sweep's pruner stopped the trial early (its intermediate values were behind).
+ENDED_RUN_STATUSES = ("succeeded", "failed", "timeout", "interrupted", "pruned")
 FAILED_RUN_STATUSES = ("failed", "timeout", "interrupted")
 RUN_STATUSES = OPEN_RUN_STATUSES + ENDED_RUN_STATUSES
 OPEN_RUNS_SQL = "(" + ", ".join(f"'{s}'" for s in OPEN_RUN_STATUSES) + ")"  # for `status IN ...`

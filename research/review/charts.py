@@ -46,6 +46,7 @@ RUN_STATUS_COLORS = {
     "failed": "#c62828",
     "timeout": "#ef6c00",
     "interrupted": "#8e24aa",
+    "pruned": "#6d4c41",
     "running": "#1565c0",
     "queued": "#90a4ae",
 }
@@ -661,7 +662,38 @@ def _sweeps_figure(Figure, labels: _Labels, sweeps: list[dict]):
     return fig
 
 
+def _trials_figure(Figure, labels: _Labels, sweep: dict):
+    """A search sweep's objective by trial, each trial a dot, with the best so far as a step line."""
+    points = [t for t in sweep["trials"] if is_number(t["value"])]
+    height, width = HEAD_IN + 2.9, 7.2
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=0.8 / width, right=0.98, top=1 - (HEAD_IN + 0.15) / height, bottom=0.55 / height)
+    ax = fig.subplots()
+    xs, ys = [t["trial"] for t in points], [float(t["value"]) for t in points]
+    dots = ax.scatter(xs, ys, s=16, color="#1565c0", alpha=0.75, zorder=3)
+    best_x, best_y, best = [], [], None
+    better = max if sweep["direction"] == "maximize" else min
+    for x, y in sorted(zip(xs, ys, strict=True)):
+        best = y if best is None else better(best, y)
+        best_x.append(x)
+        best_y.append(best)
+    (line,) = ax.step(best_x, best_y, where="post", color="#2e7d32", linewidth=1.6, zorder=2)
+    others = [t for t in sweep["trials"] if not is_number(t["value"])]
+    handles, names = [dots, line], ["trial", "best so far"]
+    if others and ys:
+        marks = ax.scatter([t["trial"] for t in others], [min(ys)] * len(others), marker="x", s=18,
+                           color="#c62828", zorder=3)
+        handles.append(marks)
+        names.append("no value (failed, pruned)")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(labels.text(sweep["objective"]))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    _heading(fig, f"Sweep {sweep['id']}: {sweep['objective']} by trial ({sweep['direction']})", handles, names, height)
+    return fig
+
+
 _FIGURES = {
+    "trials": _trials_figure,
     "progress": _progress_figure,
     "burndown": _burndown_figure,
     "flow": _flow_figure,

@@ -91,6 +91,10 @@ def _table(table: Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+# Nothing runs and nothing loads from elsewhere: the charts are data: URIs.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
 def data_uri(chart: Chart) -> str:
     """A chart's PNG as a ``data:`` URI: the page carries its images."""
     return "data:image/png;base64," + base64.b64encode(chart.png).decode("ascii")
@@ -138,9 +142,7 @@ def render_html(review: dict[str, Any], charts: list[Chart] | None = None, image
         "<head>",
         '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        # Nothing runs and nothing loads from elsewhere: the charts are data: URIs.
-        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
-        "img-src data:; style-src 'unsafe-inline'\">",
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         f"<title>{_e(heading)}</title>",
         f"<style>{_CSS}</style>",
         "</head>",

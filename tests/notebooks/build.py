@@ -51,6 +51,30 @@ NOTEBOOKS = {
         new_code_cell("raise ValueError(f'boom {y}')"),
         new_code_cell("record('after', 2)"),
     ),
+    # A noisy 2-D quadratic with its optimum at x=1, y=-2 (loss 0 with adam, 0.5 with sgd), for
+    # sweeps; with steps > 0 it records a falling loss per step first (what a pruner watches).
+    "quadratic.ipynb": notebook(
+        params_cell(
+            "x: float = 0.0\n"
+            "y: float = 0.0\n"
+            'opt = "adam"\n'
+            "steps: int = 0\n"
+            "pause: float = 0.0  # seconds per step\n"
+            "noise: float = 0.0\n"
+            "seed: int = 0\n"
+        ),
+        new_code_cell(
+            "import random, time\n"
+            "from research import record\n"
+            "rng = random.Random(seed)\n"
+            "loss = (x - 1) ** 2 + (y + 2) ** 2 + (0.5 if opt == 'sgd' else 0.0) + noise * rng.gauss(0, 1)\n"
+            "for step in range(steps):  # falls to the loss at the last step\n"
+            "    record('loss', loss + (steps - 1 - step) / steps, step=step)\n"
+            "    time.sleep(pause)\n"
+            "if not steps:\n"
+            "    record('loss', loss)"
+        ),
+    ),
     # Records the kernel's pid, then sleeps: for timeout and interrupt.
     "sleep.ipynb": notebook(
         params_cell("seconds = 60.0"),
