@@ -229,7 +229,7 @@ def test_fail_fast_stops_at_the_first_failed_trial(cli, project, write_notebook)
 @pytest.mark.slow
 def test_the_median_pruner_stops_trials_behind_the_others(cli, project):
     result = cli("sweep", "quad", "--space", "x=uniform(-3,3)", "--space", "y=uniform(-4,0)", "-p", "steps=6",
-                 "-p", "pause=0.15", "--trials", "10", "--minimize", "loss", "--sampler", "random", "--seed", "5",
+                 "-p", "pause=0.3", "--trials", "10", "--minimize", "loss", "--sampler", "random", "--seed", "5",
                  "--prune", "median")
     assert "finished, 10/10 trials" in result.stdout
     runs = rows(project / "todo.db")

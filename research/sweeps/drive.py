@@ -31,7 +31,7 @@ from research.store.models import Item, Link, Run, Sweep
 from research.sweeps.space import Dimension, check_space, grid_size, space_from_json, space_to_json
 from research.sweeps.study import SAMPLERS, Study, TrialRecord, objective_value
 
-PRUNE_CHECK_S = 0.5  # how often running trials' intermediate values are read
+PRUNE_CHECK_S = 0.2  # how often running trials' intermediate values are read
 
 
 @dataclass
