@@ -103,9 +103,19 @@ def record(name: str, value, step: int | None = None) -> None:
 
 
 def _stop_if_pruned(step: int) -> None:
-    """A sweep prunes a trial by writing PRUNE_FILE into its run folder; the next stepped record stops it."""
+    """A sweep prunes a trial by writing PRUNE_FILE into the project's runs/<id>/; the next stepped
+    record stops it. A run executing elsewhere finds that folder through its mirror note."""
     run_dir = _run_dir()
-    if run_dir is not None and (run_dir / PRUNE_FILE).exists():
+    if run_dir is None:
+        return
+    folders = [run_dir]
+    try:
+        mirror = (run_dir / MIRROR_NOTE).read_text(encoding="utf-8").strip()
+    except OSError:
+        mirror = ""
+    if mirror:
+        folders.append(Path(mirror).parent)
+    if any((folder / PRUNE_FILE).exists() for folder in folders):
         raise Pruned(f"pruned by the sweep at step {step}")
 
 

@@ -26,7 +26,7 @@ from sqlmodel import Session, select
 
 from research import clock
 from research.errors import ResearchError
-from research.record import METRICS_FILE, PRUNE_FILE
+from research.record import LIVE_FILE, METRICS_FILE, PRUNE_FILE
 from research.store.models import Item, Link, Run, Sweep
 from research.sweeps.space import Dimension, check_space, grid_size, space_from_json, space_to_json
 from research.sweeps.study import SAMPLERS, Study, TrialRecord, objective_value
@@ -374,7 +374,9 @@ def _check_pruning(db_path: Path, sweep: Sweep, study: Study, trials: _Trials) -
         if run_id in trials.pruned:
             continue
         run_dir = data_root / RUNS_DIR / str(run_id)
-        for step, value in _new_values(run_dir / METRICS_FILE, sweep.objective, trials.offsets, run_id):
+        # A local run writes its own folder; one elsewhere mirrors its lines into LIVE_FILE here.
+        metrics = run_dir / (METRICS_FILE if sweep.executor == "local" else LIVE_FILE)
+        for step, value in _new_values(metrics, sweep.objective, trials.offsets, run_id):
             if study.report(record.number, value, step):
                 (run_dir / PRUNE_FILE).write_text(f"step {step}\n", encoding="utf-8")
                 trials.pruned[run_id] = step
