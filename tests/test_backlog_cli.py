@@ -226,7 +226,7 @@ def test_every_command_has_help(cli):
 def test_cli_import_does_not_import_torch():
     code = (
         "import sys, research.cli\n"
-        "heavy = [m for m in ('torch', 'papermill', 'sqlmodel', 'pandas') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'papermill', 'sqlmodel', 'pandas', 'optuna', 'matplotlib') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)

@@ -124,6 +124,15 @@ def test_any_finite_interval_round_trips_through_json(low, width):
 # --------------------------------------------------------------------------- through the CLI
 
 
+def test_showing_and_listing_sweeps_does_not_import_optuna(cli, project):
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom research.cli import app\n"
+            "r = CliRunner()\nres = r.invoke(app, ['sweep', 'list'])\nassert res.exit_code == 0, res.output\n"
+            "print('optuna' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=project,
+                         env=_env(project / "todo.db"), check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_bad_sweeps_write_nothing(cli, project):
     before = rows(project / "todo.db", "event")
     for args, message in [
