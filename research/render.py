@@ -383,6 +383,13 @@ def show_run(detail: dict) -> None:
             out.print(f"[bold]{section.capitalize()}[/bold]")
             for k, v in detail[section].items():
                 out.print(f"  {k} = {short_value(v, 32)}", markup=False, highlight=False)
+    live = detail.get("live")
+    if live:  # an open run: what it has recorded so far
+        cells = f", {live['cells_done']}/{live['cells_total']} cells" if live.get("cells_total") else ""
+        out.print(f"[bold]Live[/bold] (so far{cells})")
+        for k, v in live["metrics"].items():
+            step = f"  (step {v['step']})" if v.get("step") is not None else ""
+            out.print(f"  {k} = {short_value(v['value'], 32)}{step}", markup=False, highlight=False)
     if detail.get("artifacts"):
         out.print("[bold]Artifacts[/bold]")
         for path in detail["artifacts"]:

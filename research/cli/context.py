@@ -61,8 +61,10 @@ def project_root() -> Path:
 def recover_runs() -> None:
     """End runs whose runner died, once the database is known to be ours (``db_path`` checks
     it: a damaged file gets one line, not a traceback from the recovery's SQL)."""
-    from research.runs.recovery import recover_stale_runs
+    from research.runs.recovery import recover_runs as recover
 
-    count = recover_stale_runs(db_path())
-    if count:
-        typer.echo(f"marked {count} run(s) whose runner died as interrupted", err=True)
+    done = recover(db_path())
+    if done.interrupted:
+        typer.echo(f"marked {done.interrupted} run(s) whose runner died as interrupted", err=True)
+    if done.requeued:
+        typer.echo(f"put {done.requeued} run(s) whose `research queue work` process died back in the queue", err=True)

@@ -122,6 +122,7 @@ def run(
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler, e.g. tcp://HOST:8786 (default: a local cluster of -j workers).")] = None,
     executor_option: Annotated[list[str] | None, typer.Option("--executor-option", "-E", help="KEY=VALUE for the executor, e.g. partition=gpu, gpus_per_task=1, time_limit=120, array_parallelism=8, cluster=local (repeatable).")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="slurm: submit and return; `research runs` collects the results.")] = False,
+    queue: Annotated[bool, typer.Option("--queue", help="Store the runs and return; `research queue work` runs them.")] = False,
     yes: Annotated[bool, typer.Option("--yes", help=f"Do not ask before more than {MANY_RUNS:,} runs.")] = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -141,11 +142,13 @@ def run(
         raise ResearchError("--json goes with --dry-run (a run's results: `research runs --json`)")
     if no_wait and settings.executor != "slurm":
         raise ResearchError("--no-wait is for the slurm executor (dask runs end with their client)")
+    if queue:
+        _check_queue_options(executor, jobs, log_output, no_wait)
     # The first run's runner starts now, importing papermill while we check and plan.
-    runner = None if dry_run or settings.executor != "local" else start_runner()
+    runner = None if dry_run or queue or settings.executor != "local" else start_runner()
     request = RunRequest(item_id, notebook, param or [], params_file or [], grid or [], jobs, timeout, kernel, log_output,
                          wait=not no_wait, runner=runner, settings=settings, params_yaml=params_yaml or [],
-                         param_raw=param_raw or [], check=not no_check)
+                         param_raw=param_raw or [], check=not no_check, queue="default" if queue else None)
     try:
         _run(request, dry_run, yes=yes, json_=json_)
     finally:
@@ -171,9 +174,19 @@ class RunRequest:
     params_yaml: list[str] = field(default_factory=list)
     param_raw: list[str] = field(default_factory=list)
     check: bool = True
+    queue: str | None = None  # store the runs in this queue instead of running them
 
 
 MANY_RUNS = 1000  # more runs than this at once: ask first (--yes does not)
+
+
+def _check_queue_options(executor: str | None, jobs: int, log_output: bool, no_wait: bool) -> None:
+    """`run --queue` stores runs for `research queue work`, which runs them here, -j at a time."""
+    if executor not in (None, "local"):
+        raise ResearchError("--queue stores runs for `research queue work`, which runs them on its machine; drop --executor")
+    if jobs > 1 or log_output or no_wait:
+        flag = "-j" if jobs > 1 else "--log-output" if log_output else "--no-wait"
+        raise ResearchError(f"{flag} does not go with --queue (`research queue work -j N` sets how many at once)")
 
 
 def _confirm_many(dry_run: bool, yes: bool):
@@ -227,7 +240,7 @@ def _run(request: RunRequest, dry_run: bool, yes: bool = False, json_: bool = Fa
             render.write_plan_table(planned)
         return
     remote = started = None
-    if settings is not None and settings.executor != "local":
+    if settings is not None and settings.executor != "local" and not request.queue:
         from research.executors import make_executor, start_in_background
 
         remote = make_executor(settings, db_path(), jobs, timeout)
@@ -239,12 +252,18 @@ def _run(request: RunRequest, dry_run: bool, yes: bool = False, json_: bool = Fa
             if started:
                 started()  # the engine is reachable before anything is written
             run_ids, sweep_id = create_runs(session, plans, root, request.kernel,
-                                            executor=remote.name if remote else "local")
+                                            executor=remote.name if remote else "local",
+                                            queue=request.queue, timeout_s=timeout if request.queue else None)
     except BaseException:
         if remote is not None:
             started(raise_errors=False)
             remote.close()
         raise
+    if request.queue:
+        first = f"runs {run_ids[0]}-{run_ids[-1]}" if len(run_ids) > 1 else f"run {run_ids[0]}"
+        typer.echo(f"queued {len(run_ids)} run(s) ({first}{f', sweep {sweep_id}' if sweep_id else ''}); "
+                   "`research queue work` runs them, `research queue` lists them", err=True)
+        return
     if sweep_id:
         where = f"on {remote.name}" if remote else f"{min(jobs, len(run_ids))} at a time"
         typer.echo(f"sweep {sweep_id}: {len(run_ids)} runs, {where}", err=True)
@@ -335,7 +354,7 @@ def runs(
     sync: Annotated[bool, typer.Option("--sync", help="Collect finished Dask/Slurm runs and say what was collected (every listing collects them).")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """List runs (`research runs list ITEM` for an item's); `show`, `rm`, `cancel` and `sync` below."""
+    """List runs (`research runs list ITEM` for an item's); `show`, `watch`, `rm`, `cancel` and `sync` below."""
     ctx.obj = {"status": status, "sweep": sweep, "where": where, "json": json_}
     if ctx.invoked_subcommand is None:
         _list_runs(None, status, sweep, where, json_, verbose_sync=sync)
@@ -389,7 +408,7 @@ def runs_show(run_ref: RunArg, json_: JsonOpt = False) -> None:
     recover_runs()
     _sync_remote()
     with open_session() as session:
-        detail = run_detail(session, resolve_run(session, run_ref))
+        detail = run_detail(session, resolve_run(session, run_ref), project_root())
     if json_:
         render.print_json(detail)
     else:

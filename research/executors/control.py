@@ -154,11 +154,15 @@ def cancel_runs(db_path: Path, run_ids: list[int], wait_s: float = 20.0) -> list
     if not runs:
         return []
     reason = "cancelled (research runs cancel)"
+    results: list[RunResult] = []
+    queued = [r for r in runs if r.queue]  # their `research queue work` process is asked, not signalled
+    if queued:
+        results += _cancel_queued(db_path, queued, wait_s)
+        runs = [r for r in runs if not r.queue]
     by_executor: dict[str, list[Run]] = {}
     for run in runs:
         by_executor.setdefault(run.executor or "local", []).append(run)
     waiting: list[int] = []
-    results: list[RunResult] = []
     local = by_executor.get("local", [])
     if local:
         waiting += _cancel_local(db_path, local)
@@ -198,6 +202,18 @@ def cancel_runs(db_path: Path, run_ids: list[int], wait_s: float = 20.0) -> list
     if stuck:
         cancel_jobs(project_root_of(db_path), stuck, force=True)
     return sorted(results, key=lambda r: r.run_id)
+
+
+def _cancel_queued(db_path: Path, runs: list[Run], wait_s: float) -> list[RunResult]:
+    from research.runs.lifecycle import closed_result
+    from research.runs.queue import cancel_entries
+
+    results = []
+    for entry in cancel_entries(db_path, [str(r.id) for r in runs], wait_s=wait_s):
+        result = closed_result(db_path, entry.run_id)
+        if result is not None:
+            results.append(result)
+    return results
 
 
 def _cancel_local(db_path: Path, runs: list[Run]) -> list[int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,25 +70,36 @@ def execute_run(
     log_output: bool = False,
     on_progress: Callable[[int, int, int], None] | None = None,
     runner=None,
+    *,
+    interrupts=None,
+    claimed: bool = False,
+    requeue: Callable[[Any], str | None] | None = None,
 ) -> RunResult:
     """Run one queued run to its end and record everything about it.
 
-    ``runner`` is an already started ``child.start_runner()`` process to use.
+    ``runner`` is an already started ``child.start_runner()`` process to use. A queue's
+    ``research queue work`` process passes ``claimed`` (it has already moved the row to
+    ``running`` under its pid: ``runs.queue.claim_next``), its own ``interrupts`` flag for
+    the run, and ``requeue``: given the outcome, the reason to put the run back in its
+    queue instead of closing it (its process was stopped by Ctrl-C), or None.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from research.runs.child import execute_notebook
     from research.runs.environment import capture_environment, sha256_file
+    from research.runs.live import write_progress
     from research.runs.params import injected_parameters
 
     data_root = project_root_of(db_path)  # runs/ is beside the database
 
     def start(session: Session):
         run = session.get(Run, run_id)
-        if run is None or run.status != "queued":
+        mine = claimed and run is not None and run.status == "running" and run.pid == os.getpid()
+        if run is None or (run.status != "queued" and not mine):
             raise ResearchError(f"run {run_id} is not queued")
         now = clock.now_iso()
-        changes = {"status": "running", "started_at": now, "heartbeat_at": now, "pid": os.getpid()}
+        changes = {"status": "running", "started_at": now, "heartbeat_at": now, "pid": os.getpid(),
+                   "host": socket.gethostname()}
         for name, value in changes.items():
             setattr(run, name, value)
         notebook = _notebook_root(run, db_path) / run.notebook
@@ -121,6 +133,7 @@ def execute_run(
         _write(db_path, beat)
 
     def progress(done: int, total: int):
+        write_progress(run_dir, done, total)
         if on_progress:
             on_progress(run_id, done, total)
 
@@ -136,8 +149,25 @@ def execute_run(
         on_progress=progress,
         on_heartbeat=heartbeat,
         runner=runner,
+        interrupts=interrupts,
     )
+    reason = requeue(outcome) if requeue is not None else None
+    if reason and requeue_run(db_path, run_id, reason):  # not when its cancel was asked meanwhile
+        return RunResult(run_id, "queued", reason, outcome.duration_s)
     return finish_run(db_path, run_id, outcome, environment_future.result())
+
+
+def requeue_run(db_path: Path, run_id: int, reason: str) -> bool:
+    """Put a running queue entry back in its queue (its files so far set aside): the same
+    change as for a run whose ``research queue work`` process died (``runs.recovery``)."""
+    from research.runs.recovery import requeue_runs
+    from research.store.db import connect_raw
+
+    conn = connect_raw(db_path)
+    try:
+        return bool(requeue_runs(conn, [(run_id, reason)], project_root_of(db_path)))
+    finally:
+        conn.close()
 
 
 def finish_run(

@@ -103,9 +103,19 @@ def declared_defaults(specs) -> dict[str, Any]:
 
 
 def create_runs(
-    session: Session, plans: list[RunPlan], project_root: Path, kernel: str | None, executor: str = "local"
+    session: Session,
+    plans: list[RunPlan],
+    project_root: Path,
+    kernel: str | None,
+    executor: str = "local",
+    *,
+    queue: str | None = None,
+    timeout_s: float | None = None,
 ) -> tuple[list[int], str | None]:
-    """Write the planned runs as queued rows; returns their ids and the sweep id (if several)."""
+    """Write the planned runs as queued rows; returns their ids and the sweep id (if several).
+
+    With ``queue`` the runs wait there, with their ``timeout_s``, for `research queue work`
+    (no process owns them until one claims them)."""
     sweep_id = uuid.uuid4().hex[:8] if len(plans) > 1 else None
     now = clock.now_iso()
     ids = []
@@ -121,10 +131,12 @@ def create_runs(
             kernel=kernel,
             executor=executor,
             cwd=str(project_root),
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            heartbeat_at=now,
+            host=None if queue else socket.gethostname(),
+            pid=None if queue else os.getpid(),
+            heartbeat_at=None if queue else now,
             queued_at=now,
+            queue=queue,
+            timeout_s=timeout_s,
         )
         session.add(run)
         session.flush()

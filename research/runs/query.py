@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session, select
@@ -83,7 +84,10 @@ def _absent_note(absent: list[str], rows: list[dict[str, Any]]) -> str:
     return f"--where: no run has {names}" + (f" (there are: {shown})" if same else "")
 
 
-def run_detail(session: Session, run: Run) -> dict[str, Any]:
+def run_detail(session: Session, run: Run, data_root: Path | None = None) -> dict[str, Any]:
+    """A run in full. An open run also gets ``live`` (when ``data_root``, the folder runs/ is
+    in, is given): what it has recorded so far (``runs.live``), while ``metrics`` holds
+    only what the database has (a run's metrics enter it when it ends)."""
     metrics = list(session.exec(select(Metric).where(Metric.run_id == run.id).order_by(Metric.id)))
     item = session.get(Item, run.item_id)
     data = run_record(run)
@@ -93,6 +97,10 @@ def run_detail(session: Session, run: Run) -> dict[str, Any]:
         {"name": m.name, "value": m.value if m.value is not None else m.value_json, "step": m.step, "ts": m.ts}
         for m in metrics
     ]
+    if data_root is not None and run.status in OPEN_RUN_STATUSES and run.run_dir:
+        from research.runs.live import live_state
+
+        data["live"] = live_state(Path(data_root) / run.run_dir)
     return data
 
 

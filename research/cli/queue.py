@@ -1,0 +1,111 @@
+"""`research queue`: the runs stored with `research run --queue`, worked by `research queue work`.
+
+Parsing and printing only; the queue itself is ``research.runs.queue``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from research.cli.app import app, new_typer
+from research.cli.context import JsonOpt, db_path, open_session, recover_runs
+from research.errors import ResearchError
+
+queue_app = new_typer("Runs stored for later (run --queue): list, work, cancel.", no_args_is_help=False)
+app.add_typer(queue_app, name="queue")
+
+QueueOpt = Annotated[str | None, typer.Option("--queue", "-q", metavar="NAME", help="Only this queue (default: every queue).")]
+
+
+@queue_app.callback(invoke_without_command=True)
+def queue(ctx: typer.Context, name: QueueOpt = None, json_: JsonOpt = False) -> None:
+    """List the queued runs and those being worked (`work` and `cancel` below)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from research import render
+    from research.runs.queue import queue_entries
+
+    recover_runs()
+    with open_session() as session:
+        entries = queue_entries(session, name)
+    if json_:
+        render.print_json(entries)
+        return
+    if not entries:
+        render.info("The queue is empty.")
+        return
+    rows = []
+    for e in entries:
+        params = " ".join(f"{k}={render.short_value(v, 24)}" for k, v in e["params"].items())
+        where = f"pid {e['pid']} on {e['host']}" if e["pid"] else (e["note"] or "")
+        rows.append([str(e["id"]), e["item"] or "", e["notebook"], e["state"], e["queued_at"] or "", where, params])
+    render.plain_table(["Run", "Item", "Notebook", "State", "Queued", "Worked by", "Params"], rows)
+
+
+@queue_app.command("work")
+def queue_work(
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own kernel.")] = 1,
+    until_empty: Annotated[bool, typer.Option("--until-empty", help="Stop once no run waits (default: wait for new ones until Ctrl-C or SIGTERM).")] = False,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="End a run as 'timeout' after this many seconds, unless it was queued with its own --timeout.")] = None,
+    name: Annotated[str, typer.Option("--queue", "-q", metavar="NAME", help="The queue to work.")] = "default",
+) -> None:
+    """Run queued runs on this machine, in the foreground.
+
+    Run the queued runs on this machine, oldest first, up to -j at once (run it under tmux
+    or systemd). Ctrl-C or SIGTERM stops it: the runs in progress go back to the queue.
+    """
+    from research import render
+    from research.runs.child import handle_interrupts
+    from research.runs.queue import drain
+
+    path = db_path()
+    recover_runs()
+    mode = "until it is empty" if until_empty else "Ctrl-C stops"
+    render.info(f"working queue {name!r}, {jobs} at a time, {mode} (runs in progress go back to the queue)")
+
+    def started(run) -> None:
+        params = " ".join(f"{k}={render.short_value(v, 24)}" for k, v in run.params.items())
+        render.info(f"run {run.id} started: {run.notebook} {params}".rstrip())
+
+    def done(result) -> None:
+        if result.status == "queued":
+            render.info(f"run {result.run_id} {result.reason}")
+        else:
+            typer.echo(render.run_summary_line(result))
+
+    with handle_interrupts() as interrupts:
+        drained = drain(path, name, jobs, until_empty, timeout, interrupts, on_start=started, on_done=done,
+                        on_note=render.info)
+    if interrupts.is_set():
+        raise typer.Exit(143 if interrupts.signal_name == "SIGTERM" else 130)
+    if any(r.status != "succeeded" for r in drained.results):
+        raise typer.Exit(1)
+
+
+@queue_app.command("cancel")
+def queue_cancel(
+    refs: Annotated[list[str] | None, typer.Argument(metavar="RUN", help="Run ids.", show_default=False)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every queued run (and stop those being worked).")] = False,
+    name: QueueOpt = None,
+) -> None:
+    """Remove runs from the queue (a running one is stopped).
+
+    Remove runs from the queue: they end interrupted, 'cancelled from the queue'; one being worked is stopped by its process.
+    """
+    from research import render
+    from research.runs.queue import cancel_entries
+
+    refs = list(refs or [])
+    if bool(refs) == all_:
+        raise ResearchError("usage: research queue cancel RUN... | research queue cancel --all")
+    if name and not all_:
+        raise ResearchError("--queue goes with --all")
+    cancelled = cancel_entries(db_path(), refs, everything=all_, queue=name)
+    if not cancelled:
+        render.info("The queue is empty: nothing to cancel.")
+    for entry in cancelled:
+        typer.echo(entry.line)
+    if any(c.status == "cancelling" for c in cancelled):
+        raise typer.Exit(1)
