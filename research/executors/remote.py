@@ -13,7 +13,9 @@ the row through the same ``finish_run`` as local runs.
 
 The notebook runs with the project root as working directory when that folder
 exists on the worker (a shared filesystem, or the same machine), else in its
-temp folder.
+temp folder. Likewise, when the run's ``runs/<id>/`` folder (made by ``build_task``)
+is there, each metric line is mirrored into its ``metrics.live.jsonl`` as it is
+recorded, for `research runs watch`; only the shipped ``metrics.jsonl`` is ingested.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def build_task(
 
     from research.runs.params import injected_parameters
 
+    live_dir = Path(project_root) / run.run_dir if getattr(run, "run_dir", None) else None
+    if live_dir is not None:
+        live_dir.mkdir(parents=True, exist_ok=True)  # a worker that sees it mirrors metrics there
     project_root = Path(run.cwd) if getattr(run, "cwd", None) else Path(project_root)
     notebook = project_root / run.notebook
     data = notebook.read_bytes()
@@ -59,6 +64,7 @@ def build_task(
         "project_root": str(project_root),
         "git": git,
         "cancel_event": f"{CANCEL_EVENT_PREFIX}{key}" if key else None,
+        "live_dir": str(live_dir) if live_dir is not None else None,
     }
 
 
@@ -73,6 +79,7 @@ def run_remote(task: dict[str, Any]) -> dict[str, Any]:
 
     from research import clock
     from research.executors.spares import SPARES
+    from research.record import LIVE_FILE, MIRROR_NOTE
     from research.runs.child import InterruptSignals, execute_notebook, read_records
     from research.runs.environment import capture_environment
 
@@ -86,6 +93,9 @@ def run_remote(task: dict[str, Any]) -> dict[str, Any]:
         notebook.write_bytes(task["notebook_bytes"])
         run_dir = scratch / "run"
         run_dir.mkdir()
+        live_dir = Path(task["live_dir"]) if task.get("live_dir") else None
+        if live_dir is not None and live_dir.is_dir():  # the project's runs/<id>/ is reachable from here
+            (run_dir / MIRROR_NOTE).write_text(str(live_dir / LIVE_FILE), encoding="utf-8")
         project_root = Path(task["project_root"])
         cwd = project_root if project_root.is_dir() else run_dir
         if os.environ.get(
@@ -115,7 +125,7 @@ def run_remote(task: dict[str, Any]) -> dict[str, Any]:
         files = {
             path.relative_to(run_dir).as_posix(): path.read_bytes()
             for path in sorted(run_dir.rglob("*"))
-            if path.is_file()
+            if path.is_file() and path.relative_to(run_dir).as_posix() != MIRROR_NOTE
         }
         return {
             "version": PAYLOAD_VERSION,
@@ -211,9 +221,10 @@ def _safe_relative(name: str) -> Path:
 
 def write_payload_files(run_dir: Path, payload: dict[str, Any]) -> None:
     """Write the run's files under ``run_dir``, pointing artifact records at their new place."""
-    from research.record import METRICS_FILE
+    from research.record import LIVE_FILE, METRICS_FILE
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / LIVE_FILE).unlink(missing_ok=True)  # the run's own metrics.jsonl, shipped here, replaces it
     worker_dir = str(payload.get("worker_run_dir") or "")
     local_dir = str(run_dir.resolve())
     for name, data in (payload.get("files") or {}).items():
