@@ -38,10 +38,10 @@ def queue(ctx: typer.Context, name: QueueOpt = None, json_: JsonOpt = False) -> 
         return
     rows = []
     for e in entries:
-        params = " ".join(f"{k}={render.short_value(v, 24)}" for k, v in e["params"].items())
+        params = " ".join(f"{k}={render.short_value(v, 24)}" for k, v in e["params_given"].items())
         where = f"pid {e['pid']} on {e['host']}" if e["pid"] else (e["note"] or "")
-        rows.append([str(e["id"]), e["item"] or "", e["notebook"], e["state"], e["queued_at"] or "", where, params])
-    render.plain_table(["Run", "Item", "Notebook", "State", "Queued", "Worked by", "Params"], rows)
+        rows.append([str(e["id"]), e["item"] or "", e["notebook"], e["state"], e["queued_at"] or "", params, where])
+    render.plain_table(["Run", "Item", "Notebook", "State", "Queued", "Params", "Process / note"], rows)
 
 
 @queue_app.command("work")
@@ -55,6 +55,7 @@ def queue_work(
 
     Run the queued runs on this machine, oldest first, up to -j at once (run it under tmux
     or systemd). Ctrl-C or SIGTERM stops it: the runs in progress go back to the queue.
+    With --until-empty the exit status is 1 if a run it ran did not succeed.
     """
     from research import render
     from research.runs.child import handle_interrupts

@@ -1,4 +1,5 @@
-"""Every state change of a run: queued, running, ended (succeeded, failed, interrupted, cancelled).
+"""Every state change of a run: queued, running, ended (succeeded, failed, interrupted, cancelled),
+and for a queue's run back to queued (``requeue_run``).
 
 Each run moves to ``running`` and to its final status in short transactions of its own, so
 parallel runs and other `research` processes share the database safely. Everything a run

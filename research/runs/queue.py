@@ -61,7 +61,8 @@ def entry_of(run: Run, item_slug: str | None) -> dict[str, Any]:
         "id": run.id,
         "item": item_slug,
         "notebook": run.notebook,
-        "params": run.params,
+        "params": run.params,  # the effective values, the notebook's defaults included
+        "params_given": run.params_given,  # what the run injects
         "queue": run.queue,
         "queued_at": run.queued_at,
         "state": entry_state(run),
@@ -299,6 +300,12 @@ def drain(
                 wait(futures, timeout=min(0.25, poll_s), return_when=FIRST_COMPLETED)
             else:
                 stop.wait(min(0.25, poll_s))
+    except BaseException as exc:  # the loop itself failed: the runs in progress go back, then it is raised
+        if not stop.is_set():
+            stop.trigger(type(exc).__name__)
+        for _future, flag in active.values():
+            flag.trigger(stop.signal_name)
+        raise
     finally:
         pool.shutdown(wait=True)
     return drained
