@@ -32,6 +32,7 @@ from research.sweeps.space import Dimension, check_space, grid_size, space_from_
 from research.sweeps.study import SAMPLERS, Study, TrialRecord, objective_value
 
 PRUNE_CHECK_S = 0.2  # how often running trials' intermediate values are read
+SYNC_S = 5.0  # how often remote trials started before a resume are collected
 
 
 @dataclass
@@ -263,7 +264,7 @@ def drive(db_path: Path, sweep_id: str, executor, interrupts, echo: Callable[[st
     for record in open_before:
         trials.in_flight[record.run_id] = record
     stop: tuple[str, str] | None = None  # (status, reason) once no more trials start
-    next_prune_check = 0.0
+    next_prune_check = next_sync = 0.0
     seen_objective = any(r.state == "complete" for r in trials.ended)
     while True:
         while stop is None and not interrupts.is_set() and len(trials.in_flight) < jobs \
@@ -273,6 +274,11 @@ def drive(db_path: Path, sweep_id: str, executor, interrupts, echo: Callable[[st
             follower.add([record.run_id])
         if not trials.in_flight:
             break
+        if open_before and time.monotonic() >= next_sync:  # this executor never saw them: collect them
+            from research.executors.control import sync_runs
+
+            next_sync = time.monotonic() + SYNC_S
+            sync_runs(db_path)
         for result in follower.step():
             record = trials.in_flight.pop(result.run_id, None)
             if record is None:
