@@ -275,7 +275,8 @@ ARGS = {
     ("status",): ["1", "active"], ("check",): ["1"], ("uncheck",): ["1"], ("note",): ["1", "n"],
     ("import",): ["doc.md"], ("sync",): ["doc.md"], ("link",): ["1", "nb.ipynb"], ("unlink",): ["1"],
     ("run",): ["1"], ("rerun",): ["1"], ("compare",): ["1", "2"], ("runs", "show"): ["1"],
-    ("runs", "rm"): ["1", "--yes"], ("runs", "cancel"): ["1"],
+    ("runs", "rm"): ["1", "--yes"], ("runs", "cancel"): ["1"], ("runs", "watch"): ["1"],
+    ("queue", "cancel"): ["1"],
 }
 WITHOUT_DATABASE = {("notebooks",), ("init",)}  # notebooks needs none; init is tested above
 
