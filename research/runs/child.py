@@ -1,7 +1,8 @@
 """Execute one notebook run with papermill in a child process.
 
 ``execute_notebook`` starts ``python -m research.runs.papermill_child`` (its own session, so
-a Ctrl-C at the terminal reaches only this process), hands it the job on stdin
+a Ctrl-C at the terminal reaches only this process) -- or, while this process has a fork
+server (``runs.forkserver``), has one forked, which behaves the same -- hands it the job on stdin
 and follows its JSON-lines reports: kernel pid, cells done, and the result. The
 child is what runs papermill; keeping it out of this process is what lets a
 whole-run timeout or an interrupt stop a run at any point, lets several runs go
@@ -163,12 +164,21 @@ def _runner_env(run_dir: Path | None) -> dict[str, str]:
 
 
 def _popen_runner(run_dir: Path | None) -> subprocess.Popen:
+    """A runner forked by this process's fork server when one is active (``runs.forkserver``:
+    no interpreter start, papermill and ipykernel already imported), else a new process."""
+    from research.runs import forkserver
+
+    env = _runner_env(run_dir)
+    server = forkserver.active()
+    forked = server.spawn_runner(env, os.getcwd()) if server is not None else None
+    if forked is not None:
+        return forked  # a ForkedRunner: the same Popen interface
     return subprocess.Popen(
         _runner_command(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=_runner_env(run_dir),
+        env=env,
         start_new_session=True,
         close_fds=True,
     )

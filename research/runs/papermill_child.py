@@ -19,6 +19,10 @@ cell), no further cell starts, and the kernel is killed if it has not stopped
 within ``INTERRUPT_GRACE_S``. Either way papermill saves the output notebook, this
 process shuts the kernel down, and the result says ``interrupted``.
 
+Under a fork server (``runs.forkserver``) this module's ``main`` runs in a process forked
+from the server instead, with papermill already imported, and the python3 kernel is forked
+too (``runs.kernel_fork``); the protocol and everything below are the same.
+
 papermill runs the notebook through its own engine machinery: ``_engine`` registers a
 subclass of papermill's nbclient engine that overrides only ``execute_managed_notebook``
 (papermill's documented extension point) and hands nbclient the kernel started here.
@@ -33,6 +37,7 @@ import re
 import signal
 import sys
 import threading
+import time
 
 from research.record import RUN_DIR_ENV
 
@@ -189,7 +194,6 @@ def _observe(nb_man, kernel_meta: dict) -> None:
 def _start_kernel(kernel_name: str, cwd: str) -> None:
     """The job's kernel: the one started while the job was on its way if it is the right
     kind (moved to the job's folder and given its run dir), else a new one started here."""
-    from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
 
     km, STATE.prestarted = STATE.prestarted, None
@@ -205,7 +209,7 @@ def _start_kernel(kernel_name: str, cwd: str) -> None:
         _track_kernel(km)  # the job's kernel now (the parent counts it from here)
         return
     _shutdown_kernel(km)
-    km = AsyncKernelManager(kernel_name=kernel_name)
+    km = _kernel_manager(kernel_name)
     STATE.kernel_manager = km
     run_sync(km.start_kernel)(cwd=cwd, extra_arguments=KERNEL_ARGUMENTS)
     _track_kernel(km)
@@ -225,12 +229,39 @@ def _start_kernel_retrying(kernel_name: str, cwd: str) -> None:
         _start_kernel(kernel_name, cwd)
 
 
-async def _execute_quietly(km, code: str):
+def _kernel_manager(kernel_name: str):
+    """A kernel manager for ``kernel_name``; in a forked runner, its python3 kernel is forked
+    too (``runs.kernel_fork``)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    from research.runs.kernel_fork import use_forking_provisioner
+
+    km = AsyncKernelManager(kernel_name=kernel_name)
+    use_forking_provisioner(km)
+    return km
+
+
+async def _execute_quietly(km, code: str, timeout: float = 60.0):
+    """Run ``code`` in the kernel and return its execute reply. Only the shell channel is
+    opened: nothing is shown, so there is no waiting for IOPub to connect (``wait_for_ready``
+    waits a good part of a second for that, on every run)."""
+    from queue import Empty
+
     client = km.client()
-    client.start_channels()
+    client.start_channels(iopub=False, stdin=False, hb=False, control=False)
     try:
-        await client.wait_for_ready(timeout=60)
-        return await client.execute_interactive(code, silent=True, store_history=False, timeout=60)
+        msg_id = client.execute(code, silent=True, store_history=False)  # queued until it binds
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                reply = await client.get_shell_msg(timeout=0.5)
+            except Empty:
+                if not await km.is_alive():
+                    raise RuntimeError("Kernel died before replying to its set-up") from None
+                continue
+            if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                return reply
+        return None
     finally:
         client.stop_channels()
 
@@ -432,13 +463,13 @@ def _prepare() -> None:
     try:
         import nbclient  # noqa: F401
         import papermill  # noqa: F401
-        from jupyter_client.manager import AsyncKernelManager  # what nbclient uses
+        from jupyter_client.manager import AsyncKernelManager  # noqa: F401 (what nbclient uses)
         from jupyter_core.utils import run_sync
     except Exception:
         return  # the real import in _run reports any problem
     if os.environ.get(NO_PRESTART_ENV):
         return
-    km = AsyncKernelManager(kernel_name=DEFAULT_KERNEL)
+    km = _kernel_manager(DEFAULT_KERNEL)
     try:
         run_sync(km.start_kernel)(extra_arguments=KERNEL_ARGUMENTS)
     except Exception:
