@@ -116,6 +116,7 @@ def run(
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own kernel.")] = 1,
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="End a run as 'timeout' after this many seconds.")] = None,
     kernel: Annotated[str | None, typer.Option("--kernel", help="Jupyter kernel name (default: the notebook's, else python3).")] = None,
+    preload: Annotated[list[str] | None, typer.Option("--preload", metavar="MODULE", help="Import MODULE once, in the process every run's runner and kernel are forked from, so kernels start with it imported (e.g. torch; repeatable). Not for a module that needs a thread it starts at import.")] = None,
     log_output: Annotated[bool, typer.Option("--log-output", help="Stream the notebook's output to the terminal.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and show the runs without running them (a table; --json for every resolved parameter).")] = False,
     executor: Annotated[str | None, typer.Option("--executor", "-x", help="local, dask or slurm (default: `executor` in [tool.research], else local).")] = None,
@@ -133,7 +134,7 @@ def run(
     only those given are injected (the notebook keeps its own defaults). --no-check passes them as papermill would.
     """
     from research.executors import load_settings
-    from research.runs.child import discard_runner, start_runner
+    from research.runs import forkserver
 
     settings = load_settings(notebook_root(), executor, scheduler, executor_option)
     if settings.executor != "local" and log_output:
@@ -142,17 +143,25 @@ def run(
         raise ResearchError("--json goes with --dry-run (a run's results: `research runs --json`)")
     if no_wait and settings.executor != "slurm":
         raise ResearchError("--no-wait is for the slurm executor (dask runs end with their client)")
+    if preload and not _runs_here(settings):
+        raise ResearchError("--preload is for runs on this machine: the local executor, or dask without a scheduler")
     if queue:
         _check_queue_options(executor, jobs, log_output, no_wait)
-    # The first run's runner starts now, importing papermill while we check and plan.
-    runner = None if dry_run or queue or settings.executor != "local" else start_runner()
+    # The fork server starts now, importing papermill and ipykernel while we check and plan.
+    server = None if dry_run or queue or not _runs_here(settings) else forkserver.start(preload or [])
     request = RunRequest(item_id, notebook, param or [], params_file or [], grid or [], jobs, timeout, kernel, log_output,
-                         wait=not no_wait, runner=runner, settings=settings, params_yaml=params_yaml or [],
+                         wait=not no_wait, settings=settings, params_yaml=params_yaml or [],
                          param_raw=param_raw or [], check=not no_check, queue="default" if queue else None)
     try:
         _run(request, dry_run, yes=yes, json_=json_)
     finally:
-        discard_runner(runner)
+        if server is not None:
+            server.close()
+
+
+def _runs_here(settings) -> bool:
+    """Whether the runs execute on this machine, from this process's fork server."""
+    return settings.executor == "local" or (settings.executor == "dask" and not settings.get("scheduler"))
 
 
 @dataclass

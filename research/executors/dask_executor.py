@@ -64,6 +64,7 @@ class DaskExecutor(Executor):
         self._events: queue.Queue = queue.Queue()
         self._cancelled: dict[int, str] = {}
         self._lost_since: float | None = None
+        self._server = None  # the fork server this executor started for its in-process workers
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -96,8 +97,12 @@ class DaskExecutor(Executor):
                     dashboard_address=None,
                 )
             self.client = Client(self.cluster, set_as_default=False)
-            # Our workers are threads of this process: their first runner starts now, so that
-            # importing papermill overlaps planning (as the local executor's first run does).
+            # Our workers are threads of this process: their runners are forked by this
+            # process's fork server (the CLI's, else one of ours), and the first starts now.
+            from research.runs import forkserver
+
+            if forkserver.active() is None:
+                self._server = forkserver.start()
             SPARES.expect(1, self.jobs)
         self.address = self.client.scheduler.address
         self.client.subscribe_topic(self.topic, self._events.put)
@@ -119,6 +124,9 @@ class DaskExecutor(Executor):
             SPARES.clear()
             self.cluster.close(timeout=10)
             self.cluster = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
     def _event(self, name: str):
         from distributed import Event

@@ -6,8 +6,12 @@ itself through ``runs.execute_run`` as it goes, and ``poll`` passes the
 finished ones on. Cancelling sets the process-wide interrupt flag that every
 running ``execute_notebook`` watches (Ctrl-C sets it too).
 
-A sweep keeps spare runners: when a run takes its runner, another starts for a run
-still to come, so importing papermill and starting a kernel overlap the runs before.
+Runners come from a fork server (``runs.forkserver``): one process per ``research run``
+that imported papermill and ipykernel once and forks each run's runner and kernel, so a
+run pays neither import. The executor starts one unless the CLI already has (it starts
+its own early, with ``--preload``, so the imports overlap planning). A sweep also keeps
+spare runners: when a run takes its runner, another is forked for a run still to come, so
+starting its kernel overlaps the runs before.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class LocalExecutor(Executor):
         log_output: bool = False,
         on_progress=None,
         runner=None,
+        preload: tuple[str, ...] = (),
     ) -> None:
         self.db_path = Path(db_path)
         self.jobs = jobs
@@ -38,18 +43,22 @@ class LocalExecutor(Executor):
         self.log_output = log_output
         self.on_progress = on_progress
         self.runner = runner  # a started runs.child.start_runner() for the first run
+        self.preload = tuple(preload)  # modules the fork server imports, if this starts it
+        self._server = None  # the fork server this executor started (and ends)
         self._spares = None
         self._done: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def submit(self, runs: list) -> dict[int, str | None]:
+        from research.executors.spares import SparePool
+        from research.runs import forkserver
         from research.runs.lifecycle import execute_run
         from research.runs.pool import run_in_parallel
 
         run_ids = [run.id for run in runs]
-        from research.executors.spares import SparePool
-
+        if forkserver.active() is None:
+            self._server = forkserver.start(self.preload)
         self._spares = spares = SparePool(first=self.runner)
         spares.expect(len(run_ids), self.jobs)
         tasks = [
@@ -101,3 +110,6 @@ class LocalExecutor(Executor):
             self._thread.join(timeout=0.1)
         if self._spares is not None:
             self._spares.clear()
+        if self._server is not None:
+            self._server.close()  # the runs are over; a runner still ending goes on alone
+            self._server = None

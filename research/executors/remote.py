@@ -82,7 +82,11 @@ def run_remote(task: dict[str, Any]) -> dict[str, Any]:
     from research.record import LIVE_FILE, MIRROR_NOTE
     from research.runs.child import InterruptSignals, execute_notebook, read_records
     from research.runs.environment import capture_environment
+    from research.runs.forkserver import start_for_process
 
+    # A worker (or job) that runs several notebooks imports papermill and ipykernel once, in
+    # its fork server; the in-process cluster's workers use the client's.
+    start_for_process()
     interrupts = InterruptSignals()
     stop_watching = _watch_cancel(task.get("cancel_event"), interrupts)
     restore_signals = _route_signals(interrupts)

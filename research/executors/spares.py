@@ -1,6 +1,7 @@
 """Spare runner processes: started ahead of the runs that will use them.
 
-Starting a runner (``runs.child.start_runner``) imports papermill and takes about a second;
+Starting a runner (``runs.child.start_runner``) takes a moment: a fork from the fork server
+and its kernel's start (about a second of papermill and ipykernel imports without one);
 a spare started while the previous run executes hides that. The local executor keeps a
 pool per ``research run``; the Dask executor's in-process LocalCluster, whose workers are
 threads of this process, shares ``SPARES`` (anywhere else ``take`` finds none and a run
