@@ -143,12 +143,12 @@ def run(
         raise ResearchError("--json goes with --dry-run (a run's results: `research runs --json`)")
     if no_wait and settings.executor != "slurm":
         raise ResearchError("--no-wait is for the slurm executor (dask runs end with their client)")
-    if preload and not _runs_here(settings):
+    if preload and not runs_here(settings):
         raise ResearchError("--preload is for runs on this machine: the local executor, or dask without a scheduler")
     if queue:
         _check_queue_options(executor, jobs, log_output, no_wait)
     # The fork server starts now, importing papermill and ipykernel while we check and plan.
-    server = None if dry_run or queue or not _runs_here(settings) else forkserver.start(preload or [])
+    server = None if dry_run or queue or not runs_here(settings) else forkserver.start(preload or [])
     request = RunRequest(item_id, notebook, param or [], params_file or [], grid or [], jobs, timeout, kernel, log_output,
                          wait=not no_wait, settings=settings, params_yaml=params_yaml or [],
                          param_raw=param_raw or [], check=not no_check, queue="default" if queue else None)
@@ -159,7 +159,7 @@ def run(
             server.close()
 
 
-def _runs_here(settings) -> bool:
+def runs_here(settings) -> bool:
     """Whether the runs execute on this machine, from this process's fork server."""
     return settings.executor == "local" or (settings.executor == "dask" and not settings.get("scheduler"))
 

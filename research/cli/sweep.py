@@ -9,7 +9,7 @@ import typer
 
 from research.cli.app import ResearchGroup, app, new_typer
 from research.cli.context import IdArg, JsonOpt, changes, db_path, open_session, recover_runs
-from research.cli.runs import NoCheckOpt, ParamOpt, notebook_root
+from research.cli.runs import NoCheckOpt, ParamOpt, runs_here, notebook_root
 from research.errors import ResearchError
 
 
@@ -27,6 +27,7 @@ sweep_app = new_typer("Search a notebook's parameters (Optuna): start, resume, s
 app.add_typer(sweep_app, name="sweep")
 
 SweepArg = Annotated[str, typer.Argument(metavar="SWEEP", help="Sweep id.", show_default=False)]
+PreloadOpt = Annotated[list[str] | None, typer.Option("--preload", metavar="MODULE", help="Import MODULE once, in the process every trial's runner and kernel are forked from (e.g. torch; repeatable).")]
 
 
 @sweep_app.command("start")
@@ -52,6 +53,7 @@ def sweep_start(
     executor: Annotated[str | None, typer.Option("--executor", "-x", help="local, dask or slurm.")] = None,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address.")] = None,
     executor_option: Annotated[list[str] | None, typer.Option("--executor-option", "-E", help="KEY=VALUE for the executor (repeatable).")] = None,
+    preload: PreloadOpt = None,
 ) -> None:
     """Search an item's notebook parameters with Optuna.
 
@@ -69,6 +71,8 @@ def sweep_start(
         raise ResearchError("say what to optimise: --maximize METRIC or --minimize METRIC (one of them)")
     root = notebook_root()
     settings = load_settings(root, executor, scheduler, executor_option)
+    if preload and not runs_here(settings):
+        raise ResearchError("--preload is for trials on this machine: the local executor, or dask without a scheduler")
     typed = {}
     for path in params_file or []:
         typed.update(load_params_file(path))
@@ -83,12 +87,24 @@ def sweep_start(
     if spec.prune not in ("none", "median"):
         raise ResearchError(f"unknown pruner {prune!r}; use none or median")
     recover_runs()
-    with changes() as (session, log):
-        sweep = create_sweep(session, log, spec, root)
-        sweep_id, target = sweep.id, sweep.trials
-    where = f"on {settings.executor}" if settings.executor != "local" else f"{jobs} at a time"
-    typer.echo(f"sweep {sweep_id}: {target} trials of {spec.sampler}, {spec.direction} {spec.objective}, {where}", err=True)
-    _drive(sweep_id, settings, jobs, resuming=False)
+    with _fork_server(settings, preload):  # its imports overlap checking and planning
+        with changes() as (session, log):
+            sweep = create_sweep(session, log, spec, root)
+            sweep_id, target = sweep.id, sweep.trials
+        where = f"on {settings.executor}" if settings.executor != "local" else f"{jobs} at a time"
+        typer.echo(f"sweep {sweep_id}: {target} trials of {spec.sampler}, {spec.direction} {spec.objective}, {where}",
+                   err=True)
+        _drive(sweep_id, settings, jobs, resuming=False)
+
+
+def _fork_server(settings, preload: list[str] | None):
+    """The fork server trials on this machine are forked from (see `research run --preload`)."""
+    import contextlib
+
+    from research.runs import forkserver
+
+    server = forkserver.start(preload or []) if runs_here(settings) else None
+    return contextlib.closing(server) if server is not None else contextlib.nullcontext()
 
 
 @sweep_app.command("resume")
@@ -97,6 +113,7 @@ def sweep_resume(
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Trials at once (default: as started).")] = None,
     executor_option: Annotated[list[str] | None, typer.Option("--executor-option", "-E", help="KEY=VALUE for the executor (repeatable).")] = None,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address.")] = None,
+    preload: PreloadOpt = None,
 ) -> None:
     """Continue a sweep stopped by Ctrl-C, a kill or a reboot, to its number of trials.
 
@@ -112,7 +129,8 @@ def sweep_resume(
             raise ResearchError(f"no sweep {sweep_id!r}; `research sweep list` shows them")
         executor, stored_jobs = sweep.executor, sweep.jobs
     settings = load_settings(notebook_root(), executor, scheduler, executor_option)
-    _drive(sweep_id, settings, jobs or stored_jobs, resuming=True)
+    with _fork_server(settings, preload):
+        _drive(sweep_id, settings, jobs or stored_jobs, resuming=True)
 
 
 def _drive(sweep_id: str, settings, jobs: int, resuming: bool) -> None:

@@ -61,6 +61,9 @@ class Executor(ABC):
     def submit(self, runs: list) -> dict[int, str | None]:
         """Start these queued runs (Run rows); returns each run's external id (or None)."""
 
+    def expect(self, runs: int) -> None:  # noqa: B027 - optional hook
+        """``runs`` more runs will be submitted one at a time; an engine may prepare for them."""
+
     @abstractmethod
     def poll(self, timeout: float) -> list[Update]:
         """What happened since the last poll; waits up to ``timeout`` seconds for news."""

@@ -46,6 +46,7 @@ class LocalExecutor(Executor):
         self.preload = tuple(preload)  # modules the fork server imports, if this starts it
         self._server = None  # the fork server this executor started (and ends)
         self._spares = None
+        self._announced = 0  # runs announced by expect() and not submitted yet
         self._done: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -59,8 +60,12 @@ class LocalExecutor(Executor):
         run_ids = [run.id for run in runs]
         if forkserver.active() is None:
             self._server = forkserver.start(self.preload)
-        self._spares = spares = SparePool(first=self.runner)
-        spares.expect(len(run_ids), self.jobs)
+        if self._spares is None:
+            self._spares = SparePool(first=self.runner)
+        spares = self._spares
+        announced = min(len(run_ids), self._announced)  # their spares are already on the way
+        self._announced -= announced
+        spares.expect(len(run_ids) - announced, self.jobs)
         tasks = [
             (
                 lambda rid=rid: execute_run(
@@ -85,6 +90,19 @@ class LocalExecutor(Executor):
         self._thread = threading.Thread(target=work, name="local-runs", daemon=True)
         self._thread.start()
         return {rid: None for rid in run_ids}
+
+    def expect(self, runs: int) -> None:
+        """``runs`` more runs will be submitted one by one (a search's trials): their spare
+        runners start now, so each trial's kernel is ready when it is asked for."""
+        from research.executors.spares import SparePool
+        from research.runs import forkserver
+
+        if forkserver.active() is None:
+            self._server = forkserver.start(self.preload)
+        if self._spares is None:
+            self._spares = SparePool(first=self.runner)
+        self._announced += runs
+        self._spares.expect(runs, self.jobs)
 
     def poll(self, timeout: float) -> list[Update]:
         updates = []

@@ -259,6 +259,7 @@ def drive(db_path: Path, sweep_id: str, executor, interrupts, echo: Callable[[st
     open_before = [r for r in records if r.state == "open"]
     if open_before:  # runs on a remote engine from before: they end as they will, collected by sync
         echo(f"sweep {sweep_id}: {len(open_before)} trial(s) still open from before; they are waited for")
+    executor.expect(max(0, sweep.trials - len(trials.ended) - len(open_before)))
     follower = Follower(db_path, executor, interrupts)
     follower.add([r.run_id for r in open_before])
     for record in open_before:
