@@ -313,6 +313,33 @@ def test_a_sweep_killed_or_interrupted_resumes_with_no_trial_lost_or_run_twice(c
 
 
 @pytest.mark.slow
+def test_a_queued_sweep_is_worked_by_queue_work_and_survives_its_worker_being_killed(cli, project):
+    result = cli("sweep", "quad", *SPACE, "-p", "steps=4", "-p", "pause=0.4", "--trials", "5", "--minimize", "loss",
+                 "--seed", "4", "--queue")
+    sweep_id = result.stdout.split()[1]
+    assert "queued: 5 trials" in result.stdout and rows(project / "todo.db") == []
+    listed = cli.json("queue")
+    assert listed == [dict(listed[0], sweep=sweep_id, state="waiting", trials=5, trials_ended=0)]
+    worker = subprocess.Popen([sys.executable, "-m", "research", "queue", "work", "-j", "2"], cwd=project,
+                              env=_env(project / "todo.db"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: len(_ended(project)) >= 1 and any(r["status"] == "running" for r in rows(project / "todo.db")))
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    kept = {r["trial"]: r["id"] for r in _ended(project)}
+    time.sleep(0.5)
+    result = cli("queue", "work", "--until-empty")
+    assert f"sweep {sweep_id}: finished, 5/5 trials" in result.stdout
+    _assert_every_trial_ran_once(project, 5, kept)
+    assert cli("queue").stderr.strip() == "The queue is empty."
+    refused = cli("sweep", "quad", *SPACE, "--trials", "2", "--minimize", "loss", "--queue", "-x", "dask", ok=False)
+    assert refused.exit_code == 1 and "--queue stores the sweep" in refused.stderr
+
+
+@pytest.mark.slow
 def test_a_sweep_on_a_real_dask_cluster(cli, project, dask_cluster):  # noqa: F811
     cluster = dask_cluster()
     result = cli("sweep", "quad", *SPACE, "--trials", "3", "--minimize", "loss", "--seed", "1", "-j", "2",

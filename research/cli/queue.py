@@ -26,15 +26,23 @@ def queue(ctx: typer.Context, name: QueueOpt = None, json_: JsonOpt = False) -> 
         return
     from research import render
     from research.runs.queue import queue_entries
+    from research.sweeps.drive import queued_sweeps
 
     recover_runs()
     with open_session() as session:
         entries = queue_entries(session, name)
+        sweeps = queued_sweeps(session, name)
     if json_:
-        render.print_json(entries)
+        render.print_json(entries + sweeps)
         return
-    if not entries:
+    if not entries and not sweeps:
         render.info("The queue is empty.")
+        return
+    for sweep in sweeps:
+        where = f", pid {sweep['pid']} on {sweep['host']}" if sweep["pid"] else ""
+        typer.echo(f"sweep {sweep['sweep']}: {sweep['notebook']}, {sweep['trials_ended']}/{sweep['trials']} trials, "
+                   f"{sweep['state']}{where}")
+    if not entries:
         return
     rows = []
     for e in entries:
@@ -59,7 +67,9 @@ def queue_work(
     """
     from research import render
     from research.runs.child import handle_interrupts
+    from research.cli.runs import notebook_root
     from research.runs.queue import drain
+    from research.sweeps.drive import work_queued_sweeps
 
     path = db_path()
     recover_runs()
@@ -76,12 +86,23 @@ def queue_work(
         else:
             typer.echo(render.run_summary_line(result))
 
+    failed = False
     with handle_interrupts() as interrupts:
-        drained = drain(path, name, jobs, until_empty, timeout, interrupts, on_start=started, on_done=done,
-                        on_note=render.info)
+        while True:  # queued sweeps first, then the runs; then wait for more of either
+            outcomes = work_queued_sweeps(path, name, jobs, interrupts, render.info, notebook_root())
+            for outcome in outcomes:
+                typer.echo(f"sweep {outcome.sweep_id}: {outcome.status}, {outcome.completed}/{outcome.trials} trials")
+            drained = drain(path, name, jobs, True, timeout, interrupts, on_start=started, on_done=done,
+                            on_note=render.info)
+            failed = failed or any(r.status != "succeeded" for r in drained.results) \
+                or any(o.status == "failed" for o in outcomes)
+            if until_empty or interrupts.is_set():
+                break
+            if not outcomes and not drained.results:
+                interrupts.wait(1.0)
     if interrupts.is_set():
         raise typer.Exit(143 if interrupts.signal_name == "SIGTERM" else 130)
-    if any(r.status != "succeeded" for r in drained.results):
+    if failed:
         raise typer.Exit(1)
 
 

@@ -54,6 +54,7 @@ def sweep_start(
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address.")] = None,
     executor_option: Annotated[list[str] | None, typer.Option("--executor-option", "-E", help="KEY=VALUE for the executor (repeatable).")] = None,
     preload: PreloadOpt = None,
+    queue: Annotated[bool, typer.Option("--queue", help="Store the sweep for `research queue work` instead of running it now.")] = False,
 ) -> None:
     """Search an item's notebook parameters with Optuna.
 
@@ -71,6 +72,9 @@ def sweep_start(
         raise ResearchError("say what to optimise: --maximize METRIC or --minimize METRIC (one of them)")
     root = notebook_root()
     settings = load_settings(root, executor, scheduler, executor_option)
+    if queue and (settings.executor != "local" or preload):
+        raise ResearchError("--queue stores the sweep for `research queue work`, which runs it on its own machine; "
+                            "drop -x/--preload")
     if preload and not runs_here(settings):
         raise ResearchError("--preload is for trials on this machine: the local executor, or dask without a scheduler")
     typed = {}
@@ -82,11 +86,17 @@ def sweep_start(
         direction="maximize" if maximize else "minimize", sampler=sampler.lower(), trials=trials, seed=seed,
         jobs=jobs, notebook=notebook, given=parse_assignments(param), typed=typed,
         raw=parse_assignments(param_raw, "-r"), prune=prune.lower(), fail_fast=fail_fast, timeout=timeout,
-        kernel=kernel, executor=settings.executor, check=not no_check,
+        kernel=kernel, executor=settings.executor, check=not no_check, queue="default" if queue else None,
     )
     if spec.prune not in ("none", "median"):
         raise ResearchError(f"unknown pruner {prune!r}; use none or median")
     recover_runs()
+    if queue:
+        with changes() as (session, log):
+            sweep = create_sweep(session, log, spec, root)
+            sweep_id, target = sweep.id, sweep.trials
+        typer.echo(f"sweep {sweep_id} queued: {target} trials; `research queue work` runs it")
+        return
     with _fork_server(settings, preload):  # its imports overlap checking and planning
         with changes() as (session, log):
             sweep = create_sweep(session, log, spec, root)

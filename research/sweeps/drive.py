@@ -57,6 +57,7 @@ class SweepSpec:
     kernel: str | None = None
     executor: str = "local"
     check: bool = True
+    queue: str | None = None  # stored for `research queue work` instead of run now
 
 
 def _link_for(session: Session, item: Item, name: str | None) -> Link:
@@ -107,8 +108,8 @@ def create_sweep(session: Session, log, spec: SweepSpec, project_root: Path) -> 
         objective=spec.objective, direction=spec.direction, sampler=spec.sampler, seed=spec.seed,
         trials=trials, jobs=spec.jobs, executor=spec.executor,
         options={"prune": spec.prune, "fail_fast": spec.fail_fast, "timeout": spec.timeout,
-                 "kernel": spec.kernel, "check": spec.check},
-        status="running", created_at=clock.now_iso(), updated_at=clock.now_iso(),
+                 "kernel": spec.kernel, "check": spec.check, "queue": spec.queue},
+        status="queued" if spec.queue else "running", created_at=clock.now_iso(), updated_at=clock.now_iso(),
     )
     # Every value the first trial could take is checked now, before any row is written.
     for point in _corner_points(space):
@@ -240,6 +241,65 @@ def claim_sweep(db_path: Path, sweep_id: str, resuming: bool) -> Sweep:
         return sweep.model_copy()
 
     return _write(db_path, claim)
+
+
+# --------------------------------------------------------------------------- queued sweeps
+
+
+def claim_queued_sweep(db_path: Path, queue: str) -> str | None:
+    """Take the oldest sweep waiting in ``queue`` (`research sweep --queue`), or one whose
+    `queue work` process died while driving it; None when there is none. One write
+    transaction, so two `queue work` processes never take the same sweep."""
+    from research.runs.recovery import pid_alive
+
+    def claim(session: Session) -> str | None:
+        for sweep in session.exec(select(Sweep).where(Sweep.status.in_(("queued", "running"))).order_by(Sweep.created_at)):
+            if sweep.options.get("queue") != queue:
+                continue
+            if sweep.status == "running" and (sweep.host != socket.gethostname() or not sweep.pid or pid_alive(sweep.pid)):
+                continue  # driven by a live process (or one elsewhere, which we cannot tell)
+            sweep.status, sweep.pid, sweep.host = "running", os.getpid(), socket.gethostname()
+            sweep.updated_at = clock.now_iso()
+            session.add(sweep)
+            return sweep.id
+        return None
+
+    return _write(db_path, claim)
+
+
+def queued_sweeps(session: Session, queue: str | None = None) -> list[dict[str, Any]]:
+    """The sweeps waiting in a queue or being worked from one, for `research queue`."""
+    rows = []
+    for sweep in session.exec(select(Sweep).where(Sweep.status.in_(("queued", "running"))).order_by(Sweep.created_at)):
+        name = sweep.options.get("queue")
+        if name is None or (queue is not None and name != queue):
+            continue
+        ended = sum(r.state in ("complete", "failed", "pruned") for r in load_trials(session, sweep))
+        rows.append({"sweep": sweep.id, "item_id": sweep.item_id, "notebook": sweep.notebook, "queue": name,
+                     "state": "waiting" if sweep.status == "queued" else "running", "trials": sweep.trials,
+                     "trials_ended": ended, "pid": sweep.pid if sweep.status == "running" else None,
+                     "host": sweep.host if sweep.status == "running" else None, "queued_at": sweep.created_at})
+    return rows
+
+
+def work_queued_sweeps(db_path: Path, queue: str, jobs: int, interrupts, echo: Callable[[str], None],
+                       project_root: Path) -> list[SweepOutcome]:
+    """Drive every sweep waiting in ``queue`` here, one after another, ``jobs`` trials at once.
+    A sweep stopped by Ctrl-C or SIGTERM goes back to the queue, where it resumes later."""
+    from research.executors.local import LocalExecutor
+
+    outcomes = []
+    while not interrupts.is_set():
+        sweep_id = claim_queued_sweep(db_path, queue)
+        if sweep_id is None:
+            break
+        echo(f"sweep {sweep_id} started from queue {queue!r}")
+        with LocalExecutor(db_path, jobs) as executor:
+            outcome = drive(db_path, sweep_id, executor, interrupts, echo, project_root, jobs=jobs)
+        if outcome.status == "stopped":
+            _close_sweep(db_path, sweep_id, "queued", None)  # back in the queue, to resume from there
+        outcomes.append(outcome)
+    return outcomes
 
 
 def drive(db_path: Path, sweep_id: str, executor, interrupts, echo: Callable[[str], None],
@@ -417,7 +477,7 @@ def _close_sweep(db_path: Path, sweep_id: str, status: str, reason: str | None) 
         sweep = session.get(Sweep, sweep_id)
         sweep.status, sweep.reason, sweep.pid = status, reason, None
         sweep.updated_at = clock.now_iso()
-        sweep.ended_at = clock.now_iso() if status != "stopped" else None
+        sweep.ended_at = clock.now_iso() if status in ("finished", "failed") else None
         session.add(sweep)
 
     _write(db_path, write)
