@@ -395,16 +395,26 @@ class _Server:
             self.send({"id": request.get("id"), "error": why})
             return
         sys.stderr.flush()  # nothing of ours is written twice, by a child too
+        started_r, started_w = os.pipe()
         try:
             pid = os.fork()
         except OSError as exc:  # out of processes or memory: Popen may fare no better, but tries
+            os.close(started_r)
+            os.close(started_w)
             self.send({"id": request.get("id"), "error": f"fork: {exc}"})
             return
         if pid == 0:
-            self._become_runner(env, cwd, fds)  # never returns
+            os.close(started_r)
+            self._become_runner(env, cwd, fds, started_w)  # never returns
+        os.close(started_w)
+        # As Popen returns once its child has started, the client hears of this one once it
+        # leads its own session and shows its own command: end of file on this pipe.
+        with contextlib.suppress(OSError):
+            os.read(started_r, 1)
+        os.close(started_r)
         self.send({"id": request.get("id"), "pid": pid})
 
-    def _become_runner(self, env: dict[str, str], cwd: str, fds: list[int]) -> None:
+    def _become_runner(self, env: dict[str, str], cwd: str, fds: list[int], started: int) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -414,7 +424,7 @@ class _Server:
                 os.dup2(fd, target)
             for fd in (*fds, self.wake_r, self.wake_w, self.sock.detach()):
                 os.close(fd)
-            code = _run_forked_runner(env, cwd)
+            code = _run_forked_runner(env, cwd, started)
         except BaseException:
             import traceback
 
@@ -423,13 +433,14 @@ class _Server:
             os._exit(code)
 
 
-def _run_forked_runner(env: dict[str, str], cwd: str) -> int:
+def _run_forked_runner(env: dict[str, str], cwd: str, started: int) -> int:
     from research.runs import kernel_fork, papermill_child, proctitle
 
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
     proctitle.show(RUNNER_COMMAND, env)
+    os.close(started)  # the server may report this runner now
     kernel_fork.fresh_process_state()
     sys.argv = [papermill_child.__file__]
     kernel_fork.start_zygote()  # while this process is single-threaded, with no event loop

@@ -33,6 +33,8 @@ import time
 
 from jupyter_client.provisioning import LocalProvisioner
 
+from research.runs import proctitle
+
 PROVISIONER_NAME = "research-fork"  # the entry point in pyproject.toml
 FORKED_KERNEL = "python3"
 LAUNCHER = ["-m", "ipykernel_launcher"]
@@ -228,26 +230,25 @@ def _await_launch(requests: int, replies: int) -> int:
     if not data:
         return 0  # the runner ended without launching a kernel
     launch = json.loads(data)
+    argv, env = launch["argv"], launch["env"]
     try:
         os.setsid()  # as launch_kernel's start_new_session: the kernel leads its own group
         os.chdir(launch["cwd"])
     except OSError as exc:
         os.write(replies, f"{type(exc).__name__}: {exc}".encode())
         return 1
-    os.write(replies, b"ok")
+    os.environ.clear()
+    os.environ.update(env)
+    proctitle.show(argv, env)
+    os.write(replies, b"ok")  # as Popen returns: it has started, as what it is
     os.close(replies)
-    return _run_kernel(launch["argv"], launch["env"])
+    return _run_kernel(argv, env)
 
 
 def _run_kernel(argv: list[str], env: dict[str, str]) -> int:
     import atexit
     import importlib.util
 
-    from research.runs import proctitle
-
-    os.environ.clear()
-    os.environ.update(env)
-    proctitle.show(argv, env)
     fresh_process_state()
     arguments = argv[len(LAUNCHER) + 1 :]
     sys.argv = [importlib.util.find_spec("ipykernel_launcher").origin, *arguments]
