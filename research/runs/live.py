@@ -188,7 +188,8 @@ def watch_run(
                 from research.executors.control import sync_runs
 
                 sync_runs(db_path)
-        if now >= next_status or next_sync == now + sync_every:
+            next_status = now  # read what the recovery or the sync wrote
+        if now >= next_status:
             next_status = now + status_every
             run = _load(db_path, run_id)
         changed = tail.poll()
