@@ -172,12 +172,15 @@ def test_a_run_whose_queue_process_died_goes_back_to_the_queue(cli, project):
 def test_two_processes_claiming_at_once_never_take_the_same_run(cli, project):
     """The claim alone, many times over: two processes take every entry once between them."""
     cli("run", "exp", "-n", "typed", "--grid", "steps=0..59", "--queue")
+    # Both begin together, once imported: each says it is ready, then waits for the other.
     code = ("import sys, time\nfrom pathlib import Path\nfrom research.runs.queue import claim_next\n"
-            "db = Path(sys.argv[1])\ntime.sleep(float(sys.argv[2]) - time.time())\nids = []\n"
-            "while (run := claim_next(db)) is not None:\n    ids.append(run.id)\nprint(' '.join(map(str, ids)))\n")
-    start = time.time() + 3.0  # both begin together, once imported
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(project / "todo.db"), str(start)], env=_env(project),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+            "db, me, other = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])\nme.touch()\n"
+            "while not other.exists():\n    time.sleep(0.001)\nids = []\n"
+            "while (run := claim_next(db)) is not None:\n    ids.append(run.id)\n    time.sleep(0.002)\nprint(' '.join(map(str, ids)))\n")
+    ready = [project / "ready-0", project / "ready-1"]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(project / "todo.db"), str(ready[n]), str(ready[1 - n])],
+                              env=_env(project), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for n in range(2)]
     taken = []
     for proc in procs:
         out, err = proc.communicate(timeout=60)
