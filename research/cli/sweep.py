@@ -23,7 +23,7 @@ class SweepGroup(ResearchGroup):
         return super().resolve_command(ctx, args)
 
 
-sweep_app = new_typer("Search a notebook's parameters (Optuna): start, resume, show and list sweeps.", cls=SweepGroup)
+sweep_app = new_typer("Search parameters with Optuna: start, resume, show, list.", cls=SweepGroup)
 app.add_typer(sweep_app, name="sweep")
 
 SweepArg = Annotated[str, typer.Argument(metavar="SWEEP", help="Sweep id.", show_default=False)]
