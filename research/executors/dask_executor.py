@@ -85,8 +85,11 @@ class DaskExecutor(Executor):
                     f"cannot reach the Dask scheduler at {address}: {exc}"
                 ) from None
         else:
-            # One task per single-threaded worker at a time, so "running" means running.
-            with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+            # One task per single-threaded worker at a time, so "running" means running. No
+            # statistical profiler: it samples every worker thread each 10 ms, and ours only
+            # wait for their runner processes (its CPU is taken from the notebooks').
+            with dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
+                                  "distributed.worker.profile.enabled": False}):
                 self.cluster = LocalCluster(
                     n_workers=self.jobs,
                     threads_per_worker=1,
