@@ -294,6 +294,7 @@ class ForkServer:
 
 
 _ACTIVE: ForkServer | None = None
+_STARTING = threading.Lock()  # one server per process, however many threads ask at once
 
 
 def enabled() -> bool:
@@ -306,7 +307,10 @@ def start(preload: tuple[str, ...] | list[str] = ()) -> ForkServer | None:
     global _ACTIVE
     if not enabled():
         return None
-    server = ForkServer(tuple(preload))
+    try:
+        server = ForkServer(tuple(preload))
+    except OSError:  # no process to be had: the runs start the plain way (and say why if they fail)
+        return None
     _ACTIVE = server
     return server
 
@@ -319,8 +323,9 @@ def active() -> ForkServer | None:
 def start_for_process() -> None:
     """Start a server that lasts as long as this process, unless one is active: for a Dask
     worker or a Slurm job, which may run many notebooks (it ends when this process does)."""
-    if active() is None:
-        start()
+    with _STARTING:
+        if active() is None:
+            start()
 
 
 # --------------------------------------------------------------------------- server

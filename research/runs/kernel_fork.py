@@ -11,9 +11,10 @@ session, the launch's folder and environment, stdin on /dev/null, then ipykernel
 
 The kernel is still a fresh process with its own state, a child of the runner (which waits
 for it and reads its exit status as for any child). What it shares with the server is what
-a fork shares: the modules imported before it, and Python's string-hash seed (so the order
-of a set of strings is the same in every run of a sweep, as with a fixed PYTHONHASHSEED).
-Random generators are reseeded (``fresh_process_state``).
+a fork shares: the modules imported before it, Python's string-hash seed (so the order
+of a set of strings is the same in every run of a sweep, as with a fixed PYTHONHASHSEED) and
+the server's interpreter flags (``-P``: IPython puts the working folder on ``sys.path``, as
+in every kernel). Random generators are reseeded (``fresh_process_state``).
 
 A launch the zygote cannot make exactly as ``Popen`` would -- another kernel's command, a
 second kernel in one runner (the zygote is used once), redirected streams, or interpreter
