@@ -17,7 +17,6 @@ works either way.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 
@@ -66,6 +65,8 @@ def _block(items: list[bytes]) -> bytes:
 
 
 def _write(start: int, end: int, data: bytes) -> bool:
+    import ctypes  # only in a forked process; the server and the CLI never need it
+
     size = end - start
     if start <= 0 or size <= 0 or len(data) >= size:
         return False
