@@ -4,6 +4,8 @@ is, a CLI runner that types commands as a user would, and the one way tests writ
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +25,27 @@ PAPERMILL_STYLE_HEAD = (
     "    'y'\n"
     "]  # type: List[str] the names\n"
 )
+
+
+def wait_for(predicate, timeout: float = 60.0, every: float = 0.2):
+    """``predicate()``'s first truthy value, polled every ``every`` seconds; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not met in time")
+
+
+def research_env(db: Path | None = None) -> dict[str, str]:
+    """The environment for a `research` subprocess: this checkout importable, no run folder inherited,
+    and ``db`` as its database when given."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("RESEARCH_RUN_DIR", None)
+    if db is not None:
+        env["RESEARCH_DB"] = str(db)
+    return env
 
 
 class Cli:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import FIXTURE_NOTEBOOKS, REPO_ROOT
+from tests.support import FIXTURE_NOTEBOOKS, research_env, wait_for
 
 FIXTURES = FIXTURE_NOTEBOOKS
 BOOT_TIMEOUT_S = 60
@@ -38,24 +38,9 @@ def run_rows(path: Path) -> list[dict]:
         conn.close()
 
 
-def wait_for(predicate, timeout: float = 60.0, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    env.pop("RESEARCH_RUN_DIR", None)
-    return env
-
 
 def _research(*args, cwd: Path, **kw) -> subprocess.Popen:
-    env = {**_env(), "RESEARCH_DB": str(cwd / "todo.db")}
+    env = {**research_env(), "RESEARCH_DB": str(cwd / "todo.db")}
     return subprocess.Popen([sys.executable, "-m", "research", *args], cwd=cwd, env=env, **kw)
 
 
@@ -123,7 +108,7 @@ def test_runs_of_a_dask_client_that_died_end_interrupted(cli, project):
 
 def test_cli_import_does_not_import_the_engines():
     code = "import sys, research.cli; print([m for m in ('distributed', 'dask', 'submitit') if m in sys.modules])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=research_env(), check=True)
     assert out.stdout.strip() == "[]"
 
 
@@ -148,7 +133,7 @@ class DaskCluster:
         return proc
 
     def start(self, workers: int = 2, allowed_failures: int | None = None) -> DaskCluster:
-        env = _env()
+        env = research_env()
         if allowed_failures is not None:
             env["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = str(allowed_failures)
         scheduler_file = self.folder / "scheduler.json"
@@ -371,7 +356,7 @@ def slurm_conf(tmp_path_factory):
         f"NodeName={host} CPUs={os.cpu_count()} State=UNKNOWN",
         "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", "",
     ]))
-    env = {**_env(), "SLURM_CONF": str(conf)}
+    env = {**research_env(), "SLURM_CONF": str(conf)}
     commands = [
         ["munged", "--foreground", "--force", f"--key-file={key}", f"--socket={folder}/munge/munge.sock",
          f"--pid-file={folder}/munge/munged.pid", f"--log-file={folder}/munge/munged.log",

@@ -5,7 +5,6 @@ once when the run ends."""
 from __future__ import annotations
 
 import json
-import os
 import queue
 import shutil
 import signal
@@ -13,12 +12,11 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.support import FIXTURE_NOTEBOOKS, REPO_ROOT
+from tests.support import FIXTURE_NOTEBOOKS, research_env, wait_for
 from tests.test_executors import dask_cluster  # noqa: F401 - the real Dask cluster fixture
 
 TICKS = ("from research import record\nimport time\nfor i in range(n):\n"
@@ -43,21 +41,9 @@ def status_of(project: Path, run_id: int) -> str | None:
         conn.close()
 
 
-def wait_for(predicate, timeout: float = 90.0, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
-
 
 def research(project: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "RESEARCH_DB": str(project / "todo.db"),
-           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    env.pop("RESEARCH_RUN_DIR", None)
-    return subprocess.Popen([sys.executable, "-m", "research", *args], cwd=project, env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "research", *args], cwd=project, env=research_env(project / "todo.db"), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -172,7 +158,7 @@ def test_show_and_watch_see_the_metrics_of_a_run_still_running(cli, project):
     runner = research(project, "run", "exp", "-p", "n=4", "-p", "pause=1.5")
     watcher = None
     try:
-        wait_for(lambda: status_of(project, 1))
+        wait_for(lambda: status_of(project, 1), timeout=90)
         watcher = research(project, "runs", "watch", "1")
         lines = Lines(watcher)
         assert lines.next() == "loss = 1 (step 0)"
@@ -202,7 +188,7 @@ def test_live_metrics_of_a_dask_run_reach_the_project_and_are_ingested_once(cli,
     runner = research(project, "run", "exp", "-p", "n=4", "-p", "pause=1.5", "-x", "dask", "--scheduler", cluster.address)
     live = project / "runs" / "1" / "metrics.live.jsonl"
     try:
-        wait_for(lambda: live.exists() and "loss" in live.read_text())
+        wait_for(lambda: live.exists() and "loss" in live.read_text(), timeout=90)
         detail = cli.json("runs", "show", "1")
         assert detail["status"] == "running" and detail["executor"] == "dask"
         assert detail["live"]["metrics"]["loss"]["value"] in (1.0, 0.5)

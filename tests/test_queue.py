@@ -11,12 +11,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.support import FIXTURE_NOTEBOOKS, REPO_ROOT
+from tests.support import FIXTURE_NOTEBOOKS, research_env, wait_for
 
 
 @pytest.fixture
@@ -52,27 +51,11 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def wait_for(predicate, timeout: float = 60.0, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
-
-
-def _env(project: Path) -> dict[str, str]:
-    env = {**os.environ, "RESEARCH_DB": str(project / "todo.db"),
-           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    env.pop("RESEARCH_RUN_DIR", None)
-    return env
-
 
 def research(project: Path, *args: str, **kw) -> subprocess.Popen:
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
-    return subprocess.Popen([sys.executable, "-m", "research", *args], cwd=project, env=_env(project),
+    return subprocess.Popen([sys.executable, "-m", "research", *args], cwd=project, env=research_env(project / "todo.db"),
                             text=True, **kw)
 
 
@@ -179,7 +162,7 @@ def test_two_processes_claiming_at_once_never_take_the_same_run(cli, project):
             "while (run := claim_next(db)) is not None:\n    ids.append(run.id)\n    time.sleep(0.002)\nprint(' '.join(map(str, ids)))\n")
     ready = [project / "ready-0", project / "ready-1"]
     procs = [subprocess.Popen([sys.executable, "-c", code, str(project / "todo.db"), str(ready[n]), str(ready[1 - n])],
-                              env=_env(project), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=research_env(project / "todo.db"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for n in range(2)]
     taken = []
     for proc in procs:

@@ -9,12 +9,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.support import FIXTURE_NOTEBOOKS, REPO_ROOT, Cli
+from tests.support import FIXTURE_NOTEBOOKS, REPO_ROOT, Cli, wait_for
 
 FIXTURES = FIXTURE_NOTEBOOKS
 
@@ -159,15 +158,6 @@ def _research(*args, cwd: Path, **kw):
     return subprocess.Popen([sys.executable, "-m", "research", *args], cwd=cwd, env=env, **kw)
 
 
-def _wait_for(predicate, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
 
 @pytest.mark.slow
 def test_sigkilled_runner_is_recovered_by_the_next_command(cli, project):
@@ -175,7 +165,7 @@ def test_sigkilled_runner_is_recovered_by_the_next_command(cli, project):
     runner = _research("run", "exp", "-n", "sleep", "-p", "seconds=60", cwd=project,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: (project / "runs" / "1" / "metrics.jsonl").exists())  # the kernel is running
+        wait_for(lambda: (project / "runs" / "1" / "metrics.jsonl").exists())  # the kernel is running
         assert run_rows(project / "todo.db")[0]["status"] == "running"
         runner.send_signal(signal.SIGKILL)
         runner.wait(10)
@@ -186,7 +176,7 @@ def test_sigkilled_runner_is_recovered_by_the_next_command(cli, project):
     assert listed[0]["status"] == "interrupted" and "runner died" in listed[0]["reason"]
     # The orphaned runner notices its parent is gone and stops its kernel.
     kernel_pid = json.loads((project / "runs" / "1" / "metrics.jsonl").read_text().splitlines()[0])["value"]
-    _wait_for(lambda: not Path(f"/proc/{kernel_pid}").exists(), timeout=30)
+    wait_for(lambda: not Path(f"/proc/{kernel_pid}").exists(), timeout=30)
 
 
 def _sleeping_runner(cli, project: Path, *params: str) -> subprocess.Popen:
@@ -194,7 +184,7 @@ def _sleeping_runner(cli, project: Path, *params: str) -> subprocess.Popen:
     cli("link", "exp", "notebooks/sleep.ipynb")
     runner = _research("run", "exp", "-n", "sleep", *params, cwd=project,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: (project / "runs" / "1" / "metrics.jsonl").exists())
+    wait_for(lambda: (project / "runs" / "1" / "metrics.jsonl").exists())
     return runner
 
 
@@ -233,12 +223,12 @@ def test_sigint_during_a_sweep_stops_the_spare_worker_and_its_kernel_too(cli, pr
     def workers():
         return [p for p in _processes_of(project) if "research.runs.papermill_child" in " ".join(p.cmdline())]
 
-    _wait_for(lambda: len(workers()) == 2)  # the first run's, and a spare for the next one
+    wait_for(lambda: len(workers()) == 2)  # the first run's, and a spare for the next one
     runner.send_signal(signal.SIGINT)
     out, err = runner.communicate(timeout=60)
     assert runner.returncode == 130, err
     assert [row["status"] for row in run_rows(project / "todo.db")] == ["interrupted"] * 3
-    _wait_for(lambda: not _processes_of(project), timeout=30)
+    wait_for(lambda: not _processes_of(project), timeout=30)
 
 
 @pytest.mark.slow

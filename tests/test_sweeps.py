@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from research.errors import ResearchError
 from research.sweeps.space import check_space, parse_space
-from tests.support import FIXTURE_NOTEBOOKS, REPO_ROOT
+from tests.support import FIXTURE_NOTEBOOKS, research_env, wait_for
 from tests.test_executors import dask_cluster, slurm_conf  # noqa: F401  (fixtures)
 
 QUADRATIC = "notebooks/quadratic.ipynb"
@@ -42,22 +42,6 @@ def rows(path: Path, table: str = "run") -> list[dict]:
     finally:
         conn.close()
 
-
-def _env(db: Path) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-           "RESEARCH_DB": str(db)}
-    env.pop("RESEARCH_RUN_DIR", None)
-    return env
-
-
-def _wait_for(predicate, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 # --------------------------------------------------------------------------- the space (no runs)
@@ -129,7 +113,7 @@ def test_showing_and_listing_sweeps_does_not_import_optuna(cli, project):
             "r = CliRunner()\nres = r.invoke(app, ['sweep', 'list'])\nassert res.exit_code == 0, res.output\n"
             "print('optuna' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=project,
-                         env=_env(project / "todo.db"), check=True)
+                         env=research_env(project / "todo.db"), check=True)
     assert out.stdout.strip() == "False"
 
 
@@ -271,7 +255,7 @@ def _start_sweep(project: Path, trials: int, pause: float) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "research", "sweep", "quad", *SPACE, "-p", "steps=4", "-p", f"pause={pause}",
          "--trials", str(trials), "--minimize", "loss", "--seed", "7", "-j", "2"],
-        cwd=project, env=_env(project / "todo.db"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=project, env=research_env(project / "todo.db"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _ended(project: Path) -> list[dict]:
@@ -295,7 +279,8 @@ def _assert_every_trial_ran_once(project: Path, trials: int, kept: dict[int, int
 def test_a_sweep_killed_or_interrupted_resumes_with_no_trial_lost_or_run_twice(cli, project, how):
     proc = _start_sweep(project, trials=6, pause=0.4)
     try:
-        _wait_for(lambda: len(_ended(project)) >= 2 and any(r["status"] == "running" for r in rows(project / "todo.db")))
+        wait_for(lambda: len(_ended(project)) >= 2 and any(r["status"] == "running" for r in rows(project / "todo.db")),
+                 timeout=90)
         os.kill(proc.pid, getattr(signal, how))
         proc.wait(timeout=60)
     finally:
@@ -321,9 +306,10 @@ def test_a_queued_sweep_is_worked_by_queue_work_and_survives_its_worker_being_ki
     listed = cli.json("queue")
     assert listed == [dict(listed[0], sweep=sweep_id, state="waiting", trials=5, trials_ended=0)]
     worker = subprocess.Popen([sys.executable, "-m", "research", "queue", "work", "-j", "2"], cwd=project,
-                              env=_env(project / "todo.db"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              env=research_env(project / "todo.db"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        _wait_for(lambda: len(_ended(project)) >= 1 and any(r["status"] == "running" for r in rows(project / "todo.db")))
+        wait_for(lambda: len(_ended(project)) >= 1 and any(r["status"] == "running" for r in rows(project / "todo.db")),
+                 timeout=90)
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
     finally:

@@ -66,8 +66,8 @@ def queue_work(
     With --until-empty the exit status is 1 if a run it ran did not succeed.
     """
     from research import render
-    from research.runs.child import handle_interrupts
     from research.cli.runs import notebook_root
+    from research.runs.child import handle_interrupts
     from research.runs.queue import drain
     from research.sweeps.drive import work_queued_sweeps
 

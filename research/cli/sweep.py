@@ -9,7 +9,7 @@ import typer
 
 from research.cli.app import ResearchGroup, app, new_typer
 from research.cli.context import IdArg, JsonOpt, changes, db_path, open_session, recover_runs
-from research.cli.runs import NoCheckOpt, ParamOpt, runs_here, notebook_root
+from research.cli.runs import NoCheckOpt, ParamOpt, notebook_root, runs_here
 from research.errors import ResearchError
 
 

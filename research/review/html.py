@@ -100,7 +100,8 @@ def data_uri(chart: Chart) -> str:
     return "data:image/png;base64," + base64.b64encode(chart.png).decode("ascii")
 
 
-def _figure(chart: Chart, image_src) -> str:
+def figure_html(chart: Chart, image_src=data_uri) -> str:
+    """One chart as a ``<figure>`` with its title as the image's alt text and caption."""
     return (f'<figure><img alt="{_e(chart.title)}" src="{image_src(chart)}">'
             f"<figcaption>{_e(chart.title)}</figcaption></figure>")
 
@@ -125,7 +126,7 @@ def _block(block, charts: list[Chart], image_src=data_uri) -> str:
             for n in block.notes
         )
     if isinstance(block, Charts):
-        return "\n".join(_figure(chart, image_src) for chart in charts if chart.group == block.group)
+        return "\n".join(figure_html(chart, image_src) for chart in charts if chart.group == block.group)
     raise TypeError(f"no HTML form for {type(block).__name__}")
 
 
@@ -151,6 +152,15 @@ def render_html(review: dict[str, Any], charts: list[Chart] | None = None, image
         f"<h1>{_e(heading)}</h1>",
         f'<p class="sub">Generated {_e(p["generated_at"][:16].replace("T", " "))} UTC · stale after {p["stale_days"]} days · compared with {_e(p["previous"]["start"])} – {_e(p["previous"]["end"])}</p>',
     ]
+    parts.append(review_body_html(review, charts, image_src))
+    parts += ["</main>", "</body>", "</html>"]
+    return "\n".join(parts) + "\n"
+
+
+def review_body_html(review: dict[str, Any], charts: list[Chart] | None = None, image_src=data_uri) -> str:
+    """The review's headline cards and sections as HTML (no page around them): the page
+    `research review -f html` writes, and the web view's review page, are built on it."""
+    parts = []
     parts.append('<div class="headline">')
     for label, values in headline(review):
         parts.append(f'<div><div class="group">{_e(label)}</div><div class="cards">')
@@ -163,5 +173,4 @@ def render_html(review: dict[str, Any], charts: list[Chart] | None = None, image
     for section in review_sections(review, chart_groups=groups):
         parts.append(f"<h2>{_e(section.title)}</h2>")
         parts.extend(_block(block, charts or [], image_src) for block in section.blocks)
-    parts += ["</main>", "</body>", "</html>"]
-    return "\n".join(parts) + "\n"
+    return "\n".join(parts)

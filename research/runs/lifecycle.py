@@ -23,7 +23,7 @@ from research import clock
 from research.backlog.items import ChangeLog, set_status
 from research.errors import ResearchError
 from research.runs.metrics import final_metrics
-from research.store.db import project_root_of
+from research.store.db import project_root_of, write_transaction
 from research.store.models import Item, Metric, Run
 from research.vocab import OPEN_RUN_STATUSES
 
@@ -50,13 +50,6 @@ def _start_items(session: Session, item_ids: set[int]) -> None:
         item = session.get(Item, item_id)
         if item is not None and item.status == "planned":
             set_status(session, ChangeLog(session), item, "active")
-
-
-def _write(db_path: Path, fn: Callable[[Session], Any]):
-    from research.store.db import session_scope
-
-    with session_scope(db_path, write=True) as session:
-        return fn(session)
 
 
 def _notebook_root(run: Run, db_path: Path) -> Path:
@@ -109,7 +102,7 @@ def execute_run(
         _start_items(session, {run.item_id})
         return run.model_copy()
 
-    run = _write(db_path, start)
+    run = write_transaction(db_path, start)
     project_root = _notebook_root(run, db_path)
     run_dir = data_root / run.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +124,7 @@ def execute_run(
                 row.heartbeat_at = clock.now_iso()
                 session.add(row)
 
-        _write(db_path, beat)
+        write_transaction(db_path, beat)
 
     def progress(done: int, total: int):
         write_progress(run_dir, done, total)
@@ -215,7 +208,7 @@ def finish_run(
         (run_dir / RUN_JSON).write_text(json.dumps(record, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
         return RunResult(run_id, run.status, run.reason, outcome.duration_s, final_metrics(metrics))
 
-    return _write(db_path, finish)
+    return write_transaction(db_path, finish)
 
 
 def _metric_row(run_id: int, entry: dict) -> Metric:
@@ -268,7 +261,7 @@ def mark_submitted(
             items.add(run.item_id)
         _start_items(session, items)
 
-    _write(db_path, write)
+    write_transaction(db_path, write)
 
 
 def mark_running(db_path: Path, run_id: int, started_at: str | None = None) -> bool:
@@ -282,7 +275,7 @@ def mark_running(db_path: Path, run_id: int, started_at: str | None = None) -> b
         session.add(run)
         return True
 
-    return _write(db_path, write)
+    return write_transaction(db_path, write)
 
 
 def mark_ended(db_path: Path, run_id: int, status: str, reason: str | None) -> RunResult | None:
@@ -298,7 +291,7 @@ def mark_ended(db_path: Path, run_id: int, status: str, reason: str | None) -> R
         session.add(run)
         return RunResult(run_id, status, reason, run.duration_s or 0.0)
 
-    return _write(db_path, write)
+    return write_transaction(db_path, write)
 
 
 

@@ -33,7 +33,8 @@ from sqlmodel import Session, select
 
 from research import clock
 from research.errors import ResearchError
-from research.runs.lifecycle import RunResult, _write, closed_result, execute_run, mark_ended
+from research.runs.lifecycle import RunResult, closed_result, execute_run, mark_ended
+from research.store.db import write_transaction
 from research.store.models import Item, Run
 from research.vocab import OPEN_RUN_STATUSES
 
@@ -101,7 +102,7 @@ def claim_next(db_path: Path, queue: str = DEFAULT_QUEUE) -> Run | None:
         session.add(run)
         return run.model_copy()
 
-    return _write(db_path, claim)
+    return write_transaction(db_path, claim)
 
 
 def cancel_requested(db_path: Path, run_ids: list[int]) -> list[int]:
@@ -163,7 +164,7 @@ def cancel_entries(
             session.add(run)
         return done, asked
 
-    done, asked = _write(db_path, cancel)
+    done, asked = write_transaction(db_path, cancel)
     return done + _wait_for_stops(db_path, asked, wait_s)
 
 
@@ -336,5 +337,5 @@ def _end_cancelled(db_path: Path, result: RunResult) -> RunResult:
             run.reason = CANCEL_REASON
             session.add(run)
 
-    _write(db_path, write)
+    write_transaction(db_path, write)
     return RunResult(result.run_id, result.status, CANCEL_REASON, result.duration_s, result.metrics)

@@ -242,6 +242,15 @@ def session_scope(path: Path, write: bool = False) -> Iterator:
             raise
 
 
+def write_transaction(path: Path, fn):
+    """``fn(session)`` in one short write transaction (BEGIN IMMEDIATE); returns what it returns.
+
+    Runs, queue claims and sweeps change their rows this way, so parallel runs and other
+    `research` processes take turns on the database instead of holding it."""
+    with session_scope(path, write=True) as session:
+        return fn(session)
+
+
 def create_database(path: Path) -> tuple[bool, dict[str, list[str]]]:
     """Create (or migrate) the database at ``path``, recreating tables and indexes dropped
     by hand; returns (whether it was new, what was recreated)."""

@@ -27,9 +27,10 @@ from sqlmodel import Session, select
 from research import clock
 from research.errors import ResearchError
 from research.record import LIVE_FILE, METRICS_FILE, PRUNE_FILE
+from research.store.db import write_transaction
 from research.store.models import Item, Link, Run, Sweep
 from research.sweeps.space import Dimension, check_space, grid_size, space_from_json, space_to_json
-from research.sweeps.study import SAMPLERS, Study, TrialRecord, objective_value
+from research.sweeps.study import SAMPLERS, Study, TrialRecord, finite_number, objective_value
 
 PRUNE_CHECK_S = 0.2  # how often running trials' intermediate values are read
 SYNC_S = 5.0  # how often remote trials started before a resume are collected
@@ -214,13 +215,6 @@ class _Trials:
         return (max if direction == "maximize" else min)(done, key=lambda r: (r.value, -r.number))
 
 
-def _write(db_path: Path, fn: Callable[[Session], Any]):
-    from research.store.db import session_scope
-
-    with session_scope(db_path, write=True) as session:
-        return fn(session)
-
-
 def claim_sweep(db_path: Path, sweep_id: str, resuming: bool) -> Sweep:
     """Mark the sweep as driven by this process; refuses one finished or driven by another live process."""
     from research.runs.recovery import pid_alive
@@ -240,7 +234,7 @@ def claim_sweep(db_path: Path, sweep_id: str, resuming: bool) -> Sweep:
         session.add(sweep)
         return sweep.model_copy()
 
-    return _write(db_path, claim)
+    return write_transaction(db_path, claim)
 
 
 # --------------------------------------------------------------------------- queued sweeps
@@ -264,7 +258,7 @@ def claim_queued_sweep(db_path: Path, queue: str) -> str | None:
             return sweep.id
         return None
 
-    return _write(db_path, claim)
+    return write_transaction(db_path, claim)
 
 
 def queued_sweeps(session: Session, queue: str | None = None) -> list[dict[str, Any]]:
@@ -393,7 +387,7 @@ def _start_trial(db_path: Path, sweep: Sweep, study: Study, trials: _Trials, pro
         session.add(run)
         return run_id
 
-    record = TrialRecord(number, values, "open", run_id=_write(db_path, write))
+    record = TrialRecord(number, values, "open", run_id=write_transaction(db_path, write))
     trials.in_flight[record.run_id] = record
     return record
 
@@ -428,7 +422,7 @@ def _mark_pruned(db_path: Path, run_id: int, step: int) -> None:
             run.status, run.reason, run.error = "pruned", f"pruned at step {step}: its values were behind earlier trials'", None
             session.add(run)
 
-    _write(db_path, write)
+    write_transaction(db_path, write)
 
 
 def _check_pruning(db_path: Path, sweep: Sweep, study: Study, trials: _Trials) -> None:
@@ -466,9 +460,9 @@ def _new_values(path: Path, name: str, offsets: dict[int, int], run_id: int) -> 
             entry = json.loads(line)
         except ValueError:
             continue
-        value, step = entry.get("value"), entry.get("step")
-        if entry.get("name") == name and isinstance(step, int) and objective_value({"v": value}, "v") is not None:
-            found.append((step, float(value)))
+        value, step = finite_number(entry.get("value")), entry.get("step")
+        if entry.get("name") == name and isinstance(step, int) and value is not None:
+            found.append((step, value))
     return found
 
 
@@ -480,7 +474,7 @@ def _close_sweep(db_path: Path, sweep_id: str, status: str, reason: str | None) 
         sweep.ended_at = clock.now_iso() if status in ("finished", "failed") else None
         session.add(sweep)
 
-    _write(db_path, write)
+    write_transaction(db_path, write)
 
 
 def _trial_line(sweep: Sweep, record: TrialRecord, note: str, best: TrialRecord | None) -> str:

@@ -155,7 +155,7 @@ def _html_page(detail: dict[str, Any], charts) -> str:
     from html import escape
 
     from research.render import short_value
-    from research.review.html import CSP, data_uri
+    from research.review.html import CSP, figure_html
 
     names = list(detail["space"])
     head = "".join(f"<th>{escape(h)}</th>" for h in ["trial", "run", "status", detail["objective"], *names])
@@ -164,8 +164,7 @@ def _html_page(detail: dict[str, Any], charts) -> str:
                          [r["trial"], r["run"], r["status"] or "", "" if r["value"] is None else f"{r['value']:.6g}",
                           *[short_value(r["params"].get(n)) for n in names]]) + "</tr>"
         for r in detail["trials"])
-    figures = "".join(f'<figure><img alt="{escape(c.title)}" src="{data_uri(c)}"><figcaption>{escape(c.title)}</figcaption></figure>'
-                      for c in charts)
+    figures = "".join(figure_html(chart) for chart in charts)
     title = escape(f"Sweep {detail['id']} · {detail['item']}")
     return (f'<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="Content-Security-Policy" '
             f'content="{CSP}"><title>{title}</title></head><body><h1>{title}</h1>'

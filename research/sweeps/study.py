@@ -31,12 +31,16 @@ class TrialRecord:
     run_id: int | None = None
 
 
-def objective_value(metrics: dict[str, Any], objective: str) -> float | None:
-    """The objective among a run's final metrics, when it is a finite number."""
-    value = metrics.get(objective)
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number (not a bool, NaN or text), else None."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
     return float(value)
+
+
+def objective_value(metrics: dict[str, Any], objective: str) -> float | None:
+    """The objective among a run's final metrics, when it is a finite number."""
+    return finite_number(metrics.get(objective))
 
 
 class Study:
