@@ -277,7 +277,7 @@ ARGS = {
     ("run",): ["1"], ("rerun",): ["1"], ("compare",): ["1", "2"], ("runs", "show"): ["1"],
     ("runs", "rm"): ["1", "--yes"], ("runs", "cancel"): ["1"], ("runs", "watch"): ["1"],
     ("queue", "cancel"): ["1"], ("sweep", "start"): ["1", "--space", "x=uniform(0,1)", "--trials", "1", "--minimize", "m"],
-    ("sweep", "resume"): ["abc"], ("sweep", "show"): ["abc"],
+    ("sweep", "resume"): ["abc"], ("sweep", "show"): ["abc"], ("serve",): ["--port", "0"],
 }
 WITHOUT_DATABASE = {("notebooks",), ("init",)}  # notebooks needs none; init is tested above
 

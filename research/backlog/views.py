@@ -249,6 +249,41 @@ def filter_items(backlog: Backlog, spec: ListFilter) -> list:
     return out
 
 
+def list_filter(
+    backlog: Backlog, *, statuses: list[str] | None = None, priority: str | None = None, tag: str | None = None,
+    under: str | None = None, search: str | None = None, due_before: str | None = None,
+    include_closed: bool = False, tasks: bool = False,
+) -> ListFilter:
+    """The filter `research list` and the web view's backlog page build from what the user
+    typed, checked: an unknown status or priority, a bad date or an item that is not there
+    is a ``ResearchError``. Tasks are rows too when asked, and whenever searching by text or
+    due date (due dates and words often sit on tasks)."""
+    from research.vocab import check_date
+
+    for status in statuses or []:
+        normalize_status(status)
+    if priority:
+        normalize_priority(priority)
+    due = check_date(due_before, "date for --due-before") if due_before else None
+    return ListFilter(
+        statuses=list(statuses or []), priority=priority or None, tag=tag or None,
+        under=backlog.find(under) if under else None, search=search or None, include_closed=include_closed,
+        due_before=due, tasks=tasks or bool(search) or bool(due),
+    )
+
+
+def list_rows(backlog: Backlog, spec: ListFilter, sort: str = "priority", tree: bool = False) -> list[ItemRow]:
+    """The rows of a listing: sorted by ``sort``, or (``tree``) in backlog order with their
+    depth under the filter's ``under`` item (or the top)."""
+    key = sort_key(sort)  # an unknown sort is an error in either form
+    keep = filter_items(backlog, spec)
+    if tree:
+        wanted = {i.id for i in keep}
+        root = spec.under.id if spec.under else None
+        return [backlog.row(item, depth) for item, depth in backlog.walk(root) if item.id in wanted]
+    return [backlog.row(item, 0) for item in sorted(keep, key=key)]
+
+
 def item_summary(item, backlog: Backlog | None = None) -> dict[str, Any]:
     """The stable JSON shape of an item in list output."""
     data = {

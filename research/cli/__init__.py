@@ -14,7 +14,7 @@ import importlib
 from research.cli.app import app
 
 # Each module registers its commands, in the order `research --help` lists them.
-for _module in ("items", "io", "runs", "live", "queue", "sweep", "review", "doctor"):
+for _module in ("items", "io", "runs", "live", "queue", "sweep", "review", "serve", "doctor"):
     importlib.import_module(f"research.cli.{_module}")
 
 __all__ = ["app", "main"]

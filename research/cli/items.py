@@ -144,37 +144,19 @@ def list_(
     and so do --search and --due-before (due dates and words often sit on tasks).
     """
     from research import render
-    from research.backlog.views import Backlog, ListFilter, filter_items, item_summary, sort_key
+    from research.backlog.views import Backlog, item_summary, list_filter, list_rows
 
     backlog = Backlog.load_file(db_path())
-    spec = ListFilter(
-        statuses=status or [], priority=priority, tag=tag,
-        under=backlog.find(under) if under else None, search=search, include_closed=all_,
-        due_before=_due_before(due_before), tasks=tasks or bool(search) or bool(due_before),
-    )
-    keep = filter_items(backlog, spec)
-    key = sort_key(sort)
+    spec = list_filter(backlog, statuses=status, priority=priority, tag=tag, under=under, search=search,
+                       due_before=due_before, include_closed=all_, tasks=tasks)
+    rows = list_rows(backlog, spec, sort, tree=tree and not json_)
     if json_:
-        render.print_json([item_summary(i, backlog) for i in sorted(keep, key=key)])
+        render.print_json([item_summary(row.item, backlog) for row in rows])
         return
-    if not keep:
+    if not rows:
         render.info("No items match." if backlog.items else "The backlog is empty: `research add TITLE` or `research import FILE.md`.")
         return
-    if tree:
-        wanted = {i.id for i in keep}
-        root = spec.under.id if spec.under else None
-        rows = [backlog.row(item, depth) for item, depth in backlog.walk(root) if item.id in wanted]
-    else:
-        rows = [backlog.row(item, 0) for item in sorted(keep, key=key)]
     render.write_items_table(rows, tree=tree)
-
-
-def _due_before(text: str | None) -> str | None:
-    if text is None:
-        return None
-    from research.vocab import check_date
-
-    return check_date(text, "date for --due-before")
 
 
 @app.command()
