@@ -106,8 +106,12 @@ def create_app(db_path: Path, project_root: Path, guard: Guard) -> Starlette:
     async def on_http_error(request: Request, exc: HTTPException):
         return failure(request, exc.detail or "error", exc.status_code)
 
+    def favicon(request: Request):  # browsers ask for it whatever the page links
+        return FileResponse(HERE / "static" / "favicon.svg", media_type="image/svg+xml")
+
     routes = [
         Route("/", backlog),
+        Route("/favicon.ico", favicon),
         Route("/items/{ref:str}", item),
         Route("/items/{ref:str}/status", post_status, methods=["POST"]),
         Route("/items/{ref:str}/notes", post_note, methods=["POST"]),
