@@ -71,7 +71,8 @@ def create_app(db_path: Path, project_root: Path, guard: Guard) -> Starlette:
         target = file_in_folder(folder, request.path_params["path"])
         if target is None:
             raise HTTPException(404, "no such file in this run's folder")
-        return FileResponse(target, headers={"content-disposition": "inline"})
+        # A run's files are the notebook's output: served sandboxed, as the notebook is.
+        return FileResponse(target, headers={"content-disposition": "inline", "x-research-csp": "notebook"})
 
     def run_notebook(request: Request):
         html = pages.notebook_html(site, _run_ref(request))

@@ -42,6 +42,13 @@ def _recover_forever(db_path: Path, stop: threading.Event) -> None:
             pass
 
 
+def _open_browser(url: str) -> None:
+    import webbrowser
+
+    if not webbrowser.open(url):
+        print(f"  found no browser to open; open {url} yourself", file=sys.stderr, flush=True)
+
+
 def serve(db_path: Path, project_root: Path, host: str = "127.0.0.1", port: int = 8765,
           token: str | None = None, open_browser: bool = False) -> None:
     import uvicorn
@@ -64,9 +71,7 @@ def serve(db_path: Path, project_root: Path, host: str = "127.0.0.1", port: int 
     stop = threading.Event()
     threading.Thread(target=_recover_forever, args=(db_path, stop), daemon=True, name="recover-runs").start()
     if open_browser:
-        import webbrowser
-
-        threading.Timer(0.5, webbrowser.open, args=(url,)).start()
+        threading.Timer(0.5, _open_browser, args=(url,)).start()
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False)
     try:
         uvicorn.Server(config).run(sockets=[sock])
