@@ -421,3 +421,40 @@ def test_serve_on_a_damaged_database_is_one_line(isolated):
     (isolated / "todo.db").write_bytes(b"not a database at all" * 100)
     result = Cli()("serve", "--port", "0", ok=False)
     assert result.exit_code == 1 and "Traceback" not in result.stderr and result.stderr.count("\n") <= 2
+
+
+def test_pages_stay_whole_while_the_cli_writes(small, isolated):
+    """Readers in threads while `research add` and `research check` write: every page is a 200
+    and the last one shows every item."""
+    import threading
+
+    cli, client, guard = small
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def read():
+        reader, _ = client_for(isolated)
+        while not stop.is_set():
+            for url in ("/", "/items/one", "/?tree=0&sort=created"):
+                try:
+                    page = reader.get(url)
+                except Exception as exc:  # the test client raises what the app raised
+                    failures.append(f"{url}: {exc!r}")
+                    continue
+                if page.status_code != 200:
+                    failures.append(f"{url}: {page.status_code} {page.text[:200]}")
+
+    threads = [threading.Thread(target=read) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for n in range(15):
+            cli("add", f"Written while serving {n}", "-p", "one", "--task")
+        cli("check", "2")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert failures == []
+    html = client.get("/?tasks=1").text
+    assert all(f"Written while serving {n}<" in html for n in range(15))
