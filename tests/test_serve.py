@@ -458,3 +458,14 @@ def test_pages_stay_whole_while_the_cli_writes(small, isolated):
     assert failures == []
     html = client.get("/?tasks=1").text
     assert all(f"Written while serving {n}<" in html for n in range(15))
+
+
+def test_a_database_damaged_while_serving_is_one_line(small, isolated):
+    cli, client, guard = small
+    assert client.get("/").status_code == 200
+    conn = sqlite3.connect(isolated / "todo.db")
+    conn.execute("DROP TABLE note")
+    conn.commit()
+    conn.close()
+    page = client_for(isolated)[0].get("/items/one")
+    assert page.status_code == 503 and "note" in page.text and "Traceback" not in page.text

@@ -41,24 +41,15 @@ class ResearchGroup(PlainValues, TyperGroup):
             typer.echo("Interrupted.", err=True)
             ctx.exit(130)
         except Exception as exc:
-            cause = _database_error(exc)
+            from research.store.health import error_sentence, sqlite_cause
+
+            cause = sqlite_cause(exc)
             if cause is None or os.environ.get(DEBUG_ENV):
                 raise
-            from research.store.health import error_sentence
 
             # A damaged file, a full disk, a lock held too long: one line, nothing written.
             typer.echo(f"Error: {error_sentence(cause)} (set {DEBUG_ENV}=1 for the traceback)", err=True)
             ctx.exit(1)
-
-
-def _database_error(exc: BaseException):
-    """The sqlite3 error behind ``exc`` (raised by sqlite3 itself or wrapped by SQLAlchemy), or None."""
-    import sqlite3
-
-    for candidate in (exc, getattr(exc, "orig", None)):
-        if isinstance(candidate, sqlite3.DatabaseError):
-            return candidate
-    return None
 
 
 class ReadableArgument(TyperArgument):

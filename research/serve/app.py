@@ -10,10 +10,12 @@ do, one event each, so `research undo` reverts them.
 from __future__ import annotations
 
 import functools
+import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -104,6 +106,12 @@ def create_app(db_path: Path, project_root: Path, guard: Guard) -> Starlette:
     async def on_research_error(request: Request, exc: ResearchError):
         return failure(request, str(exc), 404 if str(exc).startswith("no ") else 400)
 
+    async def on_database_error(request: Request, exc: Exception):
+        # A database damaged, locked too long or out of space while serving: one line, as the CLI says it.
+        from research.store.health import error_sentence, sqlite_cause
+
+        return failure(request, error_sentence(sqlite_cause(exc) or exc), 503)
+
     async def on_http_error(request: Request, exc: HTTPException):
         return failure(request, exc.detail or "error", exc.status_code)
 
@@ -126,7 +134,10 @@ def create_app(db_path: Path, project_root: Path, guard: Guard) -> Starlette:
         Route("/review/chart/{name:str}.png", review_chart),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={ResearchError: on_research_error, HTTPException: on_http_error})
+    app = Starlette(routes=routes, exception_handlers={
+        ResearchError: on_research_error, HTTPException: on_http_error,
+        sqlite3.DatabaseError: on_database_error, DBAPIError: on_database_error,
+    })
     app.add_middleware(GuardMiddleware, guard=guard)
     return app
 

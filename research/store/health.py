@@ -39,6 +39,16 @@ def is_refusal(exc: BaseException) -> bool:
     return any(said in str(exc) for said in REFUSALS)
 
 
+def sqlite_cause(exc: BaseException):
+    """The sqlite3 error behind ``exc`` (raised by sqlite3 itself or wrapped by SQLAlchemy), or None."""
+    import sqlite3
+
+    for candidate in (exc, getattr(exc, "orig", None)):
+        if isinstance(candidate, sqlite3.DatabaseError):
+            return candidate
+    return None
+
+
 def error_sentence(exc: BaseException) -> str:
     """An sqlite3 error as the one line the CLI prints."""
     text = str(exc)
