@@ -27,6 +27,18 @@ PAPERMILL_STYLE_HEAD = (
 )
 
 
+def table_rows(path: Path, table: str = "run") -> list[dict]:
+    """Every row of ``table`` in the database at ``path``, as dicts, in rowid order."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY rowid")]
+    finally:
+        conn.close()
+
+
 def wait_for(predicate, timeout: float = 60.0, every: float = 0.2):
     """``predicate()``'s first truthy value, polled every ``every`` seconds; fails after ``timeout``."""
     deadline = time.monotonic() + timeout

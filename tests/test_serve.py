@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import Cli, write_notebook
+from tests.support import table_rows as rows
 
 XSS_TITLE = 'Probe <script>alert("t")</script><img src=x onerror=alert(1)>'
 XSS_BODY = ("Body **bold**, [a link](https://example.org), [bad](javascript:alert(2)), [worse](JaVa\tScript:alert(3))\n\n"
@@ -92,15 +93,6 @@ def client_for(root: Path, host: str = "127.0.0.1", token: str | None = None):
 @pytest.fixture(scope="module")
 def client(project):
     return client_for(project)[0]
-
-
-def rows(db: Path, table: str) -> list[dict]:
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY rowid")]
-    finally:
-        conn.close()
 
 
 def no_live_markup(html: str) -> None:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from research.errors import ResearchError
 from research.sweeps.space import check_space, parse_space
 from tests.support import FIXTURE_NOTEBOOKS, research_env, wait_for
+from tests.support import table_rows as rows
 from tests.test_executors import dask_cluster, slurm_conf  # noqa: F401  (fixtures)
 
 QUADRATIC = "notebooks/quadratic.ipynb"
@@ -32,15 +33,6 @@ def project(cli, isolated):
     cli("add", "Quadratic", "--slug", "quad")
     cli("link", "quad", QUADRATIC)
     return isolated
-
-
-def rows(path: Path, table: str = "run") -> list[dict]:
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY rowid")]
-    finally:
-        conn.close()
 
 
 
