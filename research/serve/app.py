@@ -9,7 +9,9 @@ do, one event each, so `research undo` reverts them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote
@@ -134,12 +136,26 @@ def create_app(db_path: Path, project_root: Path, guard: Guard) -> Starlette:
         Route("/review/chart/{name:str}.png", review_chart),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={
+    app = Starlette(routes=routes, lifespan=_lifespan, exception_handlers={
         ResearchError: on_research_error, HTTPException: on_http_error,
         sqlite3.DatabaseError: on_database_error, DBAPIError: on_database_error,
     })
     app.add_middleware(GuardMiddleware, guard=guard)
     return app
+
+
+# How many pages are built at once. Pages are Python (the GIL runs one at a time anyway):
+# more threads only interleave them, so that under load every request finishes late and
+# some very late; a few, and the rest wait their turn in order (anyio's limiter is FIFO).
+PAGE_THREADS = int(os.environ.get("RESEARCH_SERVE_THREADS", "2"))
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app):
+    import anyio.to_thread
+
+    anyio.to_thread.current_default_thread_limiter().total_tokens = PAGE_THREADS
+    yield
 
 
 def _run_ref(request: Request) -> str:

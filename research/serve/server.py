@@ -72,7 +72,7 @@ def serve(db_path: Path, project_root: Path, host: str = "127.0.0.1", port: int 
     threading.Thread(target=_recover_forever, args=(db_path, stop), daemon=True, name="recover-runs").start()
     if open_browser:
         threading.Timer(0.5, _open_browser, args=(url,)).start()
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", server_header=False)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
