@@ -132,7 +132,8 @@ class DaskCluster:
         self.processes.append(proc)
         return proc
 
-    def start(self, workers: int = 2, allowed_failures: int | None = None) -> DaskCluster:
+    def start(self, workers: int = 2, allowed_failures: int | None = None,
+              worker_env: dict[str, str] | None = None) -> DaskCluster:
         env = research_env()
         if allowed_failures is not None:
             env["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = str(allowed_failures)
@@ -145,7 +146,8 @@ class DaskCluster:
             self.workers.append(self._spawn(
                 "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1", "--no-nanny",
                 "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{n}", "--memory-limit", "0",
-                "--local-directory", str(self.folder / f"w{n}"), env=env, log=f"worker{n}.log"))
+                "--local-directory", str(self.folder / f"w{n}"), env={**env, **(worker_env or {})},
+                log=f"worker{n}.log"))
         from distributed import Client
 
         with Client(self.address, timeout=BOOT_TIMEOUT_S, set_as_default=False) as client:

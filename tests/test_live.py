@@ -205,6 +205,29 @@ def test_live_metrics_of_a_dask_run_reach_the_project_and_are_ingested_once(cli,
 
 
 @pytest.mark.slow
+def test_live_metrics_of_a_dask_worker_that_cannot_write_the_project_come_through_the_scheduler(cli, project, dask_cluster):  # noqa: F811
+    from research.executors.remote import LIVE_THROUGH_SCHEDULER
+
+    cluster = dask_cluster(workers=1, worker_env={LIVE_THROUGH_SCHEDULER: "1"})  # as if runs/ were out of its reach
+    runner = research(project, "run", "exp", "-p", "n=4", "-p", "pause=1.5", "-x", "dask", "--scheduler", cluster.address)
+    live = project / "runs" / "1" / "metrics.live.jsonl"
+    try:
+        wait_for(lambda: live.exists() and "loss" in live.read_text(), timeout=90)
+        detail = cli.json("runs", "show", "1")
+        assert detail["status"] == "running"
+        assert detail["live"]["metrics"]["loss"]["value"] in (1.0, 0.5, 1 / 3)
+        watched = [json.loads(line) for line in live.read_text().splitlines()]
+        assert all(entry["name"] == "loss" for entry in watched) and len(watched) < 4  # while it runs
+        out, err = runner.communicate(timeout=120)
+    finally:
+        stop(runner)
+    assert runner.returncode == 0, err
+    detail = cli.json("runs", "show", "1")
+    assert len([m for m in detail["metric_history"] if m["name"] == "loss"]) == 4  # ingested once
+    assert not live.exists()
+
+
+@pytest.mark.slow
 def test_watch_follows_a_slurm_job_that_nobody_waits_for_to_its_end(cli, project):
     cli("run", "exp", "-p", "n=3", "-p", "pause=1.5", "-x", "slurm", "-E", "cluster=local", "--no-wait")
     watcher = research(project, "runs", "watch", "1")

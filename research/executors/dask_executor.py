@@ -34,6 +34,7 @@ from research.errors import ResearchError
 from research.executors import Executor, ExecutorSettings, Update
 from research.executors.remote import CANCEL_EVENT_PREFIX, build_task, dask_task
 from research.executors.spares import SPARES
+from research.record import LIVE_FILE
 from research.runs.child import KILL_GRACE_S
 from research.store.db import project_root_of
 
@@ -59,6 +60,7 @@ class DaskExecutor(Executor):
         self.topic = f"research-{uuid.uuid4().hex[:12]}"
         self.futures: dict[int, object] = {}  # run id -> Future, until it is reported
         self.keys: dict[int, str] = {}
+        self.live_files: dict[int, Path] = {}  # run id -> its metrics.live.jsonl, for lines sent through the scheduler
         self.started: set[int] = set()
         self.shipped_sha256: dict[int, str] = {}
         self._events: queue.Queue = queue.Queue()
@@ -162,6 +164,8 @@ class DaskExecutor(Executor):
                 dask_task, task, key=key, pure=False, resources=resources
             )
             self.keys[run.id] = key
+            if task.get("live_dir"):
+                self.live_files[run.id] = Path(task["live_dir"]) / LIVE_FILE
             external[run.id] = f"{self.address}/{key}"
         return external
 
@@ -184,6 +188,9 @@ class DaskExecutor(Executor):
             except queue.Empty:
                 break
             rid = by_key.get(message.get("key")) if isinstance(message, dict) else None
+            if rid is not None and rid in self.futures and message.get("metrics"):
+                self._write_live(rid, message["metrics"])
+                continue
             if rid is not None and rid in self.futures and rid not in self.started:
                 self.started.add(rid)
                 updates.append(Update(rid, "running", started_at=message.get("started_at")))
@@ -193,6 +200,19 @@ class DaskExecutor(Executor):
                 del self.futures[rid]
         updates += self._check_scheduler()
         return updates
+
+    def _write_live(self, run_id: int, lines: list) -> None:
+        """Metric lines a worker sent through the scheduler (it cannot reach the project's
+        runs/<id>/): appended where `research runs show` and `runs watch` look for them."""
+        path = self.live_files.get(run_id)
+        if path is None:
+            return
+        text = "".join(f"{line}\n" for line in lines if isinstance(line, str) and line.strip())
+        try:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError:  # a live view is a convenience: the run's own file comes with its result
+            pass
 
     def _finished(self, run_id: int, future) -> Update:
         status = future.status

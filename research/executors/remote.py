@@ -15,7 +15,8 @@ The notebook runs with the project root as working directory when that folder
 exists on the worker (a shared filesystem, or the same machine), else in its
 temp folder. Likewise, when the run's ``runs/<id>/`` folder (made by ``build_task``)
 is there, each metric line is mirrored into its ``metrics.live.jsonl`` as it is
-recorded, for `research runs watch`; only the shipped ``metrics.jsonl`` is ingested.
+recorded, for `research runs watch`; a Dask worker that cannot reach it sends the lines to
+the client through the scheduler instead (``dask_task``). Only the shipped ``metrics.jsonl`` is ingested.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ PAYLOAD_VERSION = 1
 OUTPUT_NOTEBOOK = "output.ipynb"  # as research.runs.lifecycle names it (not imported: workers skip the ORM)
 CANCEL_EVENT_PREFIX = "research-cancel-"
 CANCEL_POLL_S = 1.0
+FORWARD_EVERY_S = 0.5
+# Set on a worker: send live metric lines through the scheduler even though the project's
+# runs/<id>/ looks reachable (a read-only or laggy mount of it, say).
+LIVE_THROUGH_SCHEDULER = "RESEARCH_LIVE_THROUGH_SCHEDULER"
 
 
 def build_task(
@@ -71,15 +76,19 @@ def build_task(
 # --------------------------------------------------------------------------- worker side
 
 
-def run_remote(task: dict[str, Any]) -> dict[str, Any]:
-    """Run one notebook on this machine and return its record and files (see the module doc)."""
+def run_remote(task: dict[str, Any], forward: Callable[[list[str]], None] | None = None) -> dict[str, Any]:
+    """Run one notebook on this machine and return its record and files (see the module doc).
+
+    ``forward(lines)``, when given, carries metric lines to the client while the run goes on
+    (a Dask worker sends them through the scheduler); it is used when the project's
+    ``runs/<id>/`` cannot be written from here (or ``RESEARCH_LIVE_THROUGH_SCHEDULER`` is set)."""
     import shutil
     import tempfile
     from concurrent.futures import ThreadPoolExecutor
 
     from research import clock
     from research.executors.spares import SPARES
-    from research.record import LIVE_FILE, MIRROR_NOTE
+    from research.record import LIVE_FILE, METRICS_FILE, MIRROR_NOTE
     from research.runs.child import InterruptSignals, execute_notebook, read_records
     from research.runs.environment import capture_environment
     from research.runs.forkserver import start_for_process
@@ -90,6 +99,7 @@ def run_remote(task: dict[str, Any]) -> dict[str, Any]:
     interrupts = InterruptSignals()
     stop_watching = _watch_cancel(task.get("cancel_event"), interrupts)
     restore_signals = _route_signals(interrupts)
+    stop_forwarding: Callable[[], None] = lambda: None  # noqa: E731
     scratch = Path(tempfile.mkdtemp(prefix=f"research-run-{task['run_id']}-"))
     try:
         notebook = scratch / "input" / Path(task["notebook"]).name
@@ -98,8 +108,11 @@ def run_remote(task: dict[str, Any]) -> dict[str, Any]:
         run_dir = scratch / "run"
         run_dir.mkdir()
         live_dir = Path(task["live_dir"]) if task.get("live_dir") else None
-        if live_dir is not None and live_dir.is_dir():  # the project's runs/<id>/ is reachable from here
+        if live_dir is not None and live_dir.is_dir() and not os.environ.get(LIVE_THROUGH_SCHEDULER):
+            # The project's runs/<id>/ is reachable from here: each metric line is mirrored there.
             (run_dir / MIRROR_NOTE).write_text(str(live_dir / LIVE_FILE), encoding="utf-8")
+        elif forward is not None:
+            stop_forwarding = _forward_lines(run_dir / METRICS_FILE, forward)
         project_root = Path(task["project_root"])
         cwd = project_root if project_root.is_dir() else run_dir
         if os.environ.get(
@@ -121,6 +134,7 @@ def run_remote(task: dict[str, Any]) -> dict[str, Any]:
                 runner=SPARES.take(),
             )
             ended_at = clock.now_iso()
+            stop_forwarding()
             env = environment.result()
         # The code is the client's: its git state describes what ran.
         env.update({k: v for k, v in (task.get("git") or {}).items()})
@@ -144,24 +158,64 @@ def run_remote(task: dict[str, Any]) -> dict[str, Any]:
             "files": files,
         }
     finally:
+        stop_forwarding()  # (a second call sends nothing new)
         stop_watching()
         restore_signals()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def dask_task(task: dict[str, Any]) -> dict[str, Any]:
-    """The function a worker runs: announce the start, then run the notebook."""
+    """The function a worker runs: announce the start, then run the notebook, sending its
+    metric lines to the client on the same topic when the client's folder is out of reach."""
     from research import clock
 
+    forward = None
     try:
         from distributed import get_worker
 
-        get_worker().log_event(
-            task["event_topic"], {"key": task["key"], "started_at": clock.now_iso()}
-        )
+        worker = get_worker()
+        worker.log_event(task["event_topic"], {"key": task["key"], "started_at": clock.now_iso()})
+
+        def forward(lines: list[str]) -> None:
+            worker.log_event(task["event_topic"], {"key": task["key"], "metrics": lines})
     except Exception:
         pass
-    return run_remote(task)
+    return run_remote(task, forward)
+
+
+def _forward_lines(path: Path, forward: Callable[[list[str]], None]) -> Callable[[], None]:
+    """Send each complete line appended to ``path`` through ``forward``, every
+    ``FORWARD_EVERY_S`` and once more when stopped (the last lines of the run)."""
+    finished = threading.Event()
+    offset = 0
+
+    def send_new() -> None:
+        nonlocal offset
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+        except OSError:
+            return
+        complete = data[: data.rfind(b"\n") + 1]
+        if complete:
+            offset += len(complete)
+            with contextlib.suppress(Exception):  # a closing worker: the payload has every line anyway
+                forward(complete.decode("utf-8", "replace").splitlines())
+
+    def loop() -> None:
+        while not finished.wait(FORWARD_EVERY_S):
+            send_new()
+
+    thread = threading.Thread(target=loop, name="research-live-forward", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        finished.set()
+        thread.join(5)
+        send_new()
+
+    return stop
 
 
 def _watch_cancel(name: str | None, interrupts) -> Callable[[], None]:
