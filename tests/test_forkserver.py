@@ -339,3 +339,32 @@ def test_research_run_preload_sweep(tmp_path):
     assert len({found["pid"] for found in runs}) == 4
     refused = research("run", "ident", "--preload", "colorsys", "--executor", "dask", "--scheduler", "tcp://127.0.0.1:1")
     assert refused.returncode == 1 and "--preload is for runs on this machine" in refused.stderr
+
+
+@pytest.mark.slow
+def test_queue_work_forks_its_runs_and_preloads(tmp_path):
+    """`research queue work --preload` runs queued runs through a fork server: each run's
+    kernel has the module imported (only a forked kernel can), and each is a fresh process."""
+    (tmp_path / "notebooks").mkdir()
+    write_notebook(tmp_path / "notebooks" / "identity.ipynb", IDENTITY, parameters="x = 0")
+    env = {**os.environ, "RESEARCH_DB": str(tmp_path / "todo.db"), "PYTHONPATH": str(REPO_ROOT)}
+
+    def research(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "research", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=240)
+
+    for args in (("init", "--empty"), ("add", "Identity", "--slug", "ident"), ("link", "ident", "notebooks/identity.ipynb"),
+                 ("run", "ident", "--grid", "x=0..2", "--queue")):
+        assert research(*args).returncode == 0
+    done = research("queue", "work", "--until-empty", "-j", "2", "--preload", "colorsys")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("succeeded") == 3
+    runs = [values(tmp_path / "runs" / str(run_id)) for run_id in range(1, 4)]
+    assert all(found["preloaded"] is True for found in runs)
+    assert len({found["pid"] for found in runs}) == 3
+    plain = research("run", "ident", "-p", "x=9", "--queue")
+    assert plain.returncode == 0
+    env["RESEARCH_FORKSERVER"] = "0"  # servers off: the same queue works, without the preload
+    done = research("queue", "work", "--until-empty", "--preload", "colorsys")
+    assert done.returncode == 0, done.stderr
+    assert values(tmp_path / "runs" / "4")["preloaded"] is False

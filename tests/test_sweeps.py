@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -315,6 +316,35 @@ def test_a_queued_sweep_is_worked_by_queue_work_and_survives_its_worker_being_ki
     assert cli("queue").stderr.strip() == "The queue is empty."
     refused = cli("sweep", "quad", *SPACE, "--trials", "2", "--minimize", "loss", "--queue", "-x", "dask", ok=False)
     assert refused.exit_code == 1 and "--queue stores the sweep" in refused.stderr
+
+
+def test_queue_cancel_takes_a_waiting_sweep_and_refuses_one_being_driven(cli, project):
+    first = cli("sweep", "quad", *SPACE, "--trials", "3", "--minimize", "loss", "--queue").stdout.split()[1]
+    second = cli("sweep", "quad", *SPACE, "--trials", "3", "--minimize", "loss", "--queue").stdout.split()[1]
+    result = cli("queue", "cancel", first)
+    assert result.stdout.strip() == f"sweep {first}: cancelled from queue 'default'"
+    (stopped,) = [s for s in rows(project / "todo.db", "sweep") if s["id"] == first]
+    assert stopped["status"] == "stopped" and stopped["reason"] == "cancelled from the queue"
+    assert [entry["sweep"] for entry in cli.json("queue")] == [second]
+    again = cli("queue", "cancel", first, ok=False)
+    assert again.exit_code == 1 and "is stopped: not in the queue" in again.stderr
+    before = rows(project / "todo.db", "sweep")
+    unknown = cli("queue", "cancel", "nosuch", ok=False)
+    assert unknown.exit_code == 1 and unknown.stderr.count("\n") == 1
+    # A sweep a live `queue work` drives (this test's own process stands in for it) is refused.
+    conn = sqlite3.connect(project / "todo.db")
+    conn.execute("UPDATE sweep SET status = 'running', pid = ?, host = ? WHERE id = ?", (os.getpid(), socket.gethostname(), second))
+    conn.commit()
+    conn.close()
+    before = rows(project / "todo.db", "sweep")
+    driven = cli("queue", "cancel", second, ok=False)
+    assert driven.exit_code == 1 and "is being driven by `queue work`" in driven.stderr
+    assert rows(project / "todo.db", "sweep") == before  # nothing written
+    result = cli("queue", "work", "--until-empty")
+    assert rows(project / "todo.db") == []  # the cancelled sweep ran no trial (the driven one is not ours to take)
+    assert result.exit_code == 0
+    resumed = cli("sweep", "resume", first)
+    assert "finished, 3/3 trials" in resumed.stdout
 
 
 @pytest.mark.slow

@@ -58,6 +58,7 @@ def queue_work(
     until_empty: Annotated[bool, typer.Option("--until-empty", help="Stop once no run waits (default: wait for new ones until Ctrl-C or SIGTERM).")] = False,
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="End a run as 'timeout' after this many seconds, unless it was queued with its own --timeout.")] = None,
     name: Annotated[str, typer.Option("--queue", "-q", metavar="NAME", help="The queue to work.")] = "default",
+    preload: Annotated[list[str] | None, typer.Option("--preload", metavar="MODULE", help="Import MODULE once, in the process every run's runner and kernel are forked from (e.g. torch; repeatable).")] = None,
 ) -> None:
     """Run queued runs on this machine, in the foreground.
 
@@ -65,8 +66,11 @@ def queue_work(
     or systemd). Ctrl-C or SIGTERM stops it: the runs in progress go back to the queue.
     With --until-empty the exit status is 1 if a run it ran did not succeed.
     """
+    import contextlib
+
     from research import render
     from research.cli.runs import notebook_root
+    from research.runs import forkserver
     from research.runs.child import handle_interrupts
     from research.runs.queue import drain
     from research.sweeps.drive import work_queued_sweeps
@@ -87,7 +91,10 @@ def queue_work(
             typer.echo(render.run_summary_line(result))
 
     failed = False
-    with handle_interrupts() as interrupts:
+    # Runners and kernels forked from one server that imported papermill and ipykernel (and
+    # --preload's modules) once, as for `research run`: each run still gets a fresh kernel.
+    server = forkserver.start(preload or [])
+    with handle_interrupts() as interrupts, contextlib.closing(server) if server else contextlib.nullcontext():
         while True:  # queued sweeps first, then the runs; then wait for more of either
             outcomes = work_queued_sweeps(path, name, jobs, interrupts, render.info, notebook_root())
             for outcome in outcomes:
@@ -108,25 +115,31 @@ def queue_work(
 
 @queue_app.command("cancel")
 def queue_cancel(
-    refs: Annotated[list[str] | None, typer.Argument(metavar="RUN", help="Run ids.", show_default=False)] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every queued run (and stop those being worked).")] = False,
+    refs: Annotated[list[str] | None, typer.Argument(metavar="RUN|SWEEP", help="Run ids, or ids of sweeps stored with `sweep --queue`.", show_default=False)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every queued run and waiting sweep (and stop the runs being worked).")] = False,
     name: QueueOpt = None,
 ) -> None:
-    """Remove runs from the queue (a running one is stopped).
+    """Remove runs or sweeps from the queue (a running run is stopped).
 
     Remove runs from the queue: they end interrupted, 'cancelled from the queue'; one being worked is stopped by its process.
+    A waiting sweep ends stopped (`research sweep resume` can still run it); one a live `queue work` drives is refused.
     """
     from research import render
     from research.runs.queue import cancel_entries
+    from research.sweeps.drive import cancel_queued_sweeps
 
     refs = list(refs or [])
     if bool(refs) == all_:
-        raise ResearchError("usage: research queue cancel RUN... | research queue cancel --all")
+        raise ResearchError("usage: research queue cancel RUN|SWEEP... | research queue cancel --all")
     if name and not all_:
         raise ResearchError("--queue goes with --all")
-    cancelled = cancel_entries(db_path(), refs, everything=all_, queue=name)
-    if not cancelled:
+    path = db_path()
+    sweep_lines, refs = cancel_queued_sweeps(path, refs, everything=all_, queue=name)
+    cancelled = cancel_entries(path, refs, everything=all_, queue=name) if refs or all_ else []
+    if not cancelled and not sweep_lines:
         render.info("The queue is empty: nothing to cancel.")
+    for line in sweep_lines:
+        typer.echo(line)
     for entry in cancelled:
         typer.echo(entry.line)
     if any(c.status == "cancelling" for c in cancelled):
