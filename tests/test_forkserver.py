@@ -318,9 +318,9 @@ def test_a_preload_that_fails_is_said_once_and_the_run_goes_on(tmp_path, capfd):
     assert err.count("--preload no_such_module_for_research: ModuleNotFoundError") == 1
 
 
-@pytest.mark.slow
-def test_research_run_preload_sweep(tmp_path):
-    """`research run --preload` from the command line: a -j 2 sweep whose kernels have it."""
+def identity_project(tmp_path: Path):
+    """A folder with the identity notebook, and a function running `research` there as a
+    user would (its environment, changeable, beside it)."""
     (tmp_path / "notebooks").mkdir()
     write_notebook(tmp_path / "notebooks" / "identity.ipynb", IDENTITY, parameters="x = 0")
     env = {**os.environ, "RESEARCH_DB": str(tmp_path / "todo.db"), "PYTHONPATH": str(REPO_ROOT)}
@@ -329,6 +329,13 @@ def test_research_run_preload_sweep(tmp_path):
         return subprocess.run([sys.executable, "-m", "research", *args], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=240)
 
+    return env, research
+
+
+@pytest.mark.slow
+def test_research_run_preload_sweep(tmp_path):
+    """`research run --preload` from the command line: a -j 2 sweep whose kernels have it."""
+    env, research = identity_project(tmp_path)
     for args in (("init", "--empty"), ("add", "Identity", "--slug", "ident"), ("link", "ident", "notebooks/identity.ipynb")):
         assert research(*args).returncode == 0
     done = research("run", "ident", "--grid", "x=0..3", "-j", "2", "--preload", "colorsys")
@@ -345,14 +352,7 @@ def test_research_run_preload_sweep(tmp_path):
 def test_queue_work_forks_its_runs_and_preloads(tmp_path):
     """`research queue work --preload` runs queued runs through a fork server: each run's
     kernel has the module imported (only a forked kernel can), and each is a fresh process."""
-    (tmp_path / "notebooks").mkdir()
-    write_notebook(tmp_path / "notebooks" / "identity.ipynb", IDENTITY, parameters="x = 0")
-    env = {**os.environ, "RESEARCH_DB": str(tmp_path / "todo.db"), "PYTHONPATH": str(REPO_ROOT)}
-
-    def research(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "research", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=240)
-
+    env, research = identity_project(tmp_path)
     for args in (("init", "--empty"), ("add", "Identity", "--slug", "ident"), ("link", "ident", "notebooks/identity.ipynb"),
                  ("run", "ident", "--grid", "x=0..2", "--queue")):
         assert research(*args).returncode == 0
