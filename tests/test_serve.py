@@ -8,6 +8,7 @@ import os
 import re
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -461,3 +462,19 @@ def test_a_database_damaged_while_serving_is_one_line(small, isolated):
     conn.close()
     page = client_for(isolated)[0].get("/items/one")
     assert page.status_code == 503 and "note" in page.text and "Traceback" not in page.text
+
+
+def test_the_users_backlog_serves_whole(isolated, seed_todo):
+    """The real backlog in ../shared/seeds (skipped without it): every item's page opens, and
+    the backlog page lists what `research list --all --tasks` lists."""
+    cli = Cli()
+    cli("init", "--empty")
+    cli("import", str(seed_todo))
+    client, _ = client_for(isolated)
+    listed = json.loads(cli("list", "--all", "--tasks", "--json").stdout)
+    html = client.get("/?all=1&tasks=1&tree=0").text
+    assert re.findall(r'<td class="title"><a href="/items/([^"]+)"', html) == [quote(i["slug"], safe="") for i in listed]
+    for entry in listed:
+        page = client.get(f"/items/{entry['id']}")
+        assert page.status_code == 200, entry["slug"]
+        no_live_markup(page.text)
