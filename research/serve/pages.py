@@ -137,9 +137,9 @@ def run_page(site: Site, ref: str) -> dict[str, Any]:
     run_dir = site.project_root / detail["run_dir"] if detail.get("run_dir") else None
     artifacts = []
     for path in detail.get("artifacts") or []:
-        relative = _inside(run_dir, path)
+        relative = _inside(site.project_root, run_dir, path)
         artifacts.append({"path": path, "href": relative})
-    notebook = _inside(run_dir, site.project_root / detail["output_path"]) if detail.get("output_path") else None
+    notebook = _inside(site.project_root, run_dir, detail["output_path"]) if detail.get("output_path") else None
     has_notebook = bool(notebook and (run_dir / notebook).is_file())
     return {"run": detail, "charts": [c for c in charts if c], "artifacts": artifacts,
             "notebook": notebook if has_notebook else None,
@@ -147,13 +147,14 @@ def run_page(site: Site, ref: str) -> dict[str, Any]:
             "open": detail["status"] in ("queued", "running")}
 
 
-def _inside(run_dir: Path | None, path: str | Path) -> str | None:
-    """``path`` relative to the run's folder, when it lies there (what the file route serves)."""
+def _inside(project_root: Path, run_dir: Path | None, path: str | Path) -> str | None:
+    """``path`` (absolute, or relative to the project) relative to the run's folder, when it
+    lies there: what the file route serves."""
     if run_dir is None:
         return None
     candidate = Path(path)
     if not candidate.is_absolute():
-        candidate = run_dir.parent.parent / candidate  # relative paths are the project's
+        candidate = project_root / candidate
     try:
         return str(candidate.resolve().relative_to(run_dir.resolve()))
     except (ValueError, OSError):
