@@ -127,6 +127,66 @@ def test_cancel_removes_entries_and_refuses_unknown_or_ended_runs(cli, project):
     assert rows(project)[4]["status"] == "queued"  # not a queue's run: left alone
 
 
+def sweeps(project: Path) -> dict[str, dict]:
+    conn = sqlite3.connect(project / "todo.db")
+    conn.row_factory = sqlite3.Row
+    try:
+        return {r["id"]: dict(r) for r in conn.execute("SELECT * FROM sweep ORDER BY id")}
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_cancel_takes_a_queued_sweep_or_grid_and_queue_work_then_runs_none_of_its_trials(cli, project):
+    cli("add", "Quadratic", "--slug", "quad")
+    cli("link", "quad", "notebooks/quadratic.ipynb")
+    search = cli("sweep", "quad", "--space", "x=uniform(-3,3)", "--space", "y=uniform(-4,0)", "--trials", "2",
+                 "--minimize", "loss", "--queue").stdout.split()[1]
+    queued = cli("run", "exp", "-n", "typed", "--grid", "steps=1,2", "--queue").stderr
+    grid = queued.split("sweep ", 1)[1].split(")", 1)[0]  # "queued 2 run(s) (runs 1-2, sweep ID); ..."
+    cli("run", "exp", "-n", "typed", "-p", "steps=3", "--queue")
+    listed = cli("queue").stdout
+    assert f"sweep {search}: notebooks/quadratic.ipynb, 0/2 trials, waiting" in listed and "steps=3" in listed
+    # One wrong id among good ones: one line, exit 1, and nothing written (the sweep is still waiting).
+    before = (rows(project), sweeps(project))
+    for args, said in (([search, grid, "nosuch"], "no run or sweep 'nosuch'"), ([search, "99"], "no run '99'")):
+        result = cli("queue", "cancel", *args, ok=False)
+        assert result.exit_code == 1 and said in result.stderr, result.output
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+        assert (rows(project), sweeps(project)) == before
+    result = cli("queue", "cancel", search, grid)
+    assert result.stdout.splitlines() == [f"sweep {search}: cancelled from queue 'default'",
+                                          "run 1 interrupted (cancelled from the queue)",
+                                          "run 2 interrupted (cancelled from the queue)"]
+    shown = cli.json("sweep", "show", search)
+    assert (shown["status"], shown["reason"]) == ("stopped", "cancelled from the queue")
+    assert [e["id"] for e in cli.json("queue")] == [3]  # neither sweep is listed any more
+    for ref, said in ((grid, f"sweep {grid} has no run left in the queue"), (search, "is stopped: not in the queue")):
+        again = cli("queue", "cancel", ref, ok=False)
+        assert again.exit_code == 1 and said in again.stderr, again.stderr
+    worked = cli("queue", "work", "--until-empty")
+    assert worked.stdout.startswith("run 3 succeeded") and len(worked.stdout.splitlines()) == 1, worked.output
+    assert search not in worked.output
+    got = rows(project)
+    assert sorted(got) == [1, 2, 3]  # no trial of the cancelled sweep was written, none ran
+    assert [got[i]["status"] for i in (1, 2, 3)] == ["interrupted", "interrupted", "succeeded"]
+    assert sweeps(project)[search]["status"] == "stopped"
+
+
+def test_cancel_refuses_a_grid_whose_runs_are_not_queued(cli, project):
+    from research.backlog.items import resolve_item
+    from research.runs.params import parse_grid
+    from research.runs.plan import create_runs, plan_runs
+    from research.store.db import session_scope
+
+    with session_scope(project / "todo.db", write=True) as session:  # a `run --grid` run now, not queued
+        plans = plan_runs(session, resolve_item(session, "exp"), project, "typed", grid=parse_grid(["steps=1,2"]))
+        _ids, grid = create_runs(session, plans, project, None)
+    result = cli("queue", "cancel", grid, ok=False)
+    assert result.exit_code == 1 and f"`research runs cancel --sweep {grid}`" in result.stderr, result.output
+    assert {r["status"] for r in rows(project).values()} == {"queued"}
+
+
 def test_a_run_whose_queue_process_died_goes_back_to_the_queue(cli, project):
     cli("run", "exp", "-n", "typed", "--grid", "steps=1,2", "--queue")
     run_dir = project / "runs" / "1"

@@ -122,24 +122,20 @@ def queue_cancel(
     """Remove runs or sweeps from the queue (a running run is stopped).
 
     Remove runs from the queue: they end interrupted, 'cancelled from the queue'; one being worked is stopped by its process.
-    A waiting sweep ends stopped (`research sweep resume` can still run it); one a live `queue work` drives is refused.
+    A `run --grid --queue`'s sweep id stands for its runs. A waiting `sweep --queue` ends stopped (`research sweep resume`
+    can still run it); one a live `queue work` drives is refused. Nothing is written if any id is wrong.
     """
     from research import render
     from research.runs.queue import cancel_entries
-    from research.sweeps.drive import cancel_queued_sweeps
 
     refs = list(refs or [])
     if bool(refs) == all_:
         raise ResearchError("usage: research queue cancel RUN|SWEEP... | research queue cancel --all")
     if name and not all_:
         raise ResearchError("--queue goes with --all")
-    path = db_path()
-    sweep_lines, refs = cancel_queued_sweeps(path, refs, everything=all_, queue=name)
-    cancelled = cancel_entries(path, refs, everything=all_, queue=name) if refs or all_ else []
-    if not cancelled and not sweep_lines:
+    cancelled = cancel_entries(db_path(), refs, everything=all_, queue=name, sweeps=True)
+    if not cancelled:
         render.info("The queue is empty: nothing to cancel.")
-    for line in sweep_lines:
-        typer.echo(line)
     for entry in cancelled:
         typer.echo(entry.line)
     if any(c.status == "cancelling" for c in cancelled):

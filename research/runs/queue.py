@@ -16,6 +16,8 @@ stale to the next `research` command or `queue work` process, which puts them ba
 Cancelling ends a waiting entry ``interrupted`` with ``CANCEL_REASON``. A running one is
 asked to stop: its ``reason``, empty while a run runs, is set to ``CANCEL_REASON``; its
 process sees that within a second, stops the notebook and ends the run with that reason.
+`queue cancel` also takes a sweep: a `run --grid --queue`'s id stands for its open entries,
+and a waiting `sweep --queue` ends stopped, in the same transaction as the runs.
 """
 
 from __future__ import annotations
@@ -123,35 +125,45 @@ def cancel_requested(db_path: Path, run_ids: list[int]) -> list[int]:
 
 @dataclass
 class Cancelled:
-    run_id: int
-    status: str  # interrupted, or what it ended as meanwhile; "cancelling" if still stopping
+    run_id: int | None  # None for a sweep
+    status: str  # interrupted, or what it ended as meanwhile; "cancelling" if still stopping; a sweep's "stopped"
     line: str  # one line for the user
+    sweep_id: str | None = None
 
 
 def cancel_entries(
     db_path: Path, refs: list[str] | None = None, everything: bool = False, queue: str | None = None,
-    wait_s: float = CANCEL_WAIT_S,
+    wait_s: float = CANCEL_WAIT_S, sweeps: bool = False,
 ) -> list[Cancelled]:
     """Remove entries from the queue: waiting ones end ``interrupted`` with ``CANCEL_REASON``
     at once; running ones are asked to stop and waited for (up to ``wait_s``).
 
-    Every ref is checked before anything is written: an unknown run, one not in a queue,
-    or one that has already ended raises ResearchError.
+    A ref may also be the sweep id of a `run --grid --queue` (its entries still open), and,
+    with ``sweeps``, of a sweep stored with `sweep --queue` (``sweeps.drive.cancel_sweeps``;
+    with ``everything``, every waiting one). Sweeps come first in what is returned.
+
+    Every ref is checked before anything is written, in one transaction: an unknown run or
+    sweep, one not in a queue, or one that has already ended raises ResearchError.
     """
     from research.runs.recovery import recover_runs
 
     recover_runs(db_path)  # a run whose process died is back in the queue, and cancelled from there
 
     def cancel(session: Session) -> tuple[list[Cancelled], list[int]]:
+        from research.sweeps.drive import cancel_sweeps
+
+        stopped, run_refs = cancel_sweeps(session, refs or [], everything, queue) if sweeps else ([], refs or [])
+        done = [Cancelled(None, "stopped", line, sweep_id=sweep_id) for sweep_id, line in stopped]
         if everything:
             query = select(Run).where(Run.queue.is_not(None), Run.status.in_(OPEN_RUN_STATUSES))
             if queue:
                 query = query.where(Run.queue == queue)
             targets = list(session.exec(query.order_by(Run.id)))
         else:
-            targets = [_cancellable(session, ref) for ref in refs or []]
+            chosen = {run.id: run for ref in run_refs for run in _cancellable(session, ref)}  # a run named twice once
+            targets = list(chosen.values())
         now = clock.now_iso()
-        done, asked = [], []
+        asked = []
         for run in targets:
             if run.status == "queued":
                 run.status, run.reason, run.ended_at = "interrupted", CANCEL_REASON, now
@@ -168,15 +180,28 @@ def cancel_entries(
     return done + _wait_for_stops(db_path, asked, wait_s)
 
 
-def _cancellable(session: Session, ref: str) -> Run:
+def _cancellable(session: Session, ref: str) -> list[Run]:
+    """The run ``ref`` names, or the open entries of the `run --grid --queue` whose sweep id it is
+    (as if each run were named: waiting ones end, running ones are asked to stop)."""
     from research.runs.query import resolve_run
 
+    text = ref.strip()
+    if text and not text.lstrip("#").isdigit():
+        grid = list(session.exec(select(Run).where(Run.sweep_id == text).order_by(Run.id)))
+        if not grid:
+            raise ResearchError(f"no run or sweep {ref!r}; `research queue` lists what waits")
+        if all(run.queue is None for run in grid):
+            raise ResearchError(f"sweep {text}'s runs are not in a queue; `research runs cancel --sweep {text}` stops them")
+        entries = [run for run in grid if run.queue is not None and run.status in OPEN_RUN_STATUSES]
+        if not entries:
+            raise ResearchError(f"sweep {text} has no run left in the queue; its runs have ended")
+        return entries
     run = resolve_run(session, ref)
     if run.queue is None:
         raise ResearchError(f"run {run.id} is not in a queue; `research runs cancel {run.id}` stops it")
     if run.status not in OPEN_RUN_STATUSES:
         raise ResearchError(f"run {run.id} has already ended ({run.status}); nothing to cancel")
-    return run
+    return [run]
 
 
 def _wait_for_stops(db_path: Path, run_ids: list[int], wait_s: float) -> list[Cancelled]:

@@ -261,39 +261,50 @@ def claim_queued_sweep(db_path: Path, queue: str) -> str | None:
     return write_transaction(db_path, claim)
 
 
-def cancel_queued_sweeps(db_path: Path, refs: list[str], everything: bool = False,
-                         queue: str | None = None) -> tuple[list[str], list[str]]:
-    """Cancel the sweeps stored with `sweep --queue` that ``refs`` name (every waiting one,
-    ``everything``): they end stopped, 'cancelled from the queue' (`sweep resume` can still
-    run them). Returns a line per sweep and the refs that name no queued sweep (run ids).
-    A sweep a live `queue work` is driving is refused, and then nothing is written: its
-    trials are runs of that process, stopped with it (Ctrl-C) or by `runs cancel --sweep`."""
+def cancel_sweeps(session: Session, refs: list[str], everything: bool = False,
+                  queue: str | None = None) -> tuple[list[tuple[str, str]], list[str]]:
+    """In the caller's write transaction (``runs.queue.cancel_entries``, so a bad ref among
+    them writes nothing): cancel the sweeps stored with `sweep --queue` that ``refs`` name
+    (every waiting one, ``everything``). They end stopped, 'cancelled from the queue'
+    (`sweep resume` can still run them). Returns (id, a line) per sweep and the refs that name
+    no sweep row (run ids, or the sweep id of a `run --grid`).
+
+    A sweep's trials are not queue entries: each is written when its driving process asks
+    for it, so a waiting sweep has none that `queue work` could take, and those a driver
+    that died left open were ended by ``recover_runs`` before this.
+
+    A sweep a live `queue work` is driving is refused rather than stopped: its trials run
+    in that process, which stops them only all together (its process-wide interrupt, which
+    ends the worker too), so the user is told how to stop it instead of the worker going
+    away unasked. SIGTERM or Ctrl-C there puts the sweep back in the queue, waiting, and
+    then this cancels it."""
     from research.runs.recovery import pid_alive
 
-    def cancel(session: Session) -> tuple[list[str], list[str]]:
-        lines, rest, chosen = [], [], []
-        for ref in refs:
-            sweep = session.get(Sweep, ref.strip())
-            if sweep is None or sweep.options.get("queue") is None:
-                rest.append(ref)
-                continue
+    lines, rest, chosen = [], [], []
+    for ref in refs:
+        sweep = session.get(Sweep, ref.strip())
+        if sweep is None:
+            rest.append(ref)
+        elif sweep.options.get("queue") is None:
+            raise ResearchError(f"sweep {sweep.id} was not stored with `sweep --queue`; "
+                                f"`research runs cancel --sweep {sweep.id}` stops its runs")
+        else:
             chosen.append(sweep)
-        if everything:
-            chosen += [s for s in session.exec(select(Sweep).where(Sweep.status == "queued"))
-                       if s.options.get("queue") is not None and (queue is None or s.options["queue"] == queue)]
-        for sweep in chosen:
-            if sweep.status == "running" and sweep.pid and (sweep.host != socket.gethostname() or pid_alive(sweep.pid)):
-                raise ResearchError(f"sweep {sweep.id} is being driven by `queue work` (pid {sweep.pid} on {sweep.host}); "
-                                    f"stop that process, or `research runs cancel --sweep {sweep.id}`")
-            if sweep.status not in ("queued", "running"):
-                raise ResearchError(f"sweep {sweep.id} is {sweep.status}: not in the queue")
-            sweep.status, sweep.reason, sweep.pid = "stopped", "cancelled from the queue", None
-            sweep.updated_at = sweep.ended_at = clock.now_iso()
-            session.add(sweep)
-            lines.append(f"sweep {sweep.id}: cancelled from queue {sweep.options['queue']!r}")
-        return lines, rest
-
-    return write_transaction(db_path, cancel)
+    if everything:
+        chosen += [s for s in session.exec(select(Sweep).where(Sweep.status == "queued").order_by(Sweep.created_at))
+                   if s.options.get("queue") is not None and (queue is None or s.options["queue"] == queue)]
+    for sweep in chosen:
+        if sweep.status == "running" and sweep.pid and (sweep.host != socket.gethostname() or pid_alive(sweep.pid)):
+            raise ResearchError(f"sweep {sweep.id} is being driven by `queue work` (pid {sweep.pid} on "
+                                f"{sweep.host}); stop that process (Ctrl-C or SIGTERM puts the sweep back in the "
+                                "queue), then cancel it")
+        if sweep.status not in ("queued", "running"):
+            raise ResearchError(f"sweep {sweep.id} is {sweep.status}: not in the queue")
+        sweep.status, sweep.reason, sweep.pid = "stopped", "cancelled from the queue", None
+        sweep.updated_at = sweep.ended_at = clock.now_iso()
+        session.add(sweep)
+        lines.append((sweep.id, f"sweep {sweep.id}: cancelled from queue {sweep.options['queue']!r}"))
+    return lines, rest
 
 
 def queued_sweeps(session: Session, queue: str | None = None) -> list[dict[str, Any]]:
