@@ -213,6 +213,29 @@ def test_fail_fast_stops_at_the_first_failed_trial(cli, project, write_notebook)
 
 
 @pytest.mark.slow
+def test_a_queued_fail_fast_sweep_cancels_its_own_trials_and_queue_work_goes_on(cli, project, write_notebook):
+    """Stopping a sweep's trials stops those runs, not the `queue work` process driving it."""
+    write_notebook(project / "notebooks" / "fragile.ipynb",
+                   _code("import time\nfrom research import record\nif x > 0:\n    raise ValueError('x too large')\n"
+                         "time.sleep(4)\nrecord('loss', x * x)"),
+                   parameters="x: float = 0.0")
+    cli("add", "Fragile", "--slug", "fragile")
+    cli("link", "fragile", "notebooks/fragile.ipynb")
+    cli("sweep", "fragile", "--space", "x=choice(1,-1,-2,-3)", "--sampler", "grid", "--seed", "3",
+        "--minimize", "loss", "--fail-fast", "-j", "2", "--queue")
+    cli("run", "quad", "--queue")
+    result = cli("queue", "work", "--until-empty", "-j", "2", ok=False)
+    assert result.exit_code == 1, result.stderr  # a failed sweep, not an interrupted worker (130)
+    (sweep,) = [s for s in rows(project / "todo.db", "sweep")]
+    assert sweep["status"] == "failed" and "--fail-fast" in sweep["reason"]
+    runs = rows(project / "todo.db")
+    (plain,) = [r for r in runs if r["sweep_id"] != sweep["id"]]
+    assert plain["status"] == "succeeded"  # the queue was worked on after the sweep
+    assert not [r for r in runs if r["status"] in ("queued", "running")]
+    assert "interrupted" in [r["status"] for r in runs]  # the trial in flight when one failed was stopped
+
+
+@pytest.mark.slow
 def test_the_median_pruner_stops_trials_behind_the_others(cli, project):
     result = cli("sweep", "quad", "--space", "x=uniform(-3,3)", "--space", "y=uniform(-4,0)", "-p", "steps=6",
                  "-p", "pause=0.3", "--trials", "10", "--minimize", "loss", "--sampler", "random", "--seed", "5",

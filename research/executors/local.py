@@ -3,8 +3,9 @@
 ``submit`` hands the runs to ``runs.run_in_parallel`` on a background thread
 (up to ``-j`` at once, each in its own kernel process); every run records
 itself through ``runs.execute_run`` as it goes, and ``poll`` passes the
-finished ones on. Cancelling sets the process-wide interrupt flag that every
-running ``execute_notebook`` watches (Ctrl-C sets it too).
+finished ones on. Each run watches its own stop flag (``child.RunInterrupts``), which
+Ctrl-C and SIGTERM set for every run: cancelling runs stops those alone, so a sweep that
+cancels its trials (fail-fast) leaves the `queue work` process driving it at work.
 
 Runners come from a fork server (``runs.forkserver``): one process per ``research run``
 that imported papermill and ipykernel once and forks each run's runner and kernel, so a
@@ -50,14 +51,18 @@ class LocalExecutor(Executor):
         self._done: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._flags: dict = {}  # run id -> its child.RunInterrupts
 
     def submit(self, runs: list) -> dict[int, str | None]:
         from research.executors.spares import SparePool
         from research.runs import forkserver
+        from research.runs.child import RunInterrupts
         from research.runs.lifecycle import execute_run
         from research.runs.pool import run_in_parallel
 
         run_ids = [run.id for run in runs]
+        for rid in run_ids:
+            self._flags[rid] = RunInterrupts()
         if forkserver.active() is None:
             self._server = forkserver.start(self.preload)
         if self._spares is None:
@@ -75,6 +80,7 @@ class LocalExecutor(Executor):
                     log_output=self.log_output,
                     on_progress=self.on_progress,
                     runner=spares.take(),
+                    interrupts=self._flags[rid],
                 )
             )
             for rid in run_ids
@@ -118,10 +124,10 @@ class LocalExecutor(Executor):
         return updates
 
     def cancel(self, run_ids: list[int], reason: str) -> None:
-        from research.runs.child import INTERRUPTS
-
-        if not INTERRUPTS.is_set():
-            INTERRUPTS.trigger("cancel request")
+        for rid in run_ids:
+            flag = self._flags.get(rid)
+            if flag is not None and not flag.is_set():
+                flag.trigger("cancel request")
 
     def close(self) -> None:
         if self._thread is not None:

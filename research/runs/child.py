@@ -128,6 +128,30 @@ class InterruptSignals:
 INTERRUPTS = InterruptSignals()
 
 
+class RunInterrupts(InterruptSignals):
+    """One run's stop flag, set for it alone (a cancelled trial) or with every run (``parent``:
+    Ctrl-C, SIGTERM), so cancelling some runs leaves the process and its other work going."""
+
+    def __init__(self, parent: InterruptSignals = INTERRUPTS) -> None:
+        super().__init__()
+        self.parent = parent
+
+    def is_set(self) -> bool:
+        return self._event.is_set() or self.parent.is_set()
+
+    @property
+    def forced(self) -> bool:
+        return self._force.is_set() or self.parent.forced
+
+    @property
+    def signal_name(self) -> str | None:
+        return self._signal_name or self.parent.signal_name
+
+    @signal_name.setter
+    def signal_name(self, value: str | None) -> None:
+        self._signal_name = value
+
+
 def handle_interrupts(
     signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
 ) -> contextlib.AbstractContextManager[InterruptSignals]:
