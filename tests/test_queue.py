@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import FIXTURE_NOTEBOOKS, research_env, wait_for
+from tests.support import FIXTURE_NOTEBOOKS, research_env, table_rows, wait_for
 
 
 @pytest.fixture
@@ -28,12 +28,7 @@ def project(cli, isolated):
 
 
 def rows(project: Path) -> dict[int, dict]:
-    conn = sqlite3.connect(project / "todo.db")
-    conn.row_factory = sqlite3.Row
-    try:
-        return {r["id"]: dict(r) for r in conn.execute("SELECT * FROM run ORDER BY id")}
-    finally:
-        conn.close()
+    return {r["id"]: r for r in table_rows(project / "todo.db", "run")}
 
 
 def execute(project: Path, sql: str, *args) -> None:
@@ -128,12 +123,7 @@ def test_cancel_removes_entries_and_refuses_unknown_or_ended_runs(cli, project):
 
 
 def sweeps(project: Path) -> dict[str, dict]:
-    conn = sqlite3.connect(project / "todo.db")
-    conn.row_factory = sqlite3.Row
-    try:
-        return {r["id"]: dict(r) for r in conn.execute("SELECT * FROM sweep ORDER BY id")}
-    finally:
-        conn.close()
+    return {r["id"]: r for r in table_rows(project / "todo.db", "sweep")}
 
 
 @pytest.mark.slow

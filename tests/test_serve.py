@@ -86,7 +86,7 @@ def client_for(root: Path, host: str = "127.0.0.1", token: str | None = None):
     from research.serve.app import create_app
     from research.serve.security import Guard
 
-    guard = Guard(host=host, port=8765, token=token)
+    guard = Guard(host=host, token=token)
     app = create_app(root / "todo.db", root, guard)
     return TestClient(app, base_url=f"http://{host}:8765"), guard
 

@@ -66,8 +66,6 @@ def queue_work(
     or systemd). Ctrl-C or SIGTERM stops it: the runs in progress go back to the queue.
     With --until-empty the exit status is 1 if a run it ran did not succeed.
     """
-    import contextlib
-
     from research import render
     from research.cli.runs import notebook_root
     from research.runs import forkserver
@@ -93,8 +91,7 @@ def queue_work(
     failed = False
     # Runners and kernels forked from one server that imported papermill and ipykernel (and
     # --preload's modules) once, as for `research run`: each run still gets a fresh kernel.
-    server = forkserver.start(preload or [])
-    with handle_interrupts() as interrupts, contextlib.closing(server) if server else contextlib.nullcontext():
+    with handle_interrupts() as interrupts, forkserver.serving(preload or []):
         while True:  # queued sweeps first, then the runs; then wait for more of either
             outcomes = work_queued_sweeps(path, name, jobs, interrupts, render.info, notebook_root())
             for outcome in outcomes:

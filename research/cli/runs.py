@@ -148,15 +148,12 @@ def run(
     if queue:
         _check_queue_options(executor, jobs, log_output, no_wait)
     # The fork server starts now, importing papermill and ipykernel while we check and plan.
-    server = None if dry_run or queue or not runs_here(settings) else forkserver.start(preload or [])
+    serving = forkserver.serving(preload or [], wanted=not (dry_run or queue) and runs_here(settings))
     request = RunRequest(item_id, notebook, param or [], params_file or [], grid or [], jobs, timeout, kernel, log_output,
                          wait=not no_wait, settings=settings, params_yaml=params_yaml or [],
                          param_raw=param_raw or [], check=not no_check, queue="default" if queue else None)
-    try:
+    with serving:
         _run(request, dry_run, yes=yes, json_=json_)
-    finally:
-        if server is not None:
-            server.close()
 
 
 def runs_here(settings) -> bool:

@@ -64,6 +64,7 @@ def sweep_start(
     resume SWEEP` continues it.
     """
     from research.executors import load_settings
+    from research.runs import forkserver
     from research.runs.params import load_params_file, parse_assignments, parse_yaml_params
     from research.sweeps.drive import SweepSpec, create_sweep
     from research.sweeps.space import parse_space
@@ -97,7 +98,7 @@ def sweep_start(
             sweep_id, target = sweep.id, sweep.trials
         typer.echo(f"sweep {sweep_id} queued: {target} trials; `research queue work` runs it")
         return
-    with _fork_server(settings, preload):  # its imports overlap checking and planning
+    with forkserver.serving(preload or [], wanted=runs_here(settings)):  # its imports overlap checking and planning
         with changes() as (session, log):
             sweep = create_sweep(session, log, spec, root)
             sweep_id, target = sweep.id, sweep.trials
@@ -105,16 +106,6 @@ def sweep_start(
         typer.echo(f"sweep {sweep_id}: {target} trials of {spec.sampler}, {spec.direction} {spec.objective}, {where}",
                    err=True)
         _drive(sweep_id, settings, jobs, resuming=False)
-
-
-def _fork_server(settings, preload: list[str] | None):
-    """The fork server trials on this machine are forked from (see `research run --preload`)."""
-    import contextlib
-
-    from research.runs import forkserver
-
-    server = forkserver.start(preload or []) if runs_here(settings) else None
-    return contextlib.closing(server) if server is not None else contextlib.nullcontext()
 
 
 @sweep_app.command("resume")
@@ -130,6 +121,7 @@ def sweep_resume(
     Trials that ended are kept; trials that never ended run again with the same values.
     """
     from research.executors import load_settings
+    from research.runs import forkserver
     from research.store.models import Sweep
 
     recover_runs()
@@ -139,7 +131,7 @@ def sweep_resume(
             raise ResearchError(f"no sweep {sweep_id!r}; `research sweep list` shows them")
         executor, stored_jobs = sweep.executor, sweep.jobs
     settings = load_settings(notebook_root(), executor, scheduler, executor_option)
-    with _fork_server(settings, preload):
+    with forkserver.serving(preload or [], wanted=runs_here(settings)):
         _drive(sweep_id, settings, jobs or stored_jobs, resuming=True)
 
 

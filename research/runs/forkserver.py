@@ -315,6 +315,13 @@ def start(preload: tuple[str, ...] | list[str] = ()) -> ForkServer | None:
     return server
 
 
+def serving(preload: tuple[str, ...] | list[str] = (), wanted: bool = True):
+    """``with serving(...)``: a fork server (``start``) for the block, closed after it; nothing
+    when not ``wanted`` (runs elsewhere, a dry run) or where fork servers are off."""
+    server = start(preload) if wanted else None
+    return server if server is not None else contextlib.nullcontext()
+
+
 def active() -> ForkServer | None:
     server = _ACTIVE
     return server if server is not None and server.alive else None

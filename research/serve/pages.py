@@ -198,11 +198,10 @@ def notebook_html(site: Site, ref: str) -> str:
     import nbformat
     from nbconvert import HTMLExporter
 
-    folder = run_folder(site, ref)
     page = run_page(site, ref)
     if not page["notebook"]:
         raise ResearchError(f"run {ref} has no output notebook")
-    notebook = nbformat.read(folder / page["notebook"], as_version=4)
+    notebook = nbformat.read(site.project_root / page["run"]["run_dir"] / page["notebook"], as_version=4)
     body, _resources = HTMLExporter(template_name="basic", sanitize_html=True).from_notebook_node(notebook)
     title = escape(f"Run {ref} · {page['run']['notebook']}")
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'

@@ -68,7 +68,6 @@ class Guard:
     """The server's secrets and the checks made on every request."""
 
     host: str
-    port: int
     token: str | None = None
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 

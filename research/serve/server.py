@@ -60,7 +60,7 @@ def serve(db_path: Path, project_root: Path, host: str = "127.0.0.1", port: int 
     token = server_token(host, token)
     sock = bind(host, port)
     port = sock.getsockname()[1]
-    guard = Guard(host=host, port=port, token=token)
+    guard = Guard(host=host, token=token)
     app = create_app(db_path, project_root, guard)
     # A page of 10,000 rows makes some hundred thousand short-lived objects; at the default
     # threshold (700) the collector runs hundreds of times per page, a quarter of its time.

@@ -71,12 +71,13 @@ def _finite(points):
             and math.isfinite(x) and math.isfinite(y)]
 
 
-def _frame(title: str, body: list[str], legend: list[tuple[str, str, bool]]) -> Markup:
-    parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" xmlns="http://www.w3.org/2000/svg">',
+def _frame(title: str, body: list[str], legend: list[tuple[str, str, bool]], width: float = WIDTH) -> Markup:
+    """The chart's ``<svg>``: its title, ``body``, and a legend of (name, colour, dashed) lines at the top right."""
+    parts = [f'<svg class="chart" viewBox="0 0 {width:.0f} {HEIGHT}" role="img" xmlns="http://www.w3.org/2000/svg">',
              f"<title>{escape(title)}</title>",
              f'<text x="{LEFT}" y="14" font-size="12" font-weight="600" fill="#222">{escape(title)}</text>']
     parts += body
-    x = WIDTH - RIGHT
+    x = width - RIGHT
     for name, color, dashed in reversed(legend):
         width = 8 + 7 * len(name)
         x -= width + 18
@@ -208,13 +209,10 @@ def parallel_coordinates(title: str, axes: list[str], rows: list[dict], color_by
                 shown = 10 ** value if axis in log_axes else value
                 y = TOP + 8 + (1 - (value - low) / (high - low)) * plot_h
                 body.append(f'<text x="{x + 4:.1f}" y="{y + 4:.1f}" font-size="10" fill="#555">{_number(shown)}</text>')
-    svg = [f'<svg class="chart" viewBox="0 0 {width:.0f} {HEIGHT}" role="img" xmlns="http://www.w3.org/2000/svg">',
-           f"<title>{escape(title)}</title>",
-           f'<text x="{LEFT}" y="14" font-size="12" font-weight="600" fill="#222">{escape(title)}</text>',
-           f'<text x="{width - RIGHT:.0f}" y="14" font-size="11" text-anchor="end" fill="#333">'
-           f'{escape(color_by)}: {_number(c0)} <tspan fill="{_blend(0)}">■</tspan> … '
-           f'<tspan fill="{_blend(1)}">■</tspan> {_number(c1)}</text>', *body, "</svg>"]
-    return Markup("".join(svg))
+    scale = (f'<text x="{width - RIGHT:.0f}" y="14" font-size="11" text-anchor="end" fill="#333">'
+             f'{escape(color_by)}: {_number(c0)} <tspan fill="{_blend(0)}">■</tspan> … '
+             f'<tspan fill="{_blend(1)}">■</tspan> {_number(c1)}</text>')
+    return _frame(title, [scale, *body], [], width=width)
 
 
 def _blend(t: float) -> str:
